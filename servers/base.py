@@ -1,0 +1,50 @@
+"""The one interface every server backend implements, and what a running model offers.
+
+A backend turns a model's config into a launch: the command line, the name the server
+serves the model under, and how to tell that it is ready. Hosted endpoints have no launch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .process import ReadinessProbe
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send OpenAI-protocol requests for one model. ``api_key`` is never logged."""
+
+    base_url: str
+    served_model: str
+    api_key: str = field(repr=False)
+    key_env: str | None = None  # the variable the key came from, for error messages
+
+    def __str__(self) -> str:
+        return f"{self.served_model} @ {self.base_url}"
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    served_model: str
+    probe: ReadinessProbe
+    start_timeout_s: float | None = None  # None: the run's default
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    def server_key(self) -> str:
+        """Identity of the server process: equal keys mean one process can serve both models."""
+
+    def launch(self, host: str, port: int, api_key: str) -> Launch:
+        """The command line and readiness rule for a server on ``host:port``."""
+
+
+def options_key(label: str, backend: str, options: dict) -> str:
+    """A short, stable server identity from the launch-relevant options."""
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    return f"{backend}:{label}#{digest}"

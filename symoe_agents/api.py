@@ -1,0 +1,89 @@
+"""The Python API for async apps.
+
+    async with SymbolicMoE() as moe:                 # built-in embedded pool
+        result = await moe.solve("What is 7 * 8?")
+        results = await moe.solve_batch(questions)
+
+It runs inside the caller's event loop (no ``asyncio.run`` here). Servers are started per
+batch, group by group, and stopped when the batch ends; leaving the ``async with`` block
+by any path (return, exception, cancellation) stops whatever is still running. One batch
+runs at a time per instance: a single GPU serves one schedule at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config
+from .controller import BatchOutcome, Controller, Progress
+from .events import EventLog, RunSummary
+from .inputs import as_questions
+from .records import Question, QuestionResult
+from .schedule import Schedule
+from symoe_agents.servers import ServerManager
+
+QuestionLike = str | Question | dict[str, Any]
+
+
+class SymbolicMoE:
+    def __init__(
+        self,
+        config: Config | str | Path | None = None,
+        *,
+        events: EventLog | None = None,
+        progress: Progress | None = None,
+        **overrides: Any,
+    ):
+        """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
+        ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
+        cfg = config if isinstance(config, Config) else load_config(config)
+        self.config = cfg.with_overrides(**overrides) if overrides else cfg
+        self.events = events or EventLog()
+        self._progress = progress
+        self._manager: ServerManager | None = None
+        self._controller: Controller | None = None
+        self._lock = asyncio.Lock()
+        self.last: BatchOutcome | None = None
+
+    async def __aenter__(self) -> "SymbolicMoE":
+        self._manager = ServerManager(self.config, self.events)
+        self._controller = Controller(self.config, self._manager, self.events, self._progress)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._manager is not None:
+            await self._manager.aclose()
+
+    def _ready(self) -> Controller:
+        if self._controller is None:
+            raise RuntimeError("use SymbolicMoE as 'async with SymbolicMoE(...) as moe:' before solving")
+        return self._controller
+
+    async def solve_batch(
+        self, questions: Iterable[QuestionLike], on_result: Callable[[QuestionResult], None] | None = None
+    ) -> list[QuestionResult]:
+        """Solve many questions with one grouped schedule (each model loaded once)."""
+        controller = self._ready()
+        batch = as_questions(questions)
+        async with self._lock:
+            self.last = await controller.run(batch, on_result=on_result)
+        return self.last.results
+
+    async def solve(self, question: QuestionLike) -> QuestionResult:
+        """Solve one question (a batch of one)."""
+        return (await self.solve_batch([question]))[0]
+
+    async def plan(self, questions: Iterable[QuestionLike]) -> Schedule:
+        """Infer skills and route, then return the planned schedule without answering."""
+        controller = self._ready()
+        batch = as_questions(questions)
+        async with self._lock:
+            self.last = await controller.run(batch, dry_run=True)
+        return self.last.schedule
+
+    @property
+    def summary(self) -> RunSummary | None:
+        return self.last.summary if self.last else None

@@ -1,0 +1,265 @@
+"""Run configuration: one TOML file, validated by pydantic models with ``extra="forbid"``.
+
+Why this shape:
+- A *model* is a server identity (backend + weights + launch options) plus optional sampling
+  overrides. Two model names may share the same weights with different sampling: they then
+  share one server process, and the planner never loads those weights twice in a row.
+- *Roles* name models: the skill inferencer, the expert pool and the aggregator.
+- Sampling is set per role and overlaid by the model's own overrides with ``is not None``
+  (``temperature = 0.0`` is a value, not "unset").
+- Relative paths are resolved against the config file's folder, so a config can travel
+  with its models and profiles.
+
+Every validation problem is reported as ``FILE: dotted.key: message``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.resources import files
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+EMBEDDED_CONFIG_NAME = "<built-in embedded pool>"
+
+EmbeddedModel = Literal["smollm2-135m-instruct", "gemma3-270m"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(_Strict):
+    """Sampling settings. ``None`` means "inherit" (role -> model overlay)."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    def overlay(self, other: "Sampling") -> "Sampling":
+        """Values of ``other`` win where they are set."""
+        merged = self.model_dump()
+        merged.update({k: v for k, v in other.model_dump().items() if v is not None})
+        return Sampling(**merged)
+
+
+class SkillSampling(Sampling):
+    """The skill inferencer also takes several samples per question (method.md section 1)."""
+
+    samples: int = Field(default=5, ge=1)
+
+
+class _ModelBase(_Strict):
+    description: str = ""
+    sampling: Sampling = Sampling()
+
+
+class LlamaCppModel(_ModelBase):
+    """llama-cpp-python's OpenAI server (the embedded CPU default)."""
+
+    backend: Literal["llamacpp"]
+    model_path: Path | None = None
+    embedded: EmbeddedModel | None = None
+    n_ctx: int = Field(default=4096, ge=256)
+    chat_format: str | None = None
+    n_threads: int | None = Field(default=None, ge=1)
+    python: str | None = Field(default=None, description="python executable; default: symoe's own")
+    extra_args: list[str] = []
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LlamaCppModel":
+        if (self.model_path is None) == (self.embedded is None):
+            raise ValueError("set exactly one of 'model_path' (a .gguf file) or 'embedded'")
+        return self
+
+
+class SGLangModel(_ModelBase):
+    """An SGLang server, launched from its own Python environment (it pins torch and openai)."""
+
+    backend: Literal["sglang"]
+    model_path: str
+    served_model_name: str | None = None
+    python: str = Field(default="python", description="python of the environment SGLang is installed in")
+    launcher: Literal["module", "serve"] = "module"
+    context_length: int | None = Field(default=None, ge=1)
+    mem_fraction_static: float | None = Field(default=None, gt=0.0, le=1.0)
+    tp_size: int = Field(default=1, ge=1)
+    dp_size: int = Field(default=1, ge=1)
+    max_total_tokens: int | None = Field(default=None, ge=1)
+    base_gpu_id: int | None = Field(default=None, ge=0)
+    random_seed: int | None = None
+    log_level: str | None = None
+    extra_args: list[str] = []
+    start_timeout_s: float | None = Field(default=600.0, gt=0)
+
+
+class OpenAIModel(_ModelBase):
+    """A hosted OpenAI-compatible endpoint: no lifecycle, the key comes from an env variable."""
+
+    backend: Literal["openai"]
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(
+        default=None, description="name of the environment variable holding the key; None for keyless endpoints"
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or not v.replace("_", "").isalnum() or v[0].isdigit()):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _), never the key itself"
+            )
+        return v
+
+
+ModelConfig = Annotated[Union[LlamaCppModel, SGLangModel, OpenAIModel], Field(discriminator="backend")]
+
+
+class Roles(_Strict):
+    skill_inferencer: str
+    experts: list[str] = Field(min_length=1)
+    aggregator: str
+
+
+class RoleSampling(_Strict):
+    skill_inferencer: SkillSampling = SkillSampling(temperature=0.7, max_tokens=64)
+    expert: Sampling = Sampling(temperature=0.7, max_tokens=4096)
+    aggregator: Sampling = Sampling(temperature=0.7, max_tokens=4096)
+
+
+class Concurrency(_Strict):
+    """Bounds on what is sent to one server at a time."""
+
+    max_in_flight: int = Field(default=8, ge=1, description="requests open at once per group")
+    requests_per_second: float | None = Field(default=None, gt=0, description="rate limit per group")
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    retries: int = Field(default=3, ge=0, description="extra attempts on transient errors")
+
+
+class ServerSettings(_Strict):
+    start_timeout_s: float = Field(default=120.0, gt=0)
+    stop_grace_s: float = Field(default=15.0, ge=0)
+    log_dir: Path | None = Field(default=None, description="server logs; default: a temporary folder per run")
+
+
+class Config(_Strict):
+    """A whole run's configuration."""
+
+    k: int = Field(default=3, ge=1)
+    seed: int = 0
+    min_share: float | None = Field(
+        default=None,
+        ge=0.0,
+        lt=1.0,
+        description="paper's rule: experts picked for fewer than this share of the batch are replaced",
+    )
+    profiles: Path | None = None
+    prompts_dir: Path | None = None
+    models: dict[str, ModelConfig]
+    roles: Roles
+    sampling: RoleSampling = RoleSampling()
+    concurrency: Concurrency = Concurrency()
+    servers: ServerSettings = ServerSettings()
+
+    @model_validator(mode="after")
+    def _roles_exist(self) -> "Config":
+        declared = ", ".join(sorted(self.models)) or "(none)"
+        problems: list[str] = []
+        for key, name in [("roles.skill_inferencer", self.roles.skill_inferencer), ("roles.aggregator", self.roles.aggregator)]:
+            if name not in self.models:
+                problems.append(f"{key}: unknown model '{name}'; declared models: {declared}")
+        for i, name in enumerate(self.roles.experts):
+            if name not in self.models:
+                problems.append(f"roles.experts[{i}]: unknown model '{name}'; declared models: {declared}")
+        if len(set(self.roles.experts)) != len(self.roles.experts):
+            problems.append("roles.experts: lists a model twice; list each expert once")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model(self, name: str) -> LlamaCppModel | SGLangModel | OpenAIModel:
+        return self.models[name]
+
+    def with_overrides(self, **changes: Any) -> "Config":
+        """A copy with top-level fields replaced (CLI flags such as --k, --seed), re-validated."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return Config.model_validate(data)
+
+
+def _format_loc_clean(loc: tuple[Any, ...]) -> str:
+    # pydantic puts the union tag right after the model name: models.<name>.<tag>.<field>
+    cleaned = list(loc)
+    if len(cleaned) >= 3 and cleaned[0] == "models" and cleaned[2] in ("llamacpp", "sglang", "openai"):
+        del cleaned[2]
+    out = ""
+    for item in cleaned:
+        if isinstance(item, int):
+            out += f"[{item}]"
+        else:
+            out += ("." if out else "") + str(item)
+    return out
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative paths in the raw TOML relative to the config file's folder."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    for key in ("profiles", "prompts_dir"):
+        if key in data:
+            data[key] = fix(data[key])
+    if isinstance(data.get("servers"), dict) and "log_dir" in data["servers"]:
+        data["servers"]["log_dir"] = fix(data["servers"]["log_dir"])
+    for model in (data.get("models") or {}).values():
+        if isinstance(model, dict) and model.get("backend") == "llamacpp" and "model_path" in model:
+            model["model_path"] = fix(model["model_path"])
+    return data
+
+
+def parse_config(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append((_format_loc_clean(tuple(err["loc"])), msg))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a config file; with no path, the built-in embedded CPU pool."""
+    if path is None:
+        text = files("symoe_agents").joinpath("data", "embedded.toml").read_text(encoding="utf-8")
+        return parse_config(tomllib.loads(text), EMBEDDED_CONFIG_NAME)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(str(path), [("", "file not found; pass an existing TOML file to --config")])
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [("", f"not valid TOML: {exc}")]) from None
+    return parse_config(_resolve_paths(data, path.resolve().parent), str(path))
+
+
+def embedded_config_text() -> str:
+    """The built-in pool's TOML, a working example of every section."""
+    return files("symoe_agents").joinpath("data", "embedded.toml").read_text(encoding="utf-8")

@@ -1,0 +1,141 @@
+"""Structured lifecycle events: every server start/ready/stop and group start/end.
+
+Events are what the schedule *did*; they feed the end-of-run summary, the optional JSONL
+log (``--events FILE``) and the progress display. They never carry API keys: commands are
+recorded with the key replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+EventKind = Literal[
+    "run_start",
+    "routing",
+    "group_start",
+    "group_end",
+    "server_start",
+    "server_ready",
+    "server_stop",
+    "server_failed",
+    "request_failed",
+    "run_end",
+]
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ts: float
+    kind: EventKind
+    model: str | None = None
+    server: str | None = None
+    group: str | None = None
+    pid: int | None = None
+    port: int | None = None
+    duration_s: float | None = None
+    requests: int | None = None
+    detail: dict[str, Any] = {}
+
+
+class EventLog:
+    """Collects events in memory and, optionally, appends them to a JSONL file as they happen."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.events: list[Event] = []
+        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def listen(self, fn: Callable[[Event], None]) -> None:
+        self._listeners.append(fn)
+
+    def emit(self, kind: EventKind, **fields: Any) -> Event:
+        event = Event(ts=time.time(), kind=kind, **fields)
+        self.events.append(event)
+        if self._file:
+            self._file.write(json.dumps(event.model_dump(exclude_none=True)) + "\n")
+            self._file.flush()
+        for fn in self._listeners:
+            fn(event)
+        return event
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+class GroupTiming(BaseModel):
+    group: str
+    requests: int
+    duration_s: float
+    failed: int = 0
+
+
+class RunSummary(BaseModel):
+    questions: int = 0
+    model_loads: int = 0
+    loads_by_model: dict[str, int] = {}
+    load_time_s: float = 0.0
+    groups: list[GroupTiming] = []
+    wall_s: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    correct: int | None = None
+    graded: int = 0
+    failed_questions: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return None if not self.graded or self.correct is None else self.correct / self.graded
+
+    def render(self) -> str:
+        lines = [
+            f"questions: {self.questions}   model loads: {self.model_loads}   wall time: {self.wall_s:.1f} s"
+            f"   (of which server start-up {self.load_time_s:.1f} s)",
+            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion",
+        ]
+        for g in self.groups:
+            fail = f", {g.failed} failed" if g.failed else ""
+            lines.append(f"  {g.group:<32} {g.requests:>5} requests {g.duration_s:>8.1f} s{fail}")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: {self.correct}/{self.graded} = {self.accuracy:.1%}")
+        if self.failed_questions:
+            lines.append(f"questions with errors: {self.failed_questions} (see 'errors' in the output)")
+        return "\n".join(lines)
+
+
+def summarize_events(events: list[Event]) -> RunSummary:
+    """Loads and group timings, read off the events alone."""
+    summary = RunSummary()
+    started: dict[str, float] = {}
+    for e in events:
+        if e.kind == "server_start" and e.model:
+            summary.model_loads += 1
+            summary.loads_by_model[e.model] = summary.loads_by_model.get(e.model, 0) + 1
+        elif e.kind == "server_ready" and e.duration_s is not None:
+            summary.load_time_s += e.duration_s
+        elif e.kind == "group_start" and e.group:
+            started[e.group] = e.ts
+        elif e.kind == "group_end" and e.group:
+            summary.groups.append(
+                GroupTiming(
+                    group=e.group,
+                    requests=e.requests or 0,
+                    duration_s=e.duration_s if e.duration_s is not None else e.ts - started.get(e.group, e.ts),
+                    failed=int(e.detail.get("failed", 0)),
+                )
+            )
+        elif e.kind == "run_start":
+            summary.wall_s = -e.ts
+        elif e.kind == "run_end":
+            summary.wall_s += e.ts
+    if summary.wall_s < 0:
+        summary.wall_s = 0.0
+    return summary

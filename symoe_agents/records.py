@@ -1,0 +1,75 @@
+"""Typed records: the questions that go in and the results that come out.
+
+Output records keep everything a run paid for (every expert's text, tokens and latency,
+the aggregator's response, skill samples), so an answer file is also an audit trail.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .formats import AnswerFormat
+
+
+class Question(BaseModel):
+    """One question to solve. ``answer_format`` and ``option_letters`` are detected when absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    question: str = Field(min_length=1)
+    gold_answer: str | None = None
+    answer_format: AnswerFormat | None = None
+    category: str | None = None
+    metadata: dict[str, Any] = {}
+
+
+class Completion(BaseModel):
+    """One model call's outcome. ``error`` is set (and ``text`` is None) when it failed."""
+
+    model: str
+    text: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    prompt_sha256: str | None = None
+    error: str | None = None
+
+
+class ExpertAnswer(Completion):
+    slot: int = Field(description="position among the question's k recruited experts")
+    extracted: str | None = None
+
+
+class AggregatorAnswer(Completion):
+    extracted: str | None = None
+
+
+class QuestionResult(BaseModel):
+    id: str
+    question: str
+    answer_format: AnswerFormat
+    option_letters: list[str] = []
+    category: str | None = None
+    skills: list[str]
+    skill_samples: list[str] = Field(default=[], description="raw texts of the skill inferencer's samples")
+    routing: Literal["skills", "uniform-no-keywords", "uniform-no-profiles"]
+    experts: list[str]
+    expert_answers: list[ExpertAnswer]
+    aggregator: str
+    aggregator_response: str | None = None
+    aggregator_answer: AggregatorAnswer | None = None
+    final_answer: str | None = None
+    final_source: Literal["aggregator", "expert-majority"] | None = None
+    gold_answer: str | None = None
+    correct: bool | None = None
+    errors: list[str] = []
+
+    @property
+    def tokens(self) -> int:
+        calls: list[Completion] = [*self.expert_answers]
+        if self.aggregator_answer:
+            calls.append(self.aggregator_answer)
+        return sum(c.prompt_tokens + c.completion_tokens for c in calls)

@@ -1,0 +1,173 @@
+"""Recruiting k experts per question from skill profiles (method.md section 4).
+
+Pure functions; these follow the reference code's semantics, which produced the paper's
+published numbers, rather than the paper's prose:
+
+1. Global competence: totals T_i of each profile, shifted by ``-min + 1`` when some total is
+   negative, squared and normalised (the "temperature 0.5" is this exponent 2).
+2. Local suitability: S_i = sum of profile_i[kw] over the question's mapped keywords,
+   duplicates counted. Only models whose profile holds at least one of those keywords are
+   candidates.
+3. If some S_i > 0, candidates are those, weighted S_i * gamma_i; otherwise all candidates,
+   weighted (S_i - min S + 1) * gamma_i. Linear normalisation, no softmax.
+4. k draws *with replacement*: a model drawn twice answers twice, independently.
+5. No keywords (or no candidate): k uniform draws with replacement over the pool.
+
+Seeding: each question draws from its own generator seeded by (seed, question id), so a
+question's experts do not change when other questions are added to or removed from the
+batch. The optional minimum-share rule (paper's prose; in the reference code but never
+called) replaces, after the whole batch is routed, every expert picked for less than
+``min_share`` of all expert slots by a draw among the others, weighted by their counts:
+fewer distinct experts means fewer model loads.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+RouteMethod = Literal["skills", "uniform-no-keywords", "uniform-no-profiles"]
+
+#: Maps a question's keywords onto the profile vocabulary (nearest neighbour by embeddings in
+#: the paper). Returns the mapped list; duplicates kept, unmappable keywords dropped.
+Aligner = Callable[[list[str], list[str]], list[str]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The experts recruited for one question, and why."""
+
+    experts: tuple[str, ...]
+    method: RouteMethod
+    keywords: tuple[str, ...] = ()
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    replaced: tuple[tuple[str, str], ...] = ()  # (dropped, substitute) pairs of min-share
+
+
+def exact_align(keywords: list[str], vocabulary: list[str]) -> list[str]:
+    """Fallback alignment: keep the keywords the profiles know verbatim."""
+    known = set(vocabulary)
+    return [kw for kw in keywords if kw in known]
+
+
+def global_competence(totals: Mapping[str, float]) -> dict[str, float]:
+    """gamma_i from profile totals T_i: shift when negative, square, normalise."""
+    lowest = min(totals.values())
+    shifted = {m: (t - lowest + 1 if lowest < 0 else t) for m, t in totals.items()}
+    scaled = {m: s**2 for m, s in shifted.items()}
+    norm = sum(scaled.values())
+    if norm == 0:  # every total is 0: nothing tells the models apart
+        return {m: 1.0 / len(scaled) for m in scaled}
+    return {m: s / norm for m, s in scaled.items()}
+
+
+def suitability(keywords: Sequence[str], profiles: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """S_i for the models whose profile contains at least one keyword, best first."""
+    scores: dict[str, float] = {}
+    for kw in keywords:
+        for model, skills in profiles.items():
+            if kw in skills:
+                scores[model] = scores.get(model, 0.0) + skills[kw]
+    # the reference ranks candidates by score before drawing; a stable sort keeps ties in pool order
+    return dict(sorted(scores.items(), key=lambda item: item[1], reverse=True))
+
+
+def expert_probabilities(scores: Mapping[str, float], gamma: Mapping[str, float]) -> dict[str, float]:
+    """p_i from local suitability and global competence (steps 3 of the module doc)."""
+    positive = {m: s for m, s in scores.items() if s > 0}
+    if positive:
+        weights = {m: s * gamma[m] for m, s in positive.items()}
+    else:
+        lowest = min(scores.values())
+        weights = {m: (s - lowest + 1) * gamma[m] for m, s in scores.items()}
+    total = sum(weights.values())
+    if total == 0:  # every candidate has zero competence: fall back to equal chances
+        return {m: 1.0 / len(weights) for m in weights}
+    return {m: w / total for m, w in weights.items()}
+
+
+def question_rng(seed: int, question_id: str) -> random.Random:
+    return random.Random(f"{seed}\x1f{question_id}")
+
+
+def route_question(
+    question_id: str,
+    keywords: Sequence[str],
+    pool: Sequence[str],
+    k: int,
+    seed: int,
+    profiles: Mapping[str, Mapping[str, float]] | None,
+    gamma: Mapping[str, float] | None = None,
+    align: Aligner = exact_align,
+    vocabulary: list[str] | None = None,
+) -> Route:
+    rng = question_rng(seed, question_id)
+    if profiles is None:
+        return Route(tuple(rng.choices(list(pool), k=k)), "uniform-no-profiles", tuple(keywords))
+    if vocabulary is None:
+        vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
+    mapped = align(list(keywords), vocabulary)
+    scores = suitability(mapped, profiles)
+    if not scores:
+        return Route(tuple(rng.choices(list(pool), k=k)), "uniform-no-keywords", tuple(mapped))
+    if gamma is None:
+        gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
+    probs = expert_probabilities(scores, gamma)
+    experts = rng.choices(list(probs), weights=list(probs.values()), k=k)
+    return Route(tuple(experts), "skills", tuple(mapped), probs)
+
+
+def route_batch(
+    questions: Sequence[tuple[str, Sequence[str]]],
+    pool: Sequence[str],
+    k: int,
+    seed: int,
+    profiles: Mapping[str, Mapping[str, float]] | None,
+    min_share: float | None = None,
+    align: Aligner = exact_align,
+) -> dict[str, Route]:
+    """Route every (question id, keywords) pair; then apply the minimum-share rule if asked."""
+    gamma = None
+    vocabulary = None
+    if profiles is not None:
+        profiles = {m: profiles[m] for m in pool}
+        gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
+        vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
+    routes = {
+        qid: route_question(qid, kws, pool, k, seed, profiles, gamma, align, vocabulary)
+        for qid, kws in questions
+    }
+    if min_share:
+        routes = apply_min_share(routes, min_share, seed)
+    return routes
+
+
+def apply_min_share(routes: Mapping[str, Route], threshold: float, seed: int) -> dict[str, Route]:
+    """Replace experts picked for less than ``threshold`` of all slots (reference semantics:
+    substitutes are drawn among the frequent experts, weighted by their counts)."""
+    counts = Counter(e for r in routes.values() for e in r.experts)
+    total = sum(counts.values())
+    if total == 0:
+        return dict(routes)
+    frequent = {m: c for m, c in counts.items() if c / total >= threshold}
+    if not frequent:
+        raise ValueError(
+            f"min_share {threshold} leaves no expert: none was picked for that share of the batch; lower it"
+        )
+    rng = random.Random(f"{seed}\x1fmin-share")
+    names, weights = list(frequent), list(frequent.values())
+    out: dict[str, Route] = {}
+    for qid, route in routes.items():
+        experts, replaced = [], []
+        for e in route.experts:
+            if e in frequent:
+                experts.append(e)
+            else:
+                sub = rng.choices(names, weights=weights, k=1)[0]
+                experts.append(sub)
+                replaced.append((e, sub))
+        out[qid] = Route(tuple(experts), route.method, route.keywords, route.probabilities, tuple(replaced))
+    return out
