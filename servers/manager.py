@@ -54,18 +54,22 @@ class ServerManager:
     def __init__(self, config: Config, events: EventLog):
         self.config = config
         self.events = events
-        self._api_key = secrets.token_urlsafe(24)
+        # hex only: a key starting with "-" would be read as a flag by the servers' argparse
+        self._api_key = "sk-symoe-" + secrets.token_hex(20)
         self._backends = {name: backend_for(m) for name, m in config.models.items()}
         self._current: _Running | None = None
         self._lock = asyncio.Lock()
         self._serial = 0
         self._failed = False
-        if config.servers.log_dir is not None:
-            self.log_dir = Path(config.servers.log_dir)
-            self._own_log_dir = False
-        else:
-            self.log_dir = Path(tempfile.mkdtemp(prefix="symoe-logs-"))
-            self._own_log_dir = True
+        self._log_dir: Path | None = Path(config.servers.log_dir) if config.servers.log_dir else None
+        self._own_log_dir = config.servers.log_dir is None
+
+    @property
+    def log_dir(self) -> Path:
+        """Server logs; a temporary folder (made on first use) unless the config names one."""
+        if self._log_dir is None:
+            self._log_dir = Path(tempfile.mkdtemp(prefix="symoe-logs-"))
+        return self._log_dir
 
     def server_key(self, model: str) -> str | None:
         backend = self._backends[model]
@@ -154,8 +158,8 @@ class ServerManager:
         try:
             await self.release_all()
         finally:
-            if self._own_log_dir and not self._failed:
-                shutil.rmtree(self.log_dir, ignore_errors=True)
+            if self._own_log_dir and self._log_dir is not None and not self._failed:
+                shutil.rmtree(self._log_dir, ignore_errors=True)
 
     async def __aenter__(self) -> "ServerManager":
         return self

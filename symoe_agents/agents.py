@@ -21,7 +21,7 @@ from typing import Literal
 
 import openai
 from asyncio_throttle import Throttler
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from symoe_agents.servers import Endpoint
 
@@ -133,7 +133,7 @@ class AgentRunner:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(_retryable),
                     stop=stop_after_attempt(self.concurrency.retries + 1),
-                    wait=wait_exponential_jitter(initial=0.5, max=20.0),
+                    wait=wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5),  # backoff plus jitter
                     reraise=True,
                 ):
                     with attempt:

@@ -1,0 +1,66 @@
+"""STAND-IN for a hosted OpenAI-compatible API, for faults a real server cannot show here.
+
+An asyncio HTTP server on 127.0.0.1 that answers ``/v1/chat/completions`` from a script of
+status codes: e.g. [429, 503, 200] answers 429, then 503, then a real completion.
+``hang`` instead of a code sleeps past any client timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+
+class ScriptedAPI:
+    def __init__(self, script: list[int | str], text: str = "The answer is (B)"):
+        self.script = list(script)
+        self.text = text
+        self.calls = 0
+        self.auth_headers: list[str] = []
+        self._server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> "ScriptedAPI":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+            body = await reader.readexactly(int(headers.get("content-length", 0)))
+            self.calls += 1
+            self.auth_headers.append(headers.get("authorization", ""))
+            step = self.script.pop(0) if self.script else 200
+            if step == "hang":
+                await asyncio.sleep(3600)
+            code = int(step)
+            if code == 200:
+                req = json.loads(body)
+                payload = {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+                }
+            else:
+                payload = {"error": {"message": f"scripted {code}", "type": "test", "code": code}}
+            data = json.dumps(payload).encode()
+            writer.write(
+                f"HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()

@@ -1,0 +1,71 @@
+"""The agent runner against a STAND-IN hosted API (scripted status codes, hangs)."""
+
+import pytest
+
+from standins.openai_standin import ScriptedAPI
+from symoe_agents.agents import Agent, AgentRunner
+from symoe_agents.config import Concurrency, Sampling
+from symoe_agents.prompting import load_template
+from symoe_agents.servers import Endpoint
+
+AGENT = Agent("expert", "hosted-x", load_template("skills"), Sampling(temperature=0.0, max_tokens=5))
+PROMPT = load_template("skills").render(question="Q")
+
+
+def runner(api: ScriptedAPI, **conc) -> AgentRunner:
+    ep = Endpoint(base_url=api.base_url, served_model="gpt-x", api_key="sk-test-123", key_env="MY_KEY")
+    return AgentRunner(ep, Concurrency(**{"retries": 3, "request_timeout_s": 5, **conc}), run_seed=0)
+
+
+@pytest.mark.parametrize("transient", [429, 500, 503])
+async def test_transient_errors_are_retried(transient):
+    async with ScriptedAPI([transient, transient, 200]) as api, runner(api) as r:
+        c = await r.call(AGENT, PROMPT, "q1")
+    assert c.error is None and c.text == "The answer is (B)"
+    assert api.calls == 3
+    assert api.auth_headers[-1] == "Bearer sk-test-123"
+
+
+@pytest.mark.parametrize("status, hint", [(400, "HTTP 400"), (401, "$MY_KEY"), (403, "$MY_KEY"), (404, "serves 'gpt-x'")])
+async def test_client_errors_are_not_retried_and_say_what_to_check(status, hint):
+    async with ScriptedAPI([status, 200]) as api, runner(api) as r:
+        c = await r.call(AGENT, PROMPT, "q1")
+    assert api.calls == 1
+    assert c.text is None and "model 'hosted-x'" in c.error and hint in c.error
+    assert "sk-test-123" not in c.error  # the key itself never appears
+
+
+async def test_retries_are_bounded():
+    async with ScriptedAPI([503] * 10) as api, runner(api, retries=2) as r:
+        c = await r.call(AGENT, PROMPT, "q1")
+    assert api.calls == 3 and "HTTP 503" in c.error
+
+
+async def test_a_hanging_endpoint_times_out():
+    async with ScriptedAPI(["hang", 200]) as api, runner(api, request_timeout_s=1, retries=1) as r:
+        c = await r.call(AGENT, PROMPT, "q1")
+    assert c.error is None and api.calls == 2  # the hang timed out, the retry answered
+
+
+async def test_sampling_and_seed_are_passed_on():
+    import json
+
+    seen = []
+
+    class Capturing(ScriptedAPI):
+        async def _handle(self, reader, writer):  # record the body, then answer as usual
+            orig = reader.readexactly
+
+            async def grab(n):
+                data = await orig(n)
+                seen.append(json.loads(data))
+                return data
+
+            reader.readexactly = grab
+            await super()._handle(reader, writer)
+
+    async with Capturing([200]) as api, runner(api) as r:
+        await r.call(AGENT, PROMPT, "q1", sample=2)
+    body = seen[0]
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 5 and isinstance(body["seed"], int)
+    assert body["messages"] == [{"role": "user", "content": PROMPT.text}]

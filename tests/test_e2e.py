@@ -1,0 +1,215 @@
+"""End to end on the real embedded pool: real llama.cpp servers, real HTTP, real tokens."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import EXAMPLES, pids_alive, read_jsonl, symoe_cmd
+from symoe_agents.config import load_config
+from symoe_agents.eval import extract_answer, is_correct
+from symoe_agents.formats import AnswerFormat
+
+pytestmark = pytest.mark.servers
+
+
+def run_symoe(*args, timeout=600, **kw):
+    return subprocess.run([*symoe_cmd(), *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def server_pids(events):
+    return [e["pid"] for e in events if e["kind"] == "server_start"]
+
+
+def no_llamacpp_server_on(ports):
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "llama_cpp.server" in cmd and any(f"--port {port}" in cmd for port in ports):
+            return False
+    return True
+
+
+def test_solve_example_set(tmp_path):
+    questions = read_jsonl(EXAMPLES / "questions.jsonl")
+    assert len(questions) >= 5
+    out, ev = tmp_path / "answers.jsonl", tmp_path / "events.jsonl"
+    proc = run_symoe("solve", EXAMPLES / "questions.jsonl", "-o", out, "--events", ev)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = load_config()
+
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == sorted(q["id"] for q in questions)
+    gold = {q["id"]: q["gold_answer"] for q in questions}
+    for r in records:
+        fmt = AnswerFormat(r["answer_format"])
+        assert r["question"] and isinstance(r["skills"], list)
+        assert len(r["skill_samples"]) == cfg.sampling.skill_inferencer.samples
+        assert r["routing"] == "uniform-no-profiles"
+        assert len(r["experts"]) == cfg.k and set(r["experts"]) <= set(cfg.roles.experts)
+        assert [a["model"] for a in sorted(r["expert_answers"], key=lambda a: a["slot"])] == r["experts"]
+        for a in r["expert_answers"]:
+            assert a["error"] is None and a["text"]
+            assert a["completion_tokens"] > 0 and a["prompt_tokens"] > 0 and a["latency_s"] > 0
+            assert a["extracted"] == extract_answer(a["text"], fmt, r["option_letters"])
+        assert r["aggregator"] == cfg.roles.aggregator
+        agg = r["aggregator_answer"]
+        assert agg["text"] == r["aggregator_response"] and agg["completion_tokens"] > 0
+        if agg["extracted"] is not None:
+            assert (r["final_answer"], r["final_source"]) == (agg["extracted"], "aggregator")
+        assert r["gold_answer"] == gold[r["id"]]
+        assert r["correct"] == is_correct(r["final_answer"], r["gold_answer"], fmt)
+        assert r["errors"] == []
+
+    events = read_jsonl(ev)
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert kinds.count("server_start") == kinds.count("server_ready") == kinds.count("server_stop")
+    groups = [e for e in events if e["kind"] == "group_start"]
+    assert groups[0]["group"].startswith("skills:") and groups[-1]["group"].startswith("aggregate:")
+    # each expert's server is loaded exactly once for the expert phase
+    agg_start = next(i for i, e in enumerate(events) if e["kind"] == "group_start" and e["group"].startswith("aggregate:"))
+    expert_servers = {g["server"] for g in groups if g["group"].startswith("expert:")}
+    for server in expert_servers:
+        starts = [e for e in events[:agg_start] if e["kind"] == "server_start" and e["server"] == server]
+        assert len(starts) == 1, server
+    # and the whole run loads no more than the plan needs: one start per change of server
+    changes, current = 0, None
+    for g in groups:
+        if g["server"] != current:
+            changes, current = changes + 1, g["server"]
+    assert kinds.count("server_start") == changes
+    # nothing left running, on the pids or the ports
+    assert pids_alive(server_pids(events)) == []
+    assert no_llamacpp_server_on([e["port"] for e in events if e["kind"] == "server_start"])
+    # the summary
+    assert "model loads: " in proc.stderr and "accuracy: " in proc.stderr
+    for g in groups:
+        assert g["group"] in proc.stderr
+
+
+def test_dry_run_routes_and_prints_the_plan_without_answering(tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps({"id": f"d{i}", "question": f"What is {i} + {i}?"}) + "\n" for i in range(3)))
+    ev = tmp_path / "ev.jsonl"
+    proc = run_symoe("solve", q, "-o", tmp_path / "out.jsonl", "--events", ev, "--dry-run", "--k", "2", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skills:smollm2" in proc.stdout and "aggregate:smollm2" in proc.stdout and "model loads:" in proc.stdout
+    events = read_jsonl(ev)
+    starts = [e for e in events if e["kind"] == "server_start"]
+    assert [e["model"] for e in starts] == ["smollm2"]  # only the skill inferencer ran
+    assert not (tmp_path / "out.jsonl").exists()
+    assert pids_alive(server_pids(events)) == []
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig, code):
+    ev = tmp_path / "ev.jsonl"
+    proc = subprocess.Popen(
+        [*symoe_cmd(), "solve", str(EXAMPLES / "questions.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--events", str(ev)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until a server is up and answering
+        if ev.exists() and any(e["kind"] == "server_ready" for e in read_jsonl(ev)):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("no server became ready")
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err[-2000:]
+    assert "all servers stopped" in err and "o.jsonl" in err
+    events = read_jsonl(ev)
+    assert pids_alive(server_pids(events)) == []
+
+
+def test_bad_input_is_rejected_before_any_server_starts(tmp_path):
+    q = tmp_path / "bad.jsonl"
+    q.write_text('{"question": "ok"}\n{"id": 2}\n')
+    proc = run_symoe("solve", q, "--events", tmp_path / "ev.jsonl", timeout=60)
+    assert proc.returncode == 2
+    assert f"{q}:2: missing required field 'question'" in proc.stderr
+    assert not (tmp_path / "ev.jsonl").exists()
+
+
+def test_bad_config_is_rejected_with_file_and_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[models.a]\nbackend = "llamacpp"\nembedded = "smollm2-135m-instruct"\nport = 1\n'
+                   '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n')  # fmt: skip
+    proc = run_symoe("solve", EXAMPLES / "questions.jsonl", "--config", cfg, timeout=60)
+    assert proc.returncode == 2
+    assert f"{cfg}: models.a.port: Extra inputs are not permitted" in proc.stderr
+
+
+def test_readme_python_example_runs():
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "api_example.py")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("1: experts=[")
+    assert any(line.startswith("gas: skills=") for line in lines)
+    assert any(line.startswith("sq: skills=") for line in lines)
+    assert "model loads:" in proc.stdout
+
+
+async def test_hosted_role_inside_the_callers_event_loop(tmp_path, monkeypatch):
+    """The aggregator is a 'hosted' OpenAI-compatible endpoint (here a real llama.cpp server
+    this test starts itself); symoe runs in the test's own event loop."""
+    from symoe_agents import EventLog, SymbolicMoE
+    from symoe_agents.config import parse_config
+    from symoe_agents.servers import ServerProcess, free_port
+    from symoe_agents.servers.embedded import embedded_model_path
+    from symoe_agents.servers.probe import http_get
+
+    key = "hosted-key-" + os.urandom(6).hex()
+    port = free_port()
+    hosted = ServerProcess(
+        "hosted",
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path("smollm2-135m-instruct")),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--logits_all", "false",
+         "--interrupt_requests", "false", "--model_alias", "remote-smol", "--api_key", key],
+        port, tmp_path / "hosted.log",
+    )  # fmt: skip
+    hosted.spawn()
+    try:
+
+        async def ready(p):
+            status, _ = await http_get("127.0.0.1", p, "/v1/models", {"Authorization": f"Bearer {key}"})
+            return status == 200
+
+        await hosted.wait_ready(ready, 60)
+        monkeypatch.setenv("SYMOE_TEST_HOSTED_KEY", key)
+        cfg = parse_config(
+            {
+                "k": 2,
+                "models": {
+                    "smol": {"backend": "llamacpp", "embedded": "smollm2-135m-instruct"},
+                    "remote": {"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "model": "remote-smol",
+                               "api_key_env": "SYMOE_TEST_HOSTED_KEY"},
+                },  # fmt: skip
+                "roles": {"skill_inferencer": "smol", "experts": ["smol"], "aggregator": "remote"},
+                "sampling": {"skill_inferencer": {"max_tokens": 32, "samples": 3}, "expert": {"max_tokens": 64},
+                             "aggregator": {"max_tokens": 64}},  # fmt: skip
+            },
+            "test",
+        )
+        events_file = tmp_path / "ev.jsonl"
+        log = EventLog(events_file)
+        async with SymbolicMoE(cfg, events=log) as moe:
+            results = await moe.solve_batch(["What is 2 + 2? The options are: (A) 3 (B) 4", "Name a primary colour."])
+        log.close()
+        assert len(results) == 2
+        for r in results:
+            assert r.aggregator == "remote" and r.aggregator_answer.error is None
+            assert r.aggregator_answer.completion_tokens > 0
+        starts = [e for e in log.events if e.kind == "server_start"]
+        assert [e.model for e in starts] == ["smol"]  # the hosted role needs no server
+        assert key not in events_file.read_text()
+    finally:
+        await hosted.stop(5)

@@ -1,0 +1,45 @@
+import pytest
+
+from symoe_agents.errors import PromptError
+from symoe_agents.prompting import TEMPLATE_NAMES, load_template
+
+
+def test_every_builtin_template_loads_and_renders():
+    variables = {
+        "skills": {"question": "Q"},
+        "expert": {"question": "Q", "answer_instruction": "I"},
+        "aggregator": {"question": "Q", "responses": "R", "answer_instruction": "I"},
+        "answer_multiple_choice": {"letters": "A, B"},
+        "answer_math": {},
+        "answer_free": {},
+    }
+    for name in TEMPLATE_NAMES:
+        r = load_template(name).render(**variables[name])
+        assert r.text and len(r.sha256) == 64 and r.template == name
+
+
+def test_skills_prompt_follows_the_method():
+    text = load_template("skills").render(question="What is 2+2?").text
+    assert text.startswith("Question: What is 2+2?")
+    assert "Keywords: <keyword1>, <keyword2>, ..." in text
+    assert "2 to 5" in text
+
+
+def test_math_instruction_keeps_literal_braces_and_question_braces_survive():
+    assert "\\boxed{X}" in load_template("answer_math").render().text
+    r = load_template("expert").render(question="Find $\\frac{a}{b}$ {x}", answer_instruction="I")
+    assert "{x}" in r.text
+
+
+def test_missing_or_unknown_variables_are_errors():
+    with pytest.raises(PromptError, match="missing \\['answer_instruction'\\]"):
+        load_template("expert").render(question="Q")
+    with pytest.raises(PromptError, match="unexpected \\['extra'\\]"):
+        load_template("skills").render(question="Q", extra="x")
+
+
+def test_prompts_dir_override(tmp_path):
+    (tmp_path / "skills.md").write_text("Name skills for: {question}\n")
+    assert load_template("skills", tmp_path).render(question="Q").text == "Name skills for: Q"
+    with pytest.raises(PromptError, match="expert.md"):
+        load_template("expert", tmp_path)

@@ -1,0 +1,144 @@
+from collections import Counter
+
+import pytest
+
+from symoe_agents.routing import (
+    apply_min_share,
+    exact_align,
+    expert_probabilities,
+    global_competence,
+    route_batch,
+    route_question,
+    suitability,
+)
+
+# method.md's worked example: totals A=40, B=-10, C=5; skills [algebra, algebra, geometry];
+# profiles A(3,-1), B(1,2), C(-2,0). "other" pads each profile to its stated total.
+WORKED = {
+    "A": {"algebra": 3, "geometry": -1, "other": 38},
+    "B": {"algebra": 1, "geometry": 2, "other": -13},
+    "C": {"algebra": -2, "geometry": 0, "other": 7},
+}
+
+
+def test_worked_example_global_competence():
+    gamma = global_competence({m: sum(p.values()) for m, p in WORKED.items()})
+    assert gamma["A"] == pytest.approx(0.910, abs=5e-4)
+    assert gamma["B"] == pytest.approx(0.00035, abs=5e-6)
+    assert gamma["C"] == pytest.approx(0.0896, abs=5e-4)
+
+
+def test_worked_example_suitability_and_probabilities():
+    scores = suitability(["algebra", "algebra", "geometry"], WORKED)
+    assert scores == {"A": 5, "B": 4, "C": -4}
+    gamma = global_competence({m: sum(p.values()) for m, p in WORKED.items()})
+    probs = expert_probabilities(scores, gamma)
+    assert set(probs) == {"A", "B"}  # only positive suitability are candidates
+    assert probs["A"] == pytest.approx(0.9997, abs=1e-4)
+    assert probs["B"] == pytest.approx(0.0003, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "totals, expected",
+    [
+        ({"a": 1, "b": 1}, {"a": 0.5, "b": 0.5}),
+        ({"a": 3, "b": 1}, {"a": 0.9, "b": 0.1}),  # no shift when all >= 0: 9/10, 1/10
+        ({"a": -1, "b": 0}, {"a": 0.2, "b": 0.8}),  # shift: 1, 2 -> 1/5, 4/5
+        ({"a": 0, "b": 0}, {"a": 0.5, "b": 0.5}),  # degenerate: equal
+    ],
+)
+def test_global_competence_table(totals, expected):
+    got = global_competence(totals)
+    assert got == pytest.approx(expected)
+
+
+def test_all_non_positive_suitability_uses_shifted_scores():
+    scores = {"a": -1.0, "b": -3.0}
+    probs = expert_probabilities(scores, {"a": 0.5, "b": 0.5})
+    # shifted: a = -1+3+1 = 3, b = 1 -> 3/4, 1/4
+    assert probs == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+def test_models_without_any_keyword_are_not_candidates():
+    profiles = {"a": {"law": 2}, "b": {"chemistry": 5}}
+    assert suitability(["law"], profiles) == {"a": 2}
+
+
+def test_draws_are_with_replacement_and_seeded():
+    profiles = {"a": {"x": 10}, "b": {"x": -10}}
+    r = route_question("q1", ["x"], ["a", "b"], 3, 0, profiles)
+    assert r.experts == ("a", "a", "a")  # only a is positive: drawn three times
+    assert r.method == "skills"
+    r1 = route_question("q7", ["x"], ["a", "b"], 3, 5, {"a": {"x": 1}, "b": {"x": 1}})
+    r2 = route_question("q7", ["x"], ["a", "b"], 3, 5, {"a": {"x": 1}, "b": {"x": 1}})
+    assert r1 == r2
+
+
+def test_no_keywords_is_uniform_with_replacement():
+    profiles = {"a": {"x": 1}, "b": {"x": 1}, "c": {"x": 1}}
+    routes = route_batch([(f"q{i}", []) for i in range(300)], ["a", "b", "c"], 3, 0, profiles)
+    assert all(r.method == "uniform-no-keywords" for r in routes.values())
+    counts = Counter(e for r in routes.values() for e in r.experts)
+    assert set(counts) == {"a", "b", "c"}
+    assert all(250 < c < 350 for c in counts.values())  # 900 draws, ~300 each
+    assert any(len(set(r.experts)) < 3 for r in routes.values())  # repeats happen
+
+
+def test_unknown_keywords_fall_back_to_uniform():
+    r = route_question("q", ["astrology"], ["a", "b"], 2, 0, {"a": {"x": 1}, "b": {"x": 2}})
+    assert r.method == "uniform-no-keywords"
+    assert r.keywords == ()
+
+
+def test_no_profiles_is_uniform_and_says_so():
+    r = route_question("q", ["x"], ["a", "b"], 3, 0, None)
+    assert r.method == "uniform-no-profiles"
+    assert len(r.experts) == 3 and set(r.experts) <= {"a", "b"}
+
+
+def test_question_route_does_not_depend_on_the_rest_of_the_batch():
+    profiles = {"a": {"x": 1}, "b": {"x": 1}}
+    small = route_batch([("q1", ["x"])], ["a", "b"], 3, 0, profiles)
+    big = route_batch([("q0", ["x"]), ("q1", ["x"]), ("q2", ["x"])], ["a", "b"], 3, 0, profiles)
+    assert small["q1"].experts == big["q1"].experts
+
+
+def test_different_seeds_give_different_routes():
+    profiles = {m: {"x": 1} for m in "abcdef"}
+    a = route_batch([(f"q{i}", ["x"]) for i in range(20)], list("abcdef"), 3, 0, profiles)
+    b = route_batch([(f"q{i}", ["x"]) for i in range(20)], list("abcdef"), 3, 1, profiles)
+    assert [r.experts for r in a.values()] != [r.experts for r in b.values()]
+
+
+def test_exact_align_keeps_duplicates_and_drops_unknowns():
+    assert exact_align(["a", "z", "a"], ["a", "b"]) == ["a", "a"]
+
+
+def test_min_share_replaces_rare_experts():
+    from symoe_agents.routing import Route
+
+    routes = {f"q{i}": Route(("a", "a", "b"), "skills") for i in range(30)}
+    routes["q_rare"] = Route(("c", "a", "b"), "skills")
+    out = apply_min_share(routes, 0.05, seed=0)
+    assert "c" not in {e for r in out.values() for e in r.experts}
+    assert out["q_rare"].replaced and out["q_rare"].replaced[0][0] == "c"
+    assert out["q_rare"].experts[0] in {"a", "b"}
+    assert out["q1"] == routes["q1"]  # untouched
+
+
+def test_min_share_that_excludes_everyone_is_an_error():
+    from symoe_agents.routing import Route
+
+    routes = {"q1": Route(("a", "b", "c"), "skills")}
+    with pytest.raises(ValueError, match="lower it"):
+        apply_min_share(routes, 0.9, seed=0)
+
+
+def test_min_share_via_route_batch_cuts_distinct_experts():
+    profiles = {m: {"x": w} for m, w in zip("abcdefgh", [10, 10, 10, 3, 3, 3, 3, 3])}
+    qs = [(f"q{i}", ["x"]) for i in range(200)]
+    plain = route_batch(qs, list("abcdefgh"), 3, 0, profiles)
+    cut = route_batch(qs, list("abcdefgh"), 3, 0, profiles, min_share=0.05)
+    n_plain = len({e for r in plain.values() for e in r.experts})
+    n_cut = len({e for r in cut.values() for e in r.experts})
+    assert n_plain == 8 and n_cut == 3  # the five rare experts (~2.6% each) are replaced

@@ -1,0 +1,199 @@
+"""Server lifecycle on real llama.cpp servers, and SGLang's protocol on a named stand-in."""
+
+import asyncio
+import json
+import os
+import sys
+
+import openai
+import psutil
+import pytest
+
+from conftest import ROOT, pids_alive
+from symoe_agents.config import load_config, parse_config
+from symoe_agents.errors import ServerStartError
+from symoe_agents.events import EventLog
+from symoe_agents.servers import ServerManager, ServerProcess, free_port
+from symoe_agents.servers.process import tail
+
+STANDIN = ROOT / "tests" / "standins" / "sglang_standin.py"
+
+
+def embedded_manager(**server_settings):
+    cfg = load_config()
+    if server_settings:
+        data = cfg.model_dump()
+        data["servers"].update(server_settings)
+        cfg = parse_config(data, "test")
+    events = EventLog()
+    return ServerManager(cfg, events), events
+
+
+async def test_llamacpp_start_ready_answer_stop():
+    manager, events = embedded_manager()
+    async with manager:
+        ep = await manager.acquire("smollm2")
+        assert ep.base_url.startswith("http://127.0.0.1:")
+        pid = events.events[-1].pid
+        proc = psutil.Process(pid)
+        listening = [c.laddr for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert listening and all(a.ip == "127.0.0.1" for a in listening)  # loopback only
+        client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
+        r = await client.chat.completions.create(
+            model=ep.served_model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
+        )
+        assert r.usage.completion_tokens > 0
+        bad = openai.AsyncOpenAI(base_url=ep.base_url, api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):  # the per-run key is enforced
+            await bad.models.list()
+        await client.close()
+        await bad.close()
+        # same weights behind another name: reused, no second start
+        ep2 = await manager.acquire("smollm2-focused")
+        assert ep2.base_url == ep.base_url
+    kinds = [e.kind for e in events.events]
+    assert kinds == ["server_start", "server_ready", "server_stop"]
+    assert pids_alive([pid]) == []
+
+
+async def test_switching_models_stops_the_previous_server_first():
+    manager, events = embedded_manager()
+    async with manager:
+        await manager.acquire("smollm2")
+        first = events.events[0].pid
+        await manager.acquire("gemma3")
+        assert pids_alive([first]) == []
+    assert [(e.kind, e.model) for e in events.events] == [
+        ("server_start", "smollm2"), ("server_ready", "smollm2"), ("server_stop", "smollm2"),
+        ("server_start", "gemma3"), ("server_ready", "gemma3"), ("server_stop", "gemma3"),
+    ]  # fmt: skip
+
+
+async def test_missing_model_file_fails_fast_with_log_tail(tmp_path):
+    cfg = parse_config(
+        {
+            "models": {"m": {"backend": "llamacpp", "model_path": str(tmp_path / "absent.gguf")}},
+            "roles": {"skill_inferencer": "m", "experts": ["m"], "aggregator": "m"},
+        },
+        "test",
+    )
+    manager = ServerManager(cfg, EventLog())
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(ServerStartError) as err:
+        async with manager:
+            await manager.acquire("m")
+    assert loop.time() - began < 30  # the process exit is seen at once, not at the deadline
+    assert "exited with code" in str(err.value)
+    assert "absent.gguf" in err.value.log_tail
+
+
+async def test_server_process_stop_kills_an_escaped_child(tmp_path):
+    """A child that left the process group (new session) is still ended by stop()."""
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time;"
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True);"
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid));"
+        "time.sleep(600)"
+    )
+    proc = ServerProcess("escaper", [sys.executable, "-c", code], free_port(), tmp_path / "log")
+    proc.spawn()
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        await asyncio.sleep(0.05)
+    child = int(pidfile.read_text())
+    assert os.getsid(child) != os.getsid(proc.pid)  # it really escaped the session
+    await proc.stop(grace=2)
+    await asyncio.sleep(0.2)
+    assert pids_alive([proc.pid, child]) == []
+
+
+async def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    proc = ServerProcess("stubborn", [sys.executable, "-c", code], free_port(), tmp_path / "log")
+    proc.spawn()
+    await asyncio.sleep(0.5)
+    await proc.stop(grace=0.5)
+    assert proc.proc.returncode == -9
+    assert "up" in tail(tmp_path / "log")
+
+
+# -- SGLang, against a stand-in (SGLang cannot run on these machines) --------------------
+
+
+def sglang_config(tmp_path, **extra):
+    fake_python = tmp_path / "sglang-python"
+    fake_python.write_text(f"#!/bin/sh\nexec {sys.executable} {STANDIN} \"$@\"\n")
+    fake_python.chmod(0o755)
+    model = {"backend": "sglang", "model_path": "org/Some-7B", "python": str(fake_python),
+             "served_model_name": "some-7b", "mem_fraction_static": 0.7, "context_length": 4096,
+             "random_seed": 3, "start_timeout_s": 20, **extra}  # fmt: skip
+    return parse_config({"models": {"g": model}, "roles": {"skill_inferencer": "g", "experts": ["g"], "aggregator": "g"}}, "t")
+
+
+async def test_sglang_command_line_and_readiness_protocol(tmp_path, monkeypatch):
+    argv_out = tmp_path / "argv.json"
+    monkeypatch.setenv("STANDIN_ARGV_OUT", str(argv_out))
+    monkeypatch.setenv("STANDIN_LOAD_S", "1.5")  # 503 for 1.5 s, then 200
+    events = EventLog()
+    async with ServerManager(sglang_config(tmp_path), events) as manager:
+        ep = await manager.acquire("g")
+        ready = next(e for e in events.events if e.kind == "server_ready")
+        assert ready.duration_s >= 1.5  # the 503 phase was waited out
+        argv = json.loads(argv_out.read_text())
+        assert argv[:2] == ["-m", "sglang.launch_server"]
+        flags = dict(zip(argv[2::2], argv[3::2]))
+        assert flags["--model-path"] == "org/Some-7B"
+        assert flags["--served-model-name"] == "some-7b"
+        assert flags["--host"] == "127.0.0.1"
+        assert flags["--mem-fraction-static"] == "0.7"
+        assert flags["--context-length"] == "4096"
+        assert flags["--random-seed"] == "3"
+        assert flags["--api-key"] == ep.api_key
+        client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
+        r = await client.chat.completions.create(model=ep.served_model, messages=[{"role": "user", "content": "x"}])
+        assert "answer is" in r.choices[0].message.content
+        await client.close()
+    start = next(e for e in events.events if e.kind == "server_start")
+    assert ep.api_key not in json.dumps(start.detail)  # the key is redacted in events
+
+
+async def test_sglang_exit_during_start_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_LOAD_S", "60")
+    monkeypatch.setenv("STANDIN_EXIT_CODE", "7")
+    with pytest.raises(ServerStartError, match="exited with code 7") as err:
+        async with ServerManager(sglang_config(tmp_path), EventLog()) as manager:
+            await manager.acquire("g")
+    assert "stand-in SGLang serving" in err.value.log_tail
+
+
+async def test_sglang_slow_start_times_out_and_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_LOAD_S", "60")
+    events = EventLog()
+    with pytest.raises(ServerStartError, match="not ready after 2 s"):
+        async with ServerManager(sglang_config(tmp_path, start_timeout_s=2), events) as manager:
+            await manager.acquire("g")
+    failed = next(e for e in events.events if e.kind == "server_failed")
+    assert pids_alive([failed.pid]) == []
+
+
+async def test_sglang_group_kill_ends_the_escaped_scheduler_child(tmp_path, monkeypatch):
+    escapee = tmp_path / "escapee.pid"
+    monkeypatch.setenv("STANDIN_ESCAPEE", str(escapee))
+    monkeypatch.setenv("STANDIN_LOAD_S", "0.2")
+    async with ServerManager(sglang_config(tmp_path), EventLog()) as manager:
+        await manager.acquire("g")
+        child = int(escapee.read_text())
+        assert pids_alive([child]) == [child]
+    await asyncio.sleep(0.2)
+    assert pids_alive([child]) == []
+
+
+def test_run_keys_are_random_and_never_look_like_a_flag():
+    """Regression: a urlsafe key may start with '-', which argparse reads as an option
+    ('--api-key: expected one argument'), found by the SGLang stand-in."""
+    keys = {ServerManager(load_config(), EventLog())._api_key for _ in range(200)}
+    assert len(keys) == 200
+    assert all(k.startswith("sk-symoe-") and k.replace("-", "").isalnum() for k in keys)
