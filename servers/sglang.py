@@ -1,20 +1,23 @@
 """SGLang, the GPU backend, launched from its own Python environment.
 
 SGLang pins its own torch and openai, so it is never imported here: symoe runs
-``PYTHON -m sglang.launch_server`` (or the ``sglang serve`` script beside that python).
-Readiness as SGLang defines it: ``GET /health`` is refused or answers 503 while the model
-loads, then 200; and ``/v1/models`` lists the served name.
+``PYTHON -m sglang.launch_server``, the ``sglang serve`` script beside that python, or a
+command of the user's. Readiness as SGLang defines it: ``GET /health`` is refused or
+answers 503 while the model loads, then 200; and ``/v1/models`` lists the served name.
+With ``enable_memory_saver`` a server can sleep (``/release_memory_occupation``) and
+wake (``/resume_memory_occupation``) instead of being killed and reloaded.
 """
 
 from __future__ import annotations
 
-import json
+import subprocess
 from pathlib import Path
 
 from symoe_agents.config import SGLangModel
 
-from .base import Launch, options_key
-from .probe import http_get
+from .gpu import MemoryShare
+from .base import Launch, missing_executable, options_key
+from .probe import http_get, http_request, lists_model
 from .process import LOOPBACK
 
 
@@ -26,17 +29,36 @@ class SGLangBackend:
     def served_name(self) -> str:
         return self.cfg.served_model_name or self.cfg.model_path
 
+    def gpus_needed(self) -> int:
+        return self.cfg.gpus_needed()
+
     def server_key(self) -> str:
-        opts = self.cfg.model_dump(exclude={"description", "sampling", "start_timeout_s"})
+        opts = self.cfg.model_dump(exclude={"description", "sampling", "start_timeout_s", "memory_gib"})
         return options_key(Path(self.cfg.model_path).name or "model", "sglang", opts)
 
     def command_prefix(self) -> list[str]:
+        if self.cfg.command:
+            return list(self.cfg.command)
         if self.cfg.launcher == "serve":
-            script = Path(self.cfg.python).parent / "sglang"
-            return [str(script) if self.cfg.python != "python" else "sglang", "serve"]
+            if self.cfg.python == "python":
+                return ["sglang", "serve"]
+            return [str(Path(self.cfg.python).parent / "sglang"), "serve"]
         return [self.cfg.python, "-m", "sglang.launch_server"]
 
-    def launch(self, host: str, port: int, api_key: str) -> Launch:
+    def preflight(self) -> list[str]:
+        exe = self.command_prefix()[0]
+        if missing_executable(exe):
+            return [f"'{exe}' not found; set 'python' to the python of SGLang's environment (or 'command')"]
+        if not self.cfg.command and self.cfg.launcher == "module":
+            probe = subprocess.run([exe, "-c", "import sglang"], capture_output=True, timeout=120)
+            if probe.returncode != 0:
+                return [f"'{exe}' cannot import sglang; install SGLang in that environment or fix 'python'"]
+        local = Path(self.cfg.model_path)
+        if (self.cfg.model_path.startswith(("/", ".", "~"))) and not local.exists():
+            return [f"model directory {local} not found; fix 'model_path'"]
+        return []
+
+    def launch(self, host: str, port: int, api_key: str, share: MemoryShare | None = None) -> Launch:
         c = self.cfg
         argv = self.command_prefix() + [
             "--model-path", c.model_path,
@@ -47,9 +69,10 @@ class SGLangBackend:
             "--tp-size", str(c.tp_size),
             "--dp-size", str(c.dp_size),
         ]  # fmt: skip
+        fraction = share.of_free() if share is not None else c.mem_fraction_static
         optional = {
             "--context-length": c.context_length,
-            "--mem-fraction-static": c.mem_fraction_static,
+            "--mem-fraction-static": None if fraction is None else round(fraction, 4),
             "--max-total-tokens": c.max_total_tokens,
             "--base-gpu-id": c.base_gpu_id,
             "--random-seed": c.random_seed,
@@ -58,18 +81,36 @@ class SGLangBackend:
         for flag, value in optional.items():
             if value is not None:
                 argv += [flag, str(value)]
+        for flag, on in (
+            ("--enable-memory-saver", c.enable_memory_saver),
+            ("--enable-weights-cpu-backup", c.enable_weights_cpu_backup),
+            ("--enable-metrics", c.enable_metrics),
+        ):
+            if on:
+                argv.append(flag)
         argv += c.extra_args
         headers = {"Authorization": f"Bearer {api_key}"}
         served = self.served_name
 
         async def ready(p: int) -> bool:
             status, _ = await http_get(LOOPBACK, p, "/health", headers, timeout=25)
-            if status != 200:
-                return False  # 503 while loading
-            status, body = await http_get(LOOPBACK, p, "/v1/models", headers, timeout=5)
-            if status != 200:
-                return False
-            ids = [m.get("id") for m in json.loads(body or b"{}").get("data", [])]
-            return served in ids
+            return status == 200 and await lists_model(LOOPBACK, p, served, headers)  # 503 while loading
 
         return Launch(argv=argv, served_model=served, probe=ready, start_timeout_s=c.start_timeout_s)
+
+    def supports_sleep(self) -> bool:
+        return self.cfg.enable_memory_saver
+
+    async def sleep(self, port: int, api_key: str) -> None:
+        await _post_ok(port, "/release_memory_occupation", api_key)
+
+    async def wake(self, port: int, api_key: str) -> None:
+        await _post_ok(port, "/resume_memory_occupation", api_key)
+
+
+async def _post_ok(port: int, path: str, api_key: str) -> None:
+    status, body = await http_request(
+        "POST", LOOPBACK, port, path, {"Authorization": f"Bearer {api_key}"}, b"{}", timeout=120
+    )
+    if status != 200:
+        raise OSError(f"POST {path} answered {status}: {body[:200]!r}")

@@ -27,6 +27,7 @@ from .errors import ConfigError
 EMBEDDED_CONFIG_NAME = "<built-in embedded pool>"
 
 EmbeddedModel = Literal["smollm2-135m-instruct", "gemma3-270m"]
+BACKENDS = ("llamacpp", "sglang", "vllm", "command", "openai")
 
 
 class _Strict(BaseModel):
@@ -58,7 +59,25 @@ class _ModelBase(_Strict):
     sampling: Sampling = Sampling()
 
 
-class LlamaCppModel(_ModelBase):
+class _LocalModel(_ModelBase):
+    """A model symoe starts and stops itself."""
+
+    memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="memory the server holds (GPU memory for GPU backends, RAM for llamacpp); "
+        "plans co-residency and overlap",
+    )
+    start_timeout_s: float | None = Field(default=None, gt=0, description="default: servers.start_timeout_s")
+
+    def gpus_needed(self) -> int:
+        return 0
+
+
+_PLACEHOLDERS = {"host", "port", "model", "api_key"}
+
+
+class LlamaCppModel(_LocalModel):
     """llama-cpp-python's OpenAI server (the embedded CPU default)."""
 
     backend: Literal["llamacpp"]
@@ -77,7 +96,7 @@ class LlamaCppModel(_ModelBase):
         return self
 
 
-class SGLangModel(_ModelBase):
+class SGLangModel(_LocalModel):
     """An SGLang server, launched from its own Python environment (it pins torch and openai)."""
 
     backend: Literal["sglang"]
@@ -85,6 +104,13 @@ class SGLangModel(_ModelBase):
     served_model_name: str | None = None
     python: str = Field(default="python", description="python of the environment SGLang is installed in")
     launcher: Literal["module", "serve"] = "module"
+    command: list[str] | None = Field(
+        default=None,
+        description="replaces the launcher entirely, e.g. ['conda', 'run', '-n', 'sglang', 'sglang', 'serve']",
+    )
+    enable_memory_saver: bool = Field(default=False, description="allows sleep (release/resume memory) instead of kill")
+    enable_weights_cpu_backup: bool = False
+    enable_metrics: bool = False
     context_length: int | None = Field(default=None, ge=1)
     mem_fraction_static: float | None = Field(default=None, gt=0.0, le=1.0)
     tp_size: int = Field(default=1, ge=1)
@@ -95,6 +121,76 @@ class SGLangModel(_ModelBase):
     log_level: str | None = None
     extra_args: list[str] = []
     start_timeout_s: float | None = Field(default=600.0, gt=0)
+
+    def gpus_needed(self) -> int:
+        return self.tp_size * self.dp_size
+
+
+class VLLMModel(_LocalModel):
+    """A vLLM server (``vllm serve``), from its own environment."""
+
+    backend: Literal["vllm"]
+    model_path: str
+    served_model_name: str | None = None
+    command: list[str] = Field(default=["vllm", "serve"], description="how to launch it, before the model path")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    enable_sleep_mode: bool = Field(default=False, description="allows sleep (/sleep, /wake_up) instead of kill")
+    extra_args: list[str] = []
+    start_timeout_s: float | None = Field(default=600.0, gt=0)
+
+    def gpus_needed(self) -> int:
+        return self.tensor_parallel_size
+
+
+class CommandModel(_LocalModel):
+    """Any OpenAI-compatible server, from a command template.
+
+    Placeholders in ``command``: {host}, {port}, {model} (= served_model_name), {api_key}.
+    Literal braces are doubled. Readiness: GET ``health_path`` answers a status in
+    ``ready_status`` (and, with ``require_model_listed``, /v1/models lists the model).
+    """
+
+    backend: Literal["command"]
+    command: list[str] = Field(min_length=1)
+    served_model_name: str
+    health_path: str = "/health"
+    ready_status: list[int] = [200]
+    require_model_listed: bool = False
+    send_api_key: bool = Field(default=True, description="send the run key as a Bearer token to health checks and calls")
+    env: dict[str, str] = {}
+    gpus: int = Field(default=0, ge=0, description="GPUs the server uses (0: CPU only)")
+    start_timeout_s: float | None = Field(default=600.0, gt=0)
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, v: list[str]) -> list[str]:
+        import string
+
+        used: set[str] = set()
+        for arg in v:
+            try:
+                used |= {f for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"bad template {arg!r} ({exc}); double literal braces") from None
+        unknown = used - _PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; use {sorted(_PLACEHOLDERS)}")
+        if "port" not in used:
+            raise ValueError("the command must place the server on {port} (symoe picks a free port)")
+        return v
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    def gpus_needed(self) -> int:
+        return self.gpus
 
 
 class OpenAIModel(_ModelBase):
@@ -124,7 +220,11 @@ class OpenAIModel(_ModelBase):
         return v
 
 
-ModelConfig = Annotated[Union[LlamaCppModel, SGLangModel, OpenAIModel], Field(discriminator="backend")]
+ModelConfig = Annotated[
+    Union[LlamaCppModel, SGLangModel, VLLMModel, CommandModel, OpenAIModel], Field(discriminator="backend")
+]
+LocalModel = LlamaCppModel | SGLangModel | VLLMModel | CommandModel
+AnyModel = LocalModel | OpenAIModel
 
 
 class Roles(_Strict):
@@ -151,7 +251,23 @@ class Concurrency(_Strict):
 class ServerSettings(_Strict):
     start_timeout_s: float = Field(default=120.0, gt=0)
     stop_grace_s: float = Field(default=15.0, ge=0)
+    release_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long to wait for a stopped server's port and GPU memory to be free"
+    )
+    restart_attempts: int = Field(default=2, ge=0, description="restarts of a server that dies or hangs mid-group")
     log_dir: Path | None = Field(default=None, description="server logs; default: a temporary folder per run")
+
+
+class ScheduleOptions(_Strict):
+    """Planner options beyond the paper's one-model-at-a-time schedule (all off by default)."""
+
+    co_residency: bool = Field(default=False, description="run expert groups side by side when their memory fits")
+    overlap: bool = Field(default=False, description="start the next server while the last requests decode, if memory allows")
+    sleep: bool = Field(default=False, description="sleep instead of kill a server used again later, where supported")
+    gpus: list[int] | None = Field(default=None, description="GPU ids to use; default: all that nvidia-smi lists")
+    device_memory_gib: float | None = Field(
+        default=None, gt=0, description="memory per device for planning; default: measured (GPU total, or free RAM)"
+    )
 
 
 class Config(_Strict):
@@ -172,6 +288,7 @@ class Config(_Strict):
     sampling: RoleSampling = RoleSampling()
     concurrency: Concurrency = Concurrency()
     servers: ServerSettings = ServerSettings()
+    schedule: ScheduleOptions = ScheduleOptions()
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":
@@ -189,7 +306,7 @@ class Config(_Strict):
             raise ValueError("; ".join(problems))
         return self
 
-    def model(self, name: str) -> LlamaCppModel | SGLangModel | OpenAIModel:
+    def model(self, name: str) -> AnyModel:
         return self.models[name]
 
     def with_overrides(self, **changes: Any) -> "Config":
@@ -202,7 +319,7 @@ class Config(_Strict):
 def _format_loc_clean(loc: tuple[Any, ...]) -> str:
     # pydantic puts the union tag right after the model name: models.<name>.<tag>.<field>
     cleaned = list(loc)
-    if len(cleaned) >= 3 and cleaned[0] == "models" and cleaned[2] in ("llamacpp", "sglang", "openai"):
+    if len(cleaned) >= 3 and cleaned[0] == "models" and cleaned[2] in BACKENDS:
         del cleaned[2]
     out = ""
     for item in cleaned:

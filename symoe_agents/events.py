@@ -24,7 +24,12 @@ EventKind = Literal[
     "server_ready",
     "server_stop",
     "server_failed",
+    "server_released",
+    "server_sleep",
+    "server_wake",
+    "server_restart",
     "request_failed",
+    "requests_resent",
     "run_end",
 ]
 

@@ -52,7 +52,8 @@ async def test_llamacpp_start_ready_answer_stop():
         ep2 = await manager.acquire("smollm2-focused")
         assert ep2.base_url == ep.base_url
     kinds = [e.kind for e in events.events]
-    assert kinds == ["server_start", "server_ready", "server_stop"]
+    assert kinds == ["server_start", "server_ready", "server_stop", "server_released"]
+    assert events.events[-1].detail["port_free"] is True
     assert pids_alive([pid]) == []
 
 
@@ -65,7 +66,9 @@ async def test_switching_models_stops_the_previous_server_first():
         assert pids_alive([first]) == []
     assert [(e.kind, e.model) for e in events.events] == [
         ("server_start", "smollm2"), ("server_ready", "smollm2"), ("server_stop", "smollm2"),
+        ("server_released", "smollm2"),  # the next server starts only after the port is free
         ("server_start", "gemma3"), ("server_ready", "gemma3"), ("server_stop", "gemma3"),
+        ("server_released", "gemma3"),
     ]  # fmt: skip
 
 

@@ -1,0 +1,86 @@
+"""vLLM (``vllm serve MODEL``), launched from its own environment.
+
+Readiness: ``GET /health`` answers 200 and ``/v1/models`` lists the served name. With
+``enable_sleep_mode`` a server can sleep (``POST /sleep?level=1``) and wake
+(``POST /wake_up``) instead of being killed and reloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from symoe_agents.config import VLLMModel
+
+from .gpu import MemoryShare
+from .base import Launch, missing_executable, options_key
+from .probe import http_get, http_request, lists_model
+from .process import LOOPBACK
+
+
+class VLLMBackend:
+    def __init__(self, cfg: VLLMModel):
+        self.cfg = cfg
+
+    @property
+    def served_name(self) -> str:
+        return self.cfg.served_model_name or self.cfg.model_path
+
+    def gpus_needed(self) -> int:
+        return self.cfg.gpus_needed()
+
+    def server_key(self) -> str:
+        opts = self.cfg.model_dump(exclude={"description", "sampling", "start_timeout_s", "memory_gib"})
+        return options_key(Path(self.cfg.model_path).name or "model", "vllm", opts)
+
+    def preflight(self) -> list[str]:
+        exe = self.cfg.command[0]
+        if missing_executable(exe):
+            return [f"'{exe}' not found; set 'command' to vLLM's launcher, e.g. ['/opt/vllm/bin/vllm', 'serve']"]
+        if self.cfg.model_path.startswith(("/", ".", "~")) and not Path(self.cfg.model_path).exists():
+            return [f"model directory {self.cfg.model_path} not found; fix 'model_path'"]
+        return []
+
+    def launch(self, host: str, port: int, api_key: str, share: MemoryShare | None = None) -> Launch:
+        c = self.cfg
+        argv = list(c.command) + [
+            c.model_path,
+            "--host", host,
+            "--port", str(port),
+            "--api-key", api_key,
+            "--served-model-name", self.served_name,
+            "--tensor-parallel-size", str(c.tensor_parallel_size),
+        ]  # fmt: skip
+        utilization = share.of_total() if share is not None else c.gpu_memory_utilization
+        for flag, value in (
+            ("--gpu-memory-utilization", None if utilization is None else round(utilization, 4)),
+            ("--max-model-len", c.max_model_len),
+            ("--seed", c.seed),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        if c.enable_sleep_mode:
+            argv.append("--enable-sleep-mode")
+        argv += c.extra_args
+        headers = {"Authorization": f"Bearer {api_key}"}
+        served = self.served_name
+
+        async def ready(p: int) -> bool:
+            status, _ = await http_get(LOOPBACK, p, "/health", headers, timeout=25)
+            return status == 200 and await lists_model(LOOPBACK, p, served, headers)
+
+        return Launch(argv=argv, served_model=served, probe=ready, start_timeout_s=c.start_timeout_s)
+
+    def supports_sleep(self) -> bool:
+        return self.cfg.enable_sleep_mode
+
+    async def sleep(self, port: int, api_key: str) -> None:
+        await _post_ok(port, "/sleep?level=1", api_key)
+
+    async def wake(self, port: int, api_key: str) -> None:
+        await _post_ok(port, "/wake_up", api_key)
+
+
+async def _post_ok(port: int, path: str, api_key: str) -> None:
+    status, body = await http_request("POST", LOOPBACK, port, path, {"Authorization": f"Bearer {api_key}"}, timeout=120)
+    if status != 200:
+        raise OSError(f"POST {path} answered {status}: {body[:200]!r}")
