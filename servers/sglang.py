@@ -10,6 +10,7 @@ wake (``/resume_memory_occupation``) instead of being killed and reloaded.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -50,8 +51,7 @@ class SGLangBackend:
         if missing_executable(exe):
             return [f"'{exe}' not found; set 'python' to the python of SGLang's environment (or 'command')"]
         if not self.cfg.command and self.cfg.launcher == "module":
-            probe = subprocess.run([exe, "-c", "import sglang"], capture_output=True, timeout=120)
-            if probe.returncode != 0:
+            if not _can_import(exe, "sglang"):
                 return [f"'{exe}' cannot import sglang; install SGLang in that environment or fix 'python'"]
         local = Path(self.cfg.model_path)
         if (self.cfg.model_path.startswith(("/", ".", "~"))) and not local.exists():
@@ -106,6 +106,15 @@ class SGLangBackend:
 
     async def wake(self, port: int, api_key: str) -> None:
         await _post_ok(port, "/resume_memory_occupation", api_key)
+
+
+@functools.lru_cache(maxsize=16)
+def _can_import(python: str, module: str) -> bool:
+    """Whether ``python`` can import ``module`` (asked once per executable: imports are slow)."""
+    try:
+        return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=300).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 async def _post_ok(port: int, path: str, api_key: str) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +94,7 @@ class AgentRunner:
             timeout=concurrency.request_timeout_s,
         )
         self._slots = asyncio.Semaphore(concurrency.max_in_flight)
+        self.calls_sent = 0  # HTTP attempts, retries included: proves what was (not) sent twice
         rps = concurrency.requests_per_second
         self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
 
@@ -115,7 +116,14 @@ class AgentRunner:
             else:
                 yield
 
-    async def call(self, agent: Agent, prompt: RenderedPrompt, question_id: str, sample: int = 0) -> Completion:
+    async def call(
+        self,
+        agent: Agent,
+        prompt: RenderedPrompt,
+        question_id: str,
+        sample: int = 0,
+        on_admitted: Callable[[], None] | None = None,
+    ) -> Completion:
         s = agent.sampling
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
@@ -129,6 +137,8 @@ class AgentRunner:
         started = time.monotonic()
         try:
             async with self._admitted():
+                if on_admitted is not None:
+                    on_admitted()
                 started = time.monotonic()
                 async for attempt in AsyncRetrying(
                     retry=retry_if_exception(_retryable),
@@ -137,6 +147,7 @@ class AgentRunner:
                     reraise=True,
                 ):
                     with attempt:
+                        self.calls_sent += 1
                         async with asyncio.timeout(self.concurrency.request_timeout_s):
                             response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group
@@ -145,6 +156,7 @@ class AgentRunner:
                 latency_s=time.monotonic() - started,
                 prompt_sha256=prompt.sha256,
                 error=describe_error(exc, agent.model, self.endpoint),
+                retryable=_retryable(exc),
             )
         usage = response.usage
         text = response.choices[0].message.content if response.choices else None

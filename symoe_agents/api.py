@@ -21,6 +21,7 @@ from .config import Config, load_config
 from .controller import BatchOutcome, Controller, Progress
 from .events import EventLog, RunSummary
 from .inputs import as_questions
+from .preflight import PreflightError, preflight
 from .records import Question, QuestionResult
 from .schedule import Schedule
 from symoe_agents.servers import ServerManager
@@ -49,6 +50,9 @@ class SymbolicMoE:
         self.last: BatchOutcome | None = None
 
     async def __aenter__(self) -> "SymbolicMoE":
+        problems = await asyncio.to_thread(preflight, self.config)
+        if problems:
+            raise PreflightError(problems)
         self._manager = ServerManager(self.config, self.events)
         self._controller = Controller(self.config, self._manager, self.events, self._progress)
         return self

@@ -21,6 +21,7 @@ from .config import Config, embedded_config_text, load_config
 from .errors import ConfigError, InputError, ProfileError, PromptError, ServerStartError, SymoeError
 from .events import Event, EventLog
 from .inputs import read_questions
+from .preflight import preflight
 from .records import QuestionResult
 
 app = typer.Typer(
@@ -106,7 +107,7 @@ def _run_with_signals(coro_factory, resume_hint: str) -> int:
         return asyncio.run(main())
     except (asyncio.CancelledError, KeyboardInterrupt):
         signum = state["signal"] or signal.SIGINT
-        _err(f"[symoe] interrupted; all servers stopped. {resume_hint}")
+        _err(f"[symoe] interrupted; all servers stopped. {resume_hint}".rstrip())
         return 128 + int(signum)
 
 
@@ -133,6 +134,10 @@ def solve(
     except (ConfigError, InputError, ProfileError, PromptError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
+    problems = preflight(cfg)
+    if problems:
+        _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+        raise typer.Exit(2)
     out_path = output or Path(f"{input.stem}.answers.jsonl")
     code = _run_with_signals(
         lambda: _solve(cfg, questions, out_path, events, dry_run),
@@ -201,6 +206,12 @@ def show_config(
         if name in cfg.roles.experts:
             roles.insert(0, "expert")
         print(f"  {name:<24} {m.backend:<9} {', '.join(roles) or '-'}")
+
+
+from .cli_servers import check, servers_app  # noqa: E402
+
+app.command("check")(check)
+app.add_typer(servers_app, name="servers")
 
 
 def main() -> None:

@@ -1,14 +1,18 @@
-"""The controller: runs a batch as a schedule of groups through the server manager.
+"""The controller: runs a batch as stages of groups through the server manager.
 
 1. Skill group: the skill inferencer answers every question ``samples`` times.
 2. Routing (pure): keywords -> k experts per question.
-3. The schedule (pure): expert groups in load-minimising order, then aggregation.
-4. Each group: acquire its model's server (the manager stops/starts as needed), send all its
-   requests concurrently under the runner's bounds, record every answer, end the group.
+3. The schedule (pure) and its placement on devices (pure): stages of lanes.
+4. Each stage: release the servers it does not need (or put them to sleep), then run its
+   lanes side by side; a lane runs its groups in order, acquiring each group's server.
+   A group sends all its requests concurrently under the runner's bounds.
 
-A failed call is recorded in the question's result, never dropped. An expert whose server
-cannot start fails only its own requests; the run goes on. If the aggregator fails, the
-final answer falls back to the experts' majority and the record says so.
+Failures: a failed call is recorded in the question's result, never dropped. When calls
+fail in a way that points at the server (connection refused, timeouts) and the server is
+dead or no longer answers its health check, it is restarted (``servers.restart_attempts``)
+and only the unanswered requests are sent again. An expert whose server cannot start or be
+restarted fails only its own requests; the run goes on. If the aggregator fails, the final
+answer falls back to the experts' majority and the record says so.
 """
 
 from __future__ import annotations
@@ -16,24 +20,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import psutil
+
 from . import routing
 from .agents import Agent, AgentRunner, build_agent
-from .config import Config
+from .config import Config, OpenAIModel
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .formats import AnswerFormat, detect_format
+from .placement import Device, Lane, Placement, Stage, place
 from .profiles import Profile, load_profiles
-from .prompting import load_template
+from .prompting import RenderedPrompt, load_template
 from .records import AggregatorAnswer, Completion, ExpertAnswer, Question, QuestionResult
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct
 from symoe_agents.eval.extract import strip_reasoning
 from symoe_agents.servers import ServerManager
+from symoe_agents.servers.gpu import MemoryShare
 
 
 class Progress(Protocol):
@@ -64,6 +72,7 @@ class _Prepared:
 class BatchOutcome:
     results: list[QuestionResult]
     schedule: Schedule
+    placement: Placement
     summary: RunSummary
     routing_note: str
 
@@ -84,16 +93,23 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return next(a for a in answers if a is not None and votes[a] == best)
 
 
+#: request index -> the prompt to send, or None to skip it (with the reason)
+PromptOf = Callable[[int], tuple[RenderedPrompt | None, str]]
+#: request index, final completion
+OnFinal = Callable[[int, Completion], None]
+
+
 class Controller:
     def __init__(self, config: Config, manager: ServerManager, events: EventLog, progress: Progress | None = None):
         self.config = config
         self.manager = manager
         self.events = events
         self.progress = progress or _NoProgress()
-        self._skill_tokens = [0, 0]
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
+        self._skill_tokens = [0, 0]
+        self._devices: list[Device] | None = None
 
     @property
     def routing_note(self) -> str:
@@ -101,47 +117,217 @@ class Controller:
             return "no profiles given: experts recruited uniformly at random (run `symoe profile` for skill routing)"
         return f"experts recruited by skill profiles from {self.config.profiles}"
 
+    # -- devices and placement ---------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        """Where servers can run: GPU slices sized to the largest tp, or the CPU."""
+        if self._devices is not None:
+            return self._devices
+        cfg = self.config
+        needed = 0
+        for name in {*cfg.roles.experts, cfg.roles.skill_inferencer, cfg.roles.aggregator}:
+            backend = self.manager.backend(name)
+            if backend is not None:
+                needed = max(needed, backend.gpus_needed())
+        if needed == 0:
+            ram = cfg.schedule.device_memory_gib or psutil.virtual_memory().available / 2**30
+            self._devices = [Device(None, ram)]
+            return self._devices
+        infos = []
+        if self.manager.gpu is not None:
+            try:
+                infos = await self.manager.gpu.gpus()
+            except OSError:
+                infos = []
+        ids = cfg.schedule.gpus if cfg.schedule.gpus is not None else [g.index for g in infos] or [0]
+        total = {g.index: g.total_mib / 1024 for g in infos}
+        slices = [tuple(ids[i : i + needed]) for i in range(0, len(ids) - needed + 1, needed)] or [tuple(ids)]
+        self._devices = [
+            Device(s, cfg.schedule.device_memory_gib or (min(total[i] for i in s) if all(i in total for i in s) else None))
+            for s in slices
+        ]
+        return self._devices
+
+    def memory_by_server(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name, model in self.config.models.items():
+            key = self.manager.server_key(name)
+            if key is not None and out.get(key) is None:
+                out[key] = getattr(model, "memory_gib", None)
+        return out
+
+    async def place(self, schedule: Schedule) -> Placement:
+        opts = self.config.schedule
+        return place(
+            schedule, await self.devices(), self.memory_by_server(),
+            co_residency=opts.co_residency, overlap=opts.overlap, sleep=opts.sleep,
+        )  # fmt: skip
+
+    async def _share(self, model: str, device: Device, co_resident: bool) -> MemoryShare | None:
+        """A co-resident GPU server's memory share, from what is free at its start."""
+        need = getattr(self.config.model(model), "memory_gib", None)
+        if not co_resident or need is None or device.gpu_ids is None or self.manager.gpu is None:
+            return None
+        try:
+            infos = {g.index: g for g in await self.manager.gpu.gpus()}
+        except OSError:
+            return None
+        gpu = infos.get(device.gpu_ids[0])
+        return MemoryShare(need, gpu.free_mib / 1024, gpu.total_mib / 1024) if gpu else None
+
     # -- one group -------------------------------------------------------------------
 
     async def _run_group(
         self,
         group: Group,
         agent: Agent,
-        make_call: Callable[[AgentRunner, int], Awaitable[None]],
+        prompt_of: PromptOf,
+        on_final: OnFinal,
+        device: Device | None = None,
+        co_resident: bool = False,
+        on_admitted: Callable[[], None] | None = None,
+        exclusive: bool = True,
     ) -> None:
-        """Acquire the group's server, run every request, emit start/end. ``make_call(runner, i)``
-        performs request ``i`` and stores its result."""
+        """Acquire the group's server and run every request to a final completion, restarting
+        a server that dies or hangs; ``on_final(i, completion)`` receives each result once."""
+        n = len(group.requests)
         began = time.monotonic()
-        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=len(group.requests))
-        failed = 0
+        hosted = isinstance(self.config.model(group.model), OpenAIModel)
+        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
+        failed = restarts = calls = resent = 0
+        finished: set[int] = set()
+
+        def final(i: int, c: Completion) -> None:
+            nonlocal failed
+            finished.add(i)
+            if c.error:
+                failed += 1
+                req = group.requests[i]
+                self.events.emit("request_failed", group=group.name, model=group.model,
+                                 detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
+            on_final(i, c)
+            self.progress.advance()
+
+        def fail_rest(reason: str) -> None:
+            for i in range(n):
+                if i not in finished:
+                    final(i, Completion(model=group.model, error=reason))
+
+        self.progress.start(group.name, n)
         try:
             try:
-                endpoint = await self.manager.acquire(group.model)
-            except ServerStartError as exc:
-                failed = len(group.requests)
-                raise _GroupUnavailable(str(exc)) from exc
-            except Exception as exc:  # hosted endpoint misconfigured (missing key variable, ...)
-                failed = len(group.requests)
-                raise _GroupUnavailable(str(exc)) from exc
-            self.progress.start(group.name, len(group.requests))
-            try:
+                endpoint = await self.manager.acquire(
+                    group.model,
+                    exclusive=exclusive and not co_resident,
+                    gpu_ids=device.gpu_ids if device else None,
+                    share=await self._share(group.model, device, co_resident) if device else None,
+                )
+            except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
+                fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
+                return
+            pending = list(range(n))
+            while pending:
+                retry: list[tuple[int, Completion]] = []
+                server_down = asyncio.Event()
+
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed) as runner:
 
                     async def one(i: int) -> None:
-                        await make_call(runner, i)
-                        self.progress.advance()
+                        if server_down.is_set():
+                            retry.append((i, Completion(model=group.model, error="not sent: server down")))
+                            return
+                        prompt, why = prompt_of(i)
+                        if prompt is None:
+                            final(i, Completion(model=group.model, error=why))
+                            return
+                        req = group.requests[i]
+                        c = await runner.call(agent, prompt, req.question_id, req.sample, on_admitted)
+                        if c.error and c.retryable and not hosted:
+                            retry.append((i, c))
+                            if not self.manager.process_alive(group.model):
+                                server_down.set()  # do not spend the others' retries on a dead server
+                            return
+                        final(i, c)
 
                     async with asyncio.TaskGroup() as tg:
-                        for i in range(len(group.requests)):
+                        for i in pending:
                             tg.create_task(one(i))
-            finally:
-                self.progress.finish()
+                    calls += runner.calls_sent
+                if not retry:
+                    break
+                if await self.manager.healthy(group.model):
+                    for i, c in retry:  # the server is fine: these failures were the requests' own
+                        final(i, c)
+                    break
+                reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
+                if restarts >= self.config.servers.restart_attempts:
+                    fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {restarts} time(s) without success")
+                    break
+                restarts += 1
+                try:
+                    endpoint = await self.manager.restart(group.model, reason)
+                except ServerStartError as exc:
+                    fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
+                    break
+                pending = sorted(i for i, _ in retry)
+                resent += len(pending)
+                self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(pending))
         finally:
+            self.progress.finish()
             self.events.emit(
-                "group_end", group=group.name, model=group.model, server=group.server,
-                requests=len(group.requests), duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": failed},
+                "group_end", group=group.name, model=group.model, server=group.server, requests=n,
+                duration_s=round(time.monotonic() - began, 3),
+                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent},
             )  # fmt: skip
+
+    # -- stages ------------------------------------------------------------------------
+
+    async def _run_stage(self, stage: Stage, later: list[Stage], run_group: Callable[..., object]) -> None:
+        """Release what this stage does not need, then run its lanes side by side."""
+        needed = set(stage.servers)
+        self.manager.reuse_later = {s for st in later for s in st.servers}
+        for key in self.manager.running_keys():
+            if key not in needed:
+                await self.manager.release(key)
+        lanes_per_device = Counter(lane.device.name for lane in stage.lanes)
+        multi = len(stage.lanes) > 1
+
+        total = sum(len(g.requests) for lane in stage.lanes for g in lane.groups)
+        admitted = 0
+        prestart: asyncio.Task[None] | None = None
+
+        def on_admitted() -> None:
+            nonlocal admitted, prestart
+            admitted += 1
+            if admitted == total and stage.prestart_next and later and prestart is None:
+                prestart = asyncio.ensure_future(self._prestart(later[0]))
+
+        async def run_lane(lane: Lane) -> None:
+            co_resident = lanes_per_device[lane.device.name] > 1
+            for k, group in enumerate(lane.groups):
+                await run_group(group, lane.device, co_resident, on_admitted, not multi)
+                nxt = lane.groups[k + 1] if k + 1 < len(lane.groups) else None
+                if multi and group.server and (nxt is None or nxt.server != group.server):
+                    others = {g.server for ln in stage.lanes if ln is not lane for g in ln.groups}
+                    if group.server not in others and group.server not in {s for st in later[:1] for s in st.servers}:
+                        await self.manager.release(group.server)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for lane in stage.lanes:
+                    tg.create_task(run_lane(lane))
+        finally:
+            if prestart is not None:
+                await prestart
+
+    async def _prestart(self, stage: Stage) -> None:
+        """Overlap: start the next stage's new servers while this stage's last requests decode."""
+        for lane in stage.lanes:
+            for group in lane.groups[:1]:
+                try:
+                    await self.manager.acquire(group.model, exclusive=False, gpu_ids=lane.device.gpu_ids)
+                except Exception:  # the stage itself will try again and record the failure
+                    return
 
     # -- the batch -------------------------------------------------------------------
 
@@ -154,22 +340,24 @@ class Controller:
         texts: dict[str, list[str]] = {p.question.id: [""] * samples for p in prepared}
         errors: dict[str, list[str]] = {p.question.id: [] for p in prepared}
         by_id = {p.question.id: p for p in prepared}
+        unavailable: list[str] = []
 
-        async def call(runner: AgentRunner, i: int) -> None:
+        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
+            return agent.template.render(question=by_id[group.requests[i].question_id].question.question), ""
+
+        def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
-            prompt = agent.template.render(question=by_id[req.question_id].question.question)
-            c = await runner.call(agent, prompt, req.question_id, req.sample)
             if c.error:
                 errors[req.question_id].append(f"skill sample {req.sample}: {c.error}")
-                self.events.emit("request_failed", group=group.name, model=model, detail={"question": req.question_id, "error": c.error})
+                if c.error.startswith("server unavailable"):
+                    unavailable.append(c.error)
             texts[req.question_id][req.sample] = c.text or ""
             self._skill_tokens[0] += c.prompt_tokens
             self._skill_tokens[1] += c.completion_tokens
 
-        try:
-            await self._run_group(group, agent, call)
-        except _GroupUnavailable as exc:
-            raise ServerStartError(model, f"the skill inferencer is needed before routing can start: {exc}") from None
+        await self._run_group(group, agent, prompt_of, on_final, (await self.devices())[0])
+        if unavailable:
+            raise ServerStartError(model, f"the skill inferencer is needed before routing can start ({unavailable[0]})")
         keywords = {qid: infer_keywords(t) for qid, t in texts.items()}
         return keywords, texts, errors
 
@@ -197,7 +385,6 @@ class Controller:
         dry_run: bool = False,
         on_result: Callable[[QuestionResult], None] | None = None,
     ) -> BatchOutcome:
-        cfg = self.config
         self._skill_tokens = [0, 0]
         run_began = self.events.emit("run_start", requests=len(questions)).ts
         prepared = []
@@ -208,7 +395,6 @@ class Controller:
                 if fmt is AnswerFormat.MULTIPLE_CHOICE and not letters:
                     letters = ["A", "B", "C", "D"]
             prepared.append(_Prepared(q, fmt, letters))
-
         try:
             return await self._run(prepared, run_began, dry_run, on_result)
         finally:
@@ -223,48 +409,55 @@ class Controller:
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
             cfg.roles.skill_inferencer, cfg.roles.aggregator, cfg.sampling.skill_inferencer.samples,
         )  # fmt: skip
+        placement = await self.place(schedule)
         expert_answers: dict[str, list[ExpertAnswer | None]] = {qid: [None] * cfg.k for qid in by_id}
 
         if dry_run:
             self.events.emit("run_end")
-            return BatchOutcome([], schedule, self._summary(run_began, []), self.routing_note)
+            return BatchOutcome([], schedule, placement, self._summary(run_began, []), self.routing_note)
 
-        for group in schedule.groups[1:-1]:
-            await self._run_expert_group(group, by_id, expert_answers, errors)
+        stages = list(placement.stages[1:])  # the skill stage already ran
+        results: dict[str, QuestionResult] = {}
+        for k, stage in enumerate(stages[:-1]):
 
-        results = await self._run_aggregation(schedule.groups[-1], by_id, keywords, skill_texts, routes, expert_answers, errors, on_result)
+            async def run_expert(group: Group, device, co_resident, on_admitted, exclusive) -> None:
+                await self._run_expert_group(group, by_id, expert_answers, errors, device, co_resident, on_admitted, exclusive)
+
+            await self._run_stage(stage, stages[k + 1 :], run_expert)
+
+        async def run_aggregate(group: Group, device, co_resident, on_admitted, exclusive) -> None:
+            await self._run_aggregation(group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device, exclusive)
+
+        await self._run_stage(stages[-1], [], run_aggregate)
         await self.manager.release_all()
         self.events.emit("run_end")
         ordered = [results[p.question.id] for p in prepared]
-        return BatchOutcome(ordered, schedule, self._summary(run_began, ordered), self.routing_note)
+        return BatchOutcome(ordered, schedule, placement, self._summary(run_began, ordered), self.routing_note)
 
-    async def _run_expert_group(self, group, by_id, expert_answers, errors) -> None:
+    async def _run_expert_group(self, group, by_id, expert_answers, errors, device=None, co_resident=False, on_admitted=None, exclusive=True) -> None:
         agent = build_agent(self.config, "expert", group.model)
         pdir = self.config.prompts_dir
 
-        async def call(runner: AgentRunner, i: int) -> None:
+        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
+            p = by_id[group.requests[i].question_id]
+            instruction = answer_instruction(p.fmt, p.letters, pdir)
+            return agent.template.render(question=p.question.question, answer_instruction=instruction), ""
+
+        def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
             p = by_id[req.question_id]
-            prompt = agent.template.render(question=p.question.question, answer_instruction=answer_instruction(p.fmt, p.letters, pdir))
-            c = await runner.call(agent, prompt, req.question_id, req.sample)
             expert_answers[req.question_id][req.sample] = ExpertAnswer(
                 **c.model_dump(), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters)
             )
             if c.error:
                 errors[req.question_id].append(f"expert {group.model} (slot {req.sample}): {c.error}")
-                self.events.emit("request_failed", group=group.name, model=group.model, detail={"question": req.question_id, "error": c.error})
 
-        try:
-            await self._run_group(group, agent, call)
-        except _GroupUnavailable as exc:
-            for req in group.requests:
-                expert_answers[req.question_id][req.sample] = ExpertAnswer(model=group.model, slot=req.sample, error=str(exc).splitlines()[0])
-                errors[req.question_id].append(f"expert {group.model} (slot {req.sample}): server unavailable")
+        await self._run_group(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive)
 
-    async def _run_aggregation(self, group, by_id, keywords, skill_texts, routes, expert_answers, errors, on_result):
+    async def _run_aggregation(self, group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device=None, exclusive=True):
         cfg = self.config
         agent = build_agent(cfg, "aggregator", group.model)
-        results: dict[str, QuestionResult] = {}
+        pdir = cfg.prompts_dir
 
         def finish(qid: str, agg: AggregatorAnswer | None) -> None:
             p = by_id[qid]
@@ -287,34 +480,28 @@ class Controller:
             if on_result:
                 on_result(result)
 
-        pdir = cfg.prompts_dir
-
-        async def call(runner: AgentRunner, i: int) -> None:
+        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
             qid = group.requests[i].question_id
             p = by_id[qid]
             good = [a for a in expert_answers[qid] if a is not None and a.text]
             if not good:
-                errors[qid].append("aggregator skipped: no expert answered")
-                finish(qid, None)
-                return
+                return None, "aggregator skipped: no expert answered"
             responses = "\n\n".join(f"Response {n}:\n{strip_reasoning(a.text or '').strip()}" for n, a in enumerate(good, 1))
-            prompt = agent.template.render(
+            return agent.template.render(
                 question=p.question.question, responses=responses, answer_instruction=answer_instruction(p.fmt, p.letters, pdir)
-            )
-            c: Completion = await runner.call(agent, prompt, qid)
+            ), ""
+
+        def on_final(i: int, c: Completion) -> None:
+            qid = group.requests[i].question_id
+            p = by_id[qid]
             if c.error:
                 errors[qid].append(f"aggregator {group.model}: {c.error}")
-                self.events.emit("request_failed", group=group.name, model=group.model, detail={"question": qid, "error": c.error})
+            if c.text is None and c.error and (c.error.startswith("aggregator skipped") or c.error.startswith("server unavailable")):
+                finish(qid, None)
+                return
             finish(qid, AggregatorAnswer(**c.model_dump(), extracted=extract_answer(c.text, p.fmt, p.letters)))
 
-        try:
-            await self._run_group(group, agent, call)
-        except _GroupUnavailable as exc:
-            for req in group.requests:
-                if req.question_id not in results:
-                    errors[req.question_id].append(f"aggregator {group.model} unavailable: {str(exc).splitlines()[0]}")
-                    finish(req.question_id, None)
-        return results
+        await self._run_group(group, agent, prompt_of, on_final, device, exclusive=exclusive)
 
     def _summary(self, run_began: float, results: list[QuestionResult]) -> RunSummary:
         summary = summarize_events([e for e in self.events.events if e.ts >= run_began])
@@ -329,7 +516,3 @@ class Controller:
         summary.correct = sum(1 for r in graded if r.correct) if graded else None
         summary.failed_questions = sum(1 for r in results if r.errors)
         return summary
-
-
-class _GroupUnavailable(Exception):
-    """A group's server or endpoint could not be acquired."""

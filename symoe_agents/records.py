@@ -36,6 +36,7 @@ class Completion(BaseModel):
     latency_s: float = 0.0
     prompt_sha256: str | None = None
     error: str | None = None
+    retryable: bool = Field(default=False, description="the error was transient (connection, timeout, 429, 5xx)")
 
 
 class ExpertAnswer(Completion):

@@ -21,6 +21,7 @@ def config(tmp_path, profiles=None, aggregator="g2"):
         "models": {"g1": model("org/One"), "g2": model("org/Two"), "g3": model("org/Three")},
         "roles": {"skill_inferencer": "g1", "experts": ["g1", "g2", "g3"], "aggregator": aggregator},
         "sampling": {"skill_inferencer": {"samples": 3}},
+        "schedule": {"gpus": [0]},  # preflight: there is no GPU here; the stand-in needs none
     }
     if profiles:
         data["profiles"] = str(profiles)

@@ -45,6 +45,8 @@ def parse(argv):
 
 def main():
     argv = sys.argv[1:]
+    if argv[:1] == ["-c"]:  # preflight's "python -c 'import sglang'": this environment has it
+        sys.exit(0 if "import sglang" in " ".join(argv[1:]) else 1)
     if os.environ.get("STANDIN_ARGV_OUT"):
         with open(os.environ["STANDIN_ARGV_OUT"], "w") as f:
             json.dump(argv, f)

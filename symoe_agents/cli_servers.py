@@ -1,0 +1,92 @@
+"""``symoe check`` and ``symoe servers up``: the server manager on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import load_config
+from .errors import ConfigError, SymoeError
+from .events import EventLog
+from .preflight import preflight, used_models
+
+servers_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Start model servers by hand.")
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def check(
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+) -> None:
+    """Preflight only: executables, model files, API-key variables, GPUs. Starts nothing."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+    problems = preflight(cfg)
+    for p in problems:
+        print(f"problem: {p}")
+    if problems:
+        print(f"{len(problems)} problem(s); fix them before `symoe solve`")
+        raise typer.Exit(1)
+    print(f"ok: {len(used_models(cfg))} models ready to start ({config or 'built-in embedded pool'})")
+
+
+@servers_app.command("up")
+def up(
+    models: Annotated[Optional[list[str]], typer.Argument(help="model names [default: every model the roles use]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+) -> None:
+    """Start models side by side and print their endpoints; Ctrl-C stops them all."""
+    from .cli import _run_with_signals
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+    names = models or used_models(cfg)
+    unknown = [m for m in names if m not in cfg.models]
+    if unknown:
+        _err(f"error: unknown model(s) {', '.join(unknown)}; declared: {', '.join(cfg.models)}")
+        raise typer.Exit(2)
+    problems = preflight(cfg, names)
+    if problems:
+        for p in problems:
+            _err(f"problem: {p}")
+        raise typer.Exit(1)
+    raise typer.Exit(_run_with_signals(lambda: _up(cfg, names), resume_hint=""))
+
+
+async def _up(cfg, names: list[str]) -> int:
+    from symoe_agents.servers import ServerManager
+
+    async with ServerManager(cfg, EventLog()) as manager:
+        seen: set[str | None] = set()
+        try:
+            for name in names:
+                key = manager.server_key(name)
+                ep = await manager.acquire(name, exclusive=False)
+                if key in seen and key is not None:
+                    print(f"{name:<24} same server as above ({ep.base_url}, model '{ep.served_model}')", flush=True)
+                    continue
+                seen.add(key)
+                print(f"{name:<24} {ep.base_url}  model '{ep.served_model}'", flush=True)
+        except SymoeError as exc:
+            _err(f"error: {exc}")
+            return 1
+        print(
+            "\nlocal servers take the run key as a Bearer token; it is printed only here, for you:\n"
+            f"  OPENAI_API_KEY={manager._api_key}\n"
+            "Ctrl-C stops them all.",
+            flush=True,
+        )
+        await asyncio.Event().wait()  # until a signal cancels us
+    return 0
