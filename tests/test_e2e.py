@@ -213,3 +213,51 @@ async def test_hosted_role_inside_the_callers_event_loop(tmp_path, monkeypatch):
         assert key not in events_file.read_text()
     finally:
         await hosted.stop(5)
+
+
+def test_check_command(tmp_path):
+    ok = run_symoe("check", timeout=120)
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 models")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[models.a]\nbackend = "llamacpp"\nmodel_path = "absent.gguf"\n'
+                   '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n')  # fmt: skip
+    bad = run_symoe("check", "--config", cfg, timeout=120)
+    assert bad.returncode == 1
+    assert f"problem: model 'a': model file {tmp_path / 'absent.gguf'} not found" in bad.stdout
+
+
+def test_config_command_prints_a_loadable_pool(tmp_path):
+    out = run_symoe("config", timeout=60)
+    assert out.returncode == 0
+    (tmp_path / "pool.toml").write_text(out.stdout)
+    shown = run_symoe("config", "--config", tmp_path / "pool.toml", timeout=60)
+    assert shown.returncode == 0 and "smollm2-focused" in shown.stdout and "expert" in shown.stdout
+
+
+def test_servers_up_prints_endpoints_and_ctrl_c_stops_them(tmp_path):
+    import re
+
+    import openai
+
+    proc = subprocess.Popen([*symoe_cmd(), "servers", "up", "smollm2", "smollm2-focused"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    text = "".join(lines)
+    url = re.search(r"smollm2 +(http://127\.0\.0\.1:\d+/v1)", text).group(1)
+    key = re.search(r"OPENAI_API_KEY=(\S+)", text).group(1)
+    assert "same server as above" in text  # smollm2-focused shares smollm2's weights
+    client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
+    reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert reply.usage.completion_tokens > 0
+    client.close()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert no_llamacpp_server_on([port])

@@ -169,7 +169,7 @@ async def test_sglang_exit_during_start_fails_fast(tmp_path, monkeypatch):
     with pytest.raises(ServerStartError, match="exited with code 7") as err:
         async with ServerManager(sglang_config(tmp_path), EventLog()) as manager:
             await manager.acquire("g")
-    assert "stand-in SGLang serving" in err.value.log_tail
+    assert "stand-in serving some-7b" in err.value.log_tail
 
 
 async def test_sglang_slow_start_times_out_and_is_stopped(tmp_path, monkeypatch):
