@@ -207,11 +207,12 @@ def place(
     stages.append(Stage((Lane(device_of(last_server), (aggregate,)),)))
 
     # 4. overlap: next servers may start early where both stages' memory fits on each device
+    #    (not after the skill stage: what comes next is known only once routing has run)
     if overlap:
         marked = []
         for k, st in enumerate(stages[:-1]):
             nxt = stages[k + 1]
-            marked.append(Stage(st.lanes, _fits_together(st, nxt, memory_gib)))
+            marked.append(Stage(st.lanes, k > 0 and _fits_together(st, nxt, memory_gib)))
         stages = [*marked, stages[-1]]
 
     # 5. sleep: servers absent from some stage but needed again after it

@@ -190,3 +190,19 @@ async def test_command_backend_runs_a_real_llamacpp_server():
     assert r.expert_answers[0].completion_tokens > 0 and r.aggregator_answer.completion_tokens > 0
     starts = [e for e in events.events if e.kind == "server_start"]
     assert len(starts) == 1 and "***" in starts[0].detail["argv"]  # key redacted from the template
+
+
+async def test_overlap_starts_the_next_server_while_the_last_requests_decode(tmp_path, gpus, monkeypatch):
+    monkeypatch.setenv("STANDIN_DELAY_S", "0.5")
+    py = wrapper(tmp_path, "sglang-python", "sglang_standin.py")
+    models = {m: sglang(py, f"org/{m}", memory_gib=20) for m in ("s", "a", "b")}
+    cfg = run_config(tmp_path, models, {"skill_inferencer": "s", "experts": ["a"], "aggregator": "b"},
+                     schedule={"overlap": True, "gpus": [0], "device_memory_gib": 80})  # fmt: skip
+    events = EventLog()
+    async with SymbolicMoE(cfg, events=events) as moe:
+        await moe.solve_batch(QUESTIONS[:2])
+    assert moe.last.placement.stages[1].prestart_next  # planned: a and b fit together
+    experts_end = next(e.ts for e in events.events if e.kind == "group_end" and e.group == "expert:a")
+    b_ready = next(e.ts for e in events.events if e.kind == "server_ready" and e.model == "b")
+    assert b_ready < experts_end  # b was loading while a's last requests decoded
+    assert [e.model for e in events.events if e.kind == "server_start"] == ["s", "a", "b"]

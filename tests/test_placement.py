@@ -88,8 +88,10 @@ def test_tp_slices_are_devices():
 def test_overlap_only_when_both_fit(mem, capacity, prestart):
     s = schedule([("A", "A", "A")], agg="B")
     p = place(s, [Device((0,), capacity)], mem, co_residency=True, overlap=True)
-    # skills (S) -> experts (A): may A start while S finishes?
-    assert p.stages[0].prestart_next is prestart
+    # experts (A) -> aggregation (B): may B start while A's last requests decode?
+    assert p.stages[1].prestart_next is prestart
+    # never after the skills: the next stage depends on routing
+    assert p.stages[0].prestart_next is False
 
 
 def test_sleep_marks_servers_needed_again_later():
