@@ -110,12 +110,29 @@ class Controller:
         )
         self._skill_tokens = [0, 0]
         self._devices: list[Device] | None = None
+        self.aggregator = config.roles.aggregator
+        if config.profiles:
+            from .profiler import read_aggregator_choice
+
+            chosen = read_aggregator_choice(config.profiles)
+            if chosen is not None:
+                if chosen not in config.models:
+                    from .errors import ProfileError
+
+                    raise ProfileError(
+                        f"{config.profiles}: the chosen aggregator '{chosen}' is not a model of this config; "
+                        "declare it or re-run `symoe pick-aggregator`"
+                    )
+                self.aggregator = chosen
 
     @property
     def routing_note(self) -> str:
         if self.profiles is None:
             return "no profiles given: experts recruited uniformly at random (run `symoe profile` for skill routing)"
-        return f"experts recruited by skill profiles from {self.config.profiles}"
+        note = f"experts recruited by skill profiles from {self.config.profiles}"
+        if self.aggregator != self.config.roles.aggregator:
+            note += f"; aggregator '{self.aggregator}' chosen by `symoe pick-aggregator`"
+        return note
 
     # -- devices and placement ---------------------------------------------------------
 
@@ -125,7 +142,7 @@ class Controller:
             return self._devices
         cfg = self.config
         needed = 0
-        for name in {*cfg.roles.experts, cfg.roles.skill_inferencer, cfg.roles.aggregator}:
+        for name in {*cfg.roles.experts, cfg.roles.skill_inferencer, self.aggregator}:
             backend = self.manager.backend(name)
             if backend is not None:
                 needed = max(needed, backend.gpus_needed())
@@ -407,7 +424,7 @@ class Controller:
         routes = self.route(keywords)
         schedule = plan_schedule(
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
-            cfg.roles.skill_inferencer, cfg.roles.aggregator, cfg.sampling.skill_inferencer.samples,
+            cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,
         )  # fmt: skip
         placement = await self.place(schedule)
         expert_answers: dict[str, list[ExpertAnswer | None]] = {qid: [None] * cfg.k for qid in by_id}

@@ -1,0 +1,105 @@
+"""``symoe profile`` and ``symoe pick-aggregator``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import load_config
+from .errors import ConfigError, InputError, ProfileError, SymoeError
+from .events import EventLog
+from .inputs import read_questions
+from .preflight import preflight
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _load(config: Path | None):
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+    problems = preflight(cfg)
+    if problems:
+        _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+        raise typer.Exit(2)
+    return cfg
+
+
+def profile(
+    validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="profiles directory to write (re-runs resume in it)")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
+) -> None:
+    """Build skill profiles: keywords for every validation question, every pool model answers every one."""
+    from .cli import _run_with_signals, _TerminalProgress
+    from .profiler import run_profile
+
+    cfg = _load(config)
+    try:
+        questions = read_questions(validation)
+    except InputError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+    async def go() -> int:
+        log = EventLog(events)
+        progress = _TerminalProgress(sys.stderr)
+        log.listen(progress.on_event)
+        try:
+            run = await run_profile(cfg, questions, output, log, progress)
+        except (ProfileError, SymoeError) as exc:
+            _err(f"error: {exc}")
+            return 1
+        finally:
+            log.close()
+        print(f"{'model':<24} {'accuracy':>8} {'skills':>6}  strongest skills")
+        for m, p in run.profiles.items():
+            top = ", ".join(f"{k} {v:+g}" for k, v in sorted(p.skills.items(), key=lambda kv: -kv[1])[:4])
+            acc = f"{p.validation_accuracy:.1%}" if p.validation_accuracy is not None else "-"
+            print(f"{m:<24} {acc:>8} {len(p.skills):>6}  {top}")
+        print(f"profiles written to {output} ({run.new_answers} new answers, {run.reused_answers} reused)")
+        return 0
+
+    raise typer.Exit(_run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume."))
+
+
+def pick_aggregator(
+    profiles: Annotated[Path, typer.Option("--profiles", help="profiles directory made by `symoe profile`")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the synthetic task [default: config seed]")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
+) -> None:
+    """Choose the aggregator: every candidate aggregates 1 correct + 2 incorrect validation answers."""
+    from .cli import _run_with_signals, _TerminalProgress
+    from .profiler import run_pick_aggregator
+
+    cfg = _load(config)
+
+    async def go() -> int:
+        log = EventLog(events)
+        progress = _TerminalProgress(sys.stderr)
+        log.listen(progress.on_event)
+        try:
+            ranking = await run_pick_aggregator(cfg, profiles, log, progress, seed)
+        except (ProfileError, SymoeError) as exc:
+            _err(f"error: {exc}")
+            return 1
+        finally:
+            log.close()
+        print(f"synthetic aggregation task: {ranking.items} items")
+        print(f"{'rank':>4}  {'model':<24} {'aggregation accuracy':>20}")
+        for i, (m, s) in enumerate(sorted(ranking.scores.items(), key=lambda kv: -kv[1]), 1):
+            print(f"{i:>4}  {m:<24} {s:>20.1%}")
+        print(f"chosen aggregator: {ranking.chosen} (recorded in {profiles}/_aggregator.json; "
+              f"`symoe solve --profiles {profiles}` uses it)")  # fmt: skip
+        return 0
+
+    raise typer.Exit(_run_with_signals(go, resume_hint="Run the same command to resume."))
