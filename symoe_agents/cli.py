@@ -171,6 +171,8 @@ async def _solve(cfg: Config, questions, out_path: Path, events_path: Path | Non
 
             await moe.solve_batch(questions, on_result=write)
             summary = moe.summary
+            if moe._controller.alignment_warning:
+                _err(f"[symoe] warning: {moe._controller.alignment_warning}")
     except ProfileError as exc:
         _err(f"error: {exc}")
         return 2

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .alignment import AlignmentConfig
 from .errors import ConfigError
 
 EMBEDDED_CONFIG_NAME = "<built-in embedded pool>"
@@ -289,6 +290,7 @@ class Config(_Strict):
     concurrency: Concurrency = Concurrency()
     servers: ServerSettings = ServerSettings()
     schedule: ScheduleOptions = ScheduleOptions()
+    alignment: AlignmentConfig = AlignmentConfig()
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":

@@ -28,6 +28,7 @@ import psutil
 
 from . import routing
 from .agents import Agent, AgentRunner, build_agent
+from .alignment import Aligner, make_embedder
 from .config import Config, OpenAIModel
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
@@ -110,6 +111,8 @@ class Controller:
         )
         self._skill_tokens = [0, 0]
         self._devices: list[Device] | None = None
+        self._aligner: Aligner | None = None
+        self.alignment_warning: str | None = None
         self.aggregator = config.roles.aggregator
         if config.profiles:
             from .profiler import read_aggregator_choice
@@ -378,22 +381,32 @@ class Controller:
         keywords = {qid: infer_keywords(t) for qid, t in texts.items()}
         return keywords, texts, errors
 
-    def route(self, keywords: dict[str, list[str]]) -> dict[str, routing.Route]:
+    async def route(self, keywords: dict[str, list[str]]) -> dict[str, routing.Route]:
         cfg = self.config
         profiles = {m: p.skills for m, p in self.profiles.items()} if self.profiles else None
+        detail: dict[str, object] = {"method": "profiles" if profiles else "uniform-no-profiles"}
+        align = routing.exact_align
+        if profiles is not None:
+            if self._aligner is None:
+                embedder, warning = make_embedder(cfg.alignment)
+                self._aligner = Aligner(list(dict.fromkeys(s for p in profiles.values() for s in p)), embedder)
+                self.alignment_warning = warning
+            mapping = await self._aligner.mapping({k for kws in keywords.values() for k in kws})
+            detail["alignment"] = self._aligner.method
+            if self.alignment_warning:
+                detail["warning"] = self.alignment_warning
+
+            def align(kws: list[str], vocabulary: list[str]) -> list[str]:
+                return [mapping[k] for k in kws if k in mapping]
+
         routes = routing.route_batch(
             [(qid, kws) for qid, kws in keywords.items()],
-            cfg.roles.experts, cfg.k, cfg.seed, profiles, cfg.min_share,
+            cfg.roles.experts, cfg.k, cfg.seed, profiles, cfg.min_share, align,
         )  # fmt: skip
         picks = Counter(e for r in routes.values() for e in r.experts)
-        self.events.emit(
-            "routing",
-            detail={
-                "method": "profiles" if profiles else "uniform-no-profiles",
-                "picks": dict(sorted(picks.items())),
-                "no_keywords": sum(1 for r in routes.values() if r.method == "uniform-no-keywords"),
-            },
-        )
+        detail["picks"] = dict(sorted(picks.items()))
+        detail["no_keywords"] = sum(1 for r in routes.values() if r.method == "uniform-no-keywords")
+        self.events.emit("routing", detail=detail)
         return routes
 
     async def run(
@@ -421,7 +434,7 @@ class Controller:
         cfg = self.config
         by_id = {p.question.id: p for p in prepared}
         keywords, skill_texts, errors = await self.infer_skills(prepared)
-        routes = self.route(keywords)
+        routes = await self.route(keywords)
         schedule = plan_schedule(
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
             cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,

@@ -86,8 +86,13 @@ def test_profile_pick_aggregator_and_solve(validation, tmp_path):
     q.write_text("".join(json.dumps({"id": f"t{i}", "question": r["question"]}) + "\n"
                          for i, r in enumerate(read_jsonl(validation)[:2])))  # fmt: skip
     out = tmp_path / "out.jsonl"
-    solved = run_symoe("solve", q, "-o", out, "--profiles", prof)
+    solved = run_symoe("solve", q, "-o", out, "--profiles", prof, "--events", tmp_path / "ev.jsonl")
     assert solved.returncode == 0, solved.stderr[-2000:]
+    (routing,) = [e for e in read_jsonl(tmp_path / "ev.jsonl") if e["kind"] == "routing"]
+    from symoe_agents.alignment import sentence_transformers_available
+
+    if sentence_transformers_available():
+        assert "MiniLM" in routing["detail"]["alignment"]  # keywords mapped by embeddings
     for r in read_jsonl(out):
         assert r["routing"] in ("skills", "uniform-no-keywords")
         assert r["aggregator"] == choice["aggregator"]

