@@ -126,10 +126,13 @@ def solve(
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="infer skills and route, print the schedule, answer nothing")] = False,
+    no_profiles: Annotated[bool, typer.Option("--no-profiles", help="ignore profiles: recruit experts uniformly at random")] = False,
 ) -> None:
     """Solve a question set: infer skills, recruit experts, answer group by group, aggregate."""
     try:
         cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
+        if no_profiles:
+            cfg = cfg.without_profiles()
         questions = read_questions(input)
     except (ConfigError, InputError, ProfileError, PromptError) as exc:
         _err(f"error: {exc}")

@@ -317,6 +317,10 @@ class Config(_Strict):
         data.update({k: v for k, v in changes.items() if v is not None})
         return Config.model_validate(data)
 
+    def without_profiles(self) -> "Config":
+        """The same run with uniform random recruiting (and the configured aggregator)."""
+        return self.model_copy(update={"profiles": None})
+
 
 def _format_loc_clean(loc: tuple[Any, ...]) -> str:
     # pydantic puts the union tag right after the model name: models.<name>.<tag>.<field>
@@ -365,8 +369,9 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
 def load_config(path: str | Path | None = None) -> Config:
     """Load and validate a config file; with no path, the built-in embedded CPU pool."""
     if path is None:
-        text = files("symoe_agents").joinpath("data", "embedded.toml").read_text(encoding="utf-8")
-        return parse_config(tomllib.loads(text), EMBEDDED_CONFIG_NAME)
+        data_dir = files("symoe_agents").joinpath("data")
+        text = data_dir.joinpath("embedded.toml").read_text(encoding="utf-8")
+        return parse_config(_resolve_paths(tomllib.loads(text), Path(str(data_dir))), EMBEDDED_CONFIG_NAME)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), [("", "file not found; pass an existing TOML file to --config")])

@@ -96,3 +96,21 @@ def test_profile_pick_aggregator_and_solve(validation, tmp_path):
     for r in read_jsonl(out):
         assert r["routing"] in ("skills", "uniform-no-keywords")
         assert r["aggregator"] == choice["aggregator"]
+
+
+def test_shipped_embedded_profiles_are_the_arithmetic_of_their_raw_answers():
+    from symoe_agents.config import load_config
+    from symoe_agents.inputs import read_questions
+
+    cfg = load_config()
+    d = cfg.profiles
+    assert d is not None and d.is_dir()
+    validation = read_questions(d.parent / "validation.jsonl")
+    skills = {r["id"]: r["keywords"] for r in read_jsonl(d / "skills.jsonl")}
+    assert set(skills) == {q.id for q in validation}
+    answers = read_jsonl(d / "answers.jsonl")
+    correct = {m: {a["id"]: a["correct"] for a in answers if a["model"] == m} for m in cfg.roles.experts}
+    assert all(len(v) == len(validation) for v in correct.values())
+    assert load_profiles(d, cfg.roles.experts) == build_profiles(skills, correct, cfg.roles.experts)
+    choice = json.loads((d / "_aggregator.json").read_text())
+    assert choice["scores"][choice["aggregator"]] == max(choice["scores"].values())  # the best scorer
