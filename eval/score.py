@@ -1,7 +1,9 @@
 """Scoring an extracted answer against a gold answer.
 
-Math equivalence here is a normaliser (leading zeros, ``\\frac``, spacing, ``\\text``,
-numeric value); the benchmark harness adds symbolic comparison with math-verify later.
+Math: symbolic equivalence with the math-verify package, as the reference code
+(``033 == 33``, ``\\frac{208}{2} == 104``, ``x^2+1 == 1+x^2``). math-verify guards its
+parser with signal-based timeouts, which only work on the main thread; elsewhere (or if
+it fails) a normaliser decides: leading zeros, ``\\frac``, spacing, ``\\text``, numeric value.
 """
 
 from __future__ import annotations
@@ -38,6 +40,19 @@ def _as_number(v: str) -> Fraction | None:
         return None
 
 
+def _math_verify(predicted: str, gold: str) -> bool:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False  # math-verify's timeouts need the main thread; the normaliser decided
+    try:
+        from math_verify import parse, verify
+
+        return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
+    except Exception:  # noqa: BLE001 - a parser failure means "not shown equal"
+        return False
+
+
 def _normalize_free(value: str) -> str:
     """Lower case, punctuation to spaces."""
     return re.sub(r"[^0-9a-z]+", " ", value.lower()).strip()
@@ -50,7 +65,7 @@ def is_correct(predicted: str | None, gold: str, fmt: AnswerFormat) -> bool:
     if fmt is AnswerFormat.MULTIPLE_CHOICE:
         return predicted.strip().upper() == gold.strip().strip("()").upper()
     if fmt is AnswerFormat.MATH:
-        return normalize_math(predicted) == normalize_math(gold)
+        return normalize_math(predicted) == normalize_math(gold) or _math_verify(predicted, gold)
     # free text: the gold answer, as whole words, inside a short stated answer
     # ("The capital city of France is Paris." for "Paris"); a long text does not count
     pred, want = _normalize_free(predicted), _normalize_free(gold)

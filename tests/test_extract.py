@@ -91,6 +91,9 @@ def test_extract_free(text, expected):
         ("0.5", "\\frac{1}{2}", AnswerFormat.MATH, True),
         ("1,000", "1000", AnswerFormat.MATH, True),
         ("34", "33", AnswerFormat.MATH, False),
+        ("1+x^2", "x^2+1", AnswerFormat.MATH, True),  # symbolic: math-verify
+        ("\\sqrt{4}", "2", AnswerFormat.MATH, True),
+        ("\\frac{1}{3}", "0.33", AnswerFormat.MATH, False),
         ("The capital city of France is Paris.", "Paris", AnswerFormat.FREE, True),
         ("paris", "Paris", AnswerFormat.FREE, True),
         ("Lyon", "Paris", AnswerFormat.FREE, False),
@@ -144,3 +147,11 @@ def test_detect_format_on_the_upstream_sets():
         if fmt == "multiple_choice":  # the gold letter is always among the detected options
             hits = sum(1 for r, (_, letters) in zip(records, detected) if r["gold_answer"] in letters)
             assert hits / len(records) > 0.97, name
+
+
+def test_math_scoring_off_the_main_thread_falls_back_to_the_normaliser():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # math-verify's signal timeouts need the main thread
+        assert pool.submit(is_correct, "033", "33", AnswerFormat.MATH).result() is True
+        assert pool.submit(is_correct, "1+x^2", "x^2+1", AnswerFormat.MATH).result() is False
