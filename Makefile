@@ -7,7 +7,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q "torch==2.13.0"  # CPU build on these machines, before [embed] asks for any torch
-	$(BIN)/python -m pip install -q -e ".[cpu,embed,test]"
+	$(BIN)/python -m pip install -q -e ".[cpu,embed,eval,test]"
 	touch $@
 
 .PHONY: setup example test

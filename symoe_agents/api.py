@@ -21,6 +21,7 @@ from .config import Config, load_config
 from .controller import BatchOutcome, Controller, Progress
 from .events import EventLog, RunSummary
 from .inputs import as_questions
+from .methods import Method
 from .preflight import PreflightError, preflight
 from .records import Question, QuestionResult
 from .schedule import Schedule
@@ -67,13 +68,17 @@ class SymbolicMoE:
         return self._controller
 
     async def solve_batch(
-        self, questions: Iterable[QuestionLike], on_result: Callable[[QuestionResult], None] | None = None
+        self,
+        questions: Iterable[QuestionLike],
+        on_result: Callable[[QuestionResult], None] | None = None,
+        method: Method | None = None,
     ) -> list[QuestionResult]:
-        """Solve many questions with one grouped schedule (each model loaded once)."""
+        """Solve many questions with one grouped schedule (each model loaded once).
+        ``method``: one of the baselines of ``symoe eval`` instead of Symbolic-MoE."""
         controller = self._ready()
         batch = as_questions(questions)
         async with self._lock:
-            self.last = await controller.run(batch, on_result=on_result)
+            self.last = await controller.run(batch, on_result=on_result, method=method)
         return self.last.results
 
     async def solve(self, question: QuestionLike) -> QuestionResult:

@@ -213,12 +213,14 @@ def show_config(
         print(f"  {name:<24} {m.backend:<9} {', '.join(roles) or '-'}")
 
 
+from .cli_eval import evaluate  # noqa: E402
 from .cli_profiles import pick_aggregator, profile  # noqa: E402
 from .cli_servers import check, servers_app  # noqa: E402
 
 app.command("check")(check)
 app.command("profile")(profile)
 app.command("pick-aggregator")(pick_aggregator)
+app.command("eval")(evaluate)
 app.add_typer(servers_app, name="servers")
 
 

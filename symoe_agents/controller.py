@@ -28,6 +28,7 @@ import psutil
 
 from . import routing
 from .agents import Agent, AgentRunner, build_agent
+from .methods import Method
 from .alignment import Aligner, make_embedder
 from .config import Config, OpenAIModel
 from .errors import ServerStartError
@@ -109,7 +110,7 @@ class Controller:
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
-        self._skill_tokens = [0, 0]
+        self._skill_tokens = [0, 0]  # tokens not kept in the records: skill samples, earlier MoA layers
         self._devices: list[Device] | None = None
         self._aligner: Aligner | None = None
         self.alignment_warning: str | None = None
@@ -414,7 +415,10 @@ class Controller:
         questions: Sequence[Question],
         dry_run: bool = False,
         on_result: Callable[[QuestionResult], None] | None = None,
+        method: Method | None = None,
     ) -> BatchOutcome:
+        """Solve a batch; ``method`` swaps the routing policy for the baselines of ``eval``."""
+        self.method = method or Method("symoe", "skills", self.config.k)
         self._skill_tokens = [0, 0]
         run_began = self.events.emit("run_start", requests=len(questions)).ts
         prepared = []
@@ -430,17 +434,37 @@ class Controller:
         finally:
             await self.manager.release_all()
 
+    async def _routes_for(self, prepared: list[_Prepared]):
+        """Skills (when the method uses them) and the experts per question."""
+        m = self.method
+        if m.needs_skills:
+            keywords, skill_texts, errors = await self.infer_skills(prepared)
+            routes = await self.route(keywords)
+            if m.k != self.config.k:
+                routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}
+            return keywords, skill_texts, errors, routes
+        ids = [p.question.id for p in prepared]
+        keywords = {q: [] for q in ids}
+        texts = {q: [] for q in ids}
+        errors: dict[str, list[str]] = {q: [] for q in ids}
+        if m.routing == "fixed":
+            routes = {q: routing.Route(m.fixed, "fixed") for q in ids}
+        else:
+            routes = routing.route_batch([(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None)
+        self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
+        return keywords, texts, errors, routes
+
     async def _run(self, prepared: list[_Prepared], run_began: float, dry_run: bool, on_result) -> BatchOutcome:
         cfg = self.config
         by_id = {p.question.id: p for p in prepared}
-        keywords, skill_texts, errors = await self.infer_skills(prepared)
-        routes = await self.route(keywords)
+        keywords, skill_texts, errors, routes = await self._routes_for(prepared)
+        k = self.method.k
         schedule = plan_schedule(
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
             cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,
         )  # fmt: skip
         placement = await self.place(schedule)
-        expert_answers: dict[str, list[ExpertAnswer | None]] = {qid: [None] * cfg.k for qid in by_id}
+        expert_answers: dict[str, list[ExpertAnswer | None]] = {qid: [None] * k for qid in by_id}
 
         if dry_run:
             self.events.emit("run_end")
@@ -448,34 +472,52 @@ class Controller:
 
         stages = list(placement.stages[1:])  # the skill stage already ran
         results: dict[str, QuestionResult] = {}
-        for k, stage in enumerate(stages[:-1]):
+        for layer in range(self.method.layers):
+            previous = None if layer == 0 else {q: list(a) for q, a in expert_answers.items()}
+            for i, stage in enumerate(stages[:-1]):
 
-            async def run_expert(group: Group, device, co_resident, on_admitted, exclusive) -> None:
-                await self._run_expert_group(group, by_id, expert_answers, errors, device, co_resident, on_admitted, exclusive)
+                async def run_expert(group: Group, device, co_resident, on_admitted, exclusive, previous=previous) -> None:
+                    await self._run_expert_group(group, by_id, expert_answers, errors, device, co_resident, on_admitted, exclusive, previous)
 
-            await self._run_stage(stage, stages[k + 1 :], run_expert)
+                later = stages[i + 1 :] if layer == self.method.layers - 1 else stages[i:]
+                await self._run_stage(stage, later, run_expert)
 
         async def run_aggregate(group: Group, device, co_resident, on_admitted, exclusive) -> None:
             await self._run_aggregation(group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device, exclusive)
 
-        await self._run_stage(stages[-1], [], run_aggregate)
+        if self.method.aggregate:
+            await self._run_stage(stages[-1], [], run_aggregate)
+        else:  # majority vote of the experts' extracted answers, no aggregator call
+            await self._run_aggregation(None, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
         await self.manager.release_all()
         self.events.emit("run_end")
         ordered = [results[p.question.id] for p in prepared]
         return BatchOutcome(ordered, schedule, placement, self._summary(run_began, ordered), self.routing_note)
 
-    async def _run_expert_group(self, group, by_id, expert_answers, errors, device=None, co_resident=False, on_admitted=None, exclusive=True) -> None:
+    async def _run_expert_group(self, group, by_id, expert_answers, errors, device=None, co_resident=False, on_admitted=None, exclusive=True, previous=None) -> None:
+        """One expert group. With ``previous`` (a Mixture-of-Agents layer after the first),
+        each proposer answers again, shown the previous layer's responses."""
         agent = build_agent(self.config, "expert", group.model)
+        refine = build_agent(self.config, "aggregator", group.model) if previous is not None else None
         pdir = self.config.prompts_dir
 
         def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
             p = by_id[group.requests[i].question_id]
             instruction = answer_instruction(p.fmt, p.letters, pdir)
+            if refine is not None:
+                prior = [a for a in previous[p.question.id] if a is not None and a.text]
+                if prior:
+                    responses = "\n\n".join(f"Response {n}:\n{strip_reasoning(a.text or '').strip()}" for n, a in enumerate(prior, 1))
+                    return refine.template.render(question=p.question.question, responses=responses, answer_instruction=instruction), ""
             return agent.template.render(question=p.question.question, answer_instruction=instruction), ""
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
             p = by_id[req.question_id]
+            replaced = expert_answers[req.question_id][req.sample]
+            if previous is not None and replaced is not None:  # an earlier MoA layer's tokens still count
+                self._skill_tokens[0] += replaced.prompt_tokens
+                self._skill_tokens[1] += replaced.completion_tokens
             expert_answers[req.question_id][req.sample] = ExpertAnswer(
                 **c.model_dump(), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters)
             )
@@ -486,29 +528,15 @@ class Controller:
 
     async def _run_aggregation(self, group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device=None, exclusive=True):
         cfg = self.config
+        if group is None:
+            for qid in by_id:
+                self._finish(qid, None, None, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
+            return
         agent = build_agent(cfg, "aggregator", group.model)
         pdir = cfg.prompts_dir
 
         def finish(qid: str, agg: AggregatorAnswer | None) -> None:
-            p = by_id[qid]
-            answers = [a for a in expert_answers[qid] if a is not None]
-            final, source = (agg.extracted, "aggregator") if agg and agg.extracted is not None else (None, None)
-            if final is None:
-                final = majority([a.extracted for a in answers])
-                source = "expert-majority" if final is not None else None
-            gold = p.question.gold_answer
-            result = QuestionResult(
-                id=qid, question=p.question.question, answer_format=p.fmt, option_letters=p.letters,
-                category=p.question.category, skills=keywords[qid], skill_samples=skill_texts[qid],
-                routing=routes[qid].method, experts=list(routes[qid].experts), expert_answers=answers,
-                aggregator=group.model, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
-                final_answer=final, final_source=source, gold_answer=gold,
-                correct=is_correct(final, gold, p.fmt) if gold is not None else None,
-                errors=errors[qid],
-            )  # fmt: skip
-            results[qid] = result
-            if on_result:
-                on_result(result)
+            self._finish(qid, group.model, agg, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
 
         def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
             qid = group.requests[i].question_id
@@ -532,6 +560,28 @@ class Controller:
             finish(qid, AggregatorAnswer(**c.model_dump(), extracted=extract_answer(c.text, p.fmt, p.letters)))
 
         await self._run_group(group, agent, prompt_of, on_final, device, exclusive=exclusive)
+
+    def _finish(self, qid, aggregator, agg, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result) -> None:
+        """Assemble one question's record: the aggregator's answer, else the experts' majority."""
+        p = by_id[qid]
+        answers = [a for a in expert_answers[qid] if a is not None]
+        final, source = (agg.extracted, "aggregator") if agg and agg.extracted is not None else (None, None)
+        if final is None:
+            final = majority([a.extracted for a in answers])
+            source = "expert-majority" if final is not None else None
+        gold = p.question.gold_answer
+        result = QuestionResult(
+            id=qid, question=p.question.question, answer_format=p.fmt, option_letters=p.letters,
+            category=p.question.category, skills=keywords[qid], skill_samples=skill_texts[qid],
+            routing=routes[qid].method, experts=list(routes[qid].experts), expert_answers=answers,
+            aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
+            final_answer=final, final_source=source, gold_answer=gold,
+            correct=is_correct(final, gold, p.fmt) if gold is not None else None,
+            errors=errors[qid],
+        )  # fmt: skip
+        results[qid] = result
+        if on_result:
+            on_result(result)
 
     def _summary(self, run_began: float, results: list[QuestionResult]) -> RunSummary:
         summary = summarize_events([e for e in self.events.events if e.ts >= run_began])

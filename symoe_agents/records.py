@@ -56,10 +56,10 @@ class QuestionResult(BaseModel):
     category: str | None = None
     skills: list[str]
     skill_samples: list[str] = Field(default=[], description="raw texts of the skill inferencer's samples")
-    routing: Literal["skills", "uniform-no-keywords", "uniform-no-profiles"]
+    routing: Literal["skills", "uniform-no-keywords", "uniform-no-profiles", "fixed"]
     experts: list[str]
     expert_answers: list[ExpertAnswer]
-    aggregator: str
+    aggregator: str | None = Field(description="None when the method takes a majority vote instead")
     aggregator_response: str | None = None
     aggregator_answer: AggregatorAnswer | None = None
     final_answer: str | None = None

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-RouteMethod = Literal["skills", "uniform-no-keywords", "uniform-no-profiles"]
+RouteMethod = Literal["skills", "uniform-no-keywords", "uniform-no-profiles", "fixed"]
 
 #: Maps a question's keywords onto the profile vocabulary (nearest neighbour by embeddings in
 #: the paper). Returns the mapped list; duplicates kept, unmappable keywords dropped.

@@ -1,0 +1,51 @@
+"""``symoe eval``: every method on the same questions, through the same engine.
+
+Each method runs the whole pooled batch (all benchmarks) as one schedule, so every method
+loads each model as few times as its shape allows, and the report's loads, calls, tokens
+and wall time compare schedules as well as accuracy. Every record is written to
+``OUT/<method>.jsonl`` and every event to ``OUT/<method>.events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from symoe_agents.api import SymbolicMoE
+from symoe_agents.config import Config
+from symoe_agents.controller import Progress
+from symoe_agents.events import EventLog
+from symoe_agents.methods import Method
+from symoe_agents.records import Question
+
+from .report import method_row
+
+
+async def run_eval(
+    config: Config, questions: list[Question], methods: list[Method], out_dir: Path, progress: Progress | None = None,
+    on_event=None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for method in methods:
+        events = EventLog(out_dir / f"{method.name}.events.jsonl")
+        if on_event:
+            events.listen(on_event)
+        began = time.monotonic()
+        with open(out_dir / f"{method.name}.jsonl", "w", encoding="utf-8") as out:
+
+            def write(r, out=out) -> None:
+                out.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n")
+                out.flush()
+
+            async with SymbolicMoE(config, events=events, progress=progress) as moe:
+                results = await moe.solve_batch(questions, on_result=write, method=method)
+                summary = moe.summary
+        events.close()
+        assert summary is not None
+        skill_calls = len(questions) * config.sampling.skill_inferencer.samples if method.needs_skills else 0
+        rows.append(method_row(method.name, results, events.events, time.monotonic() - began, skill_calls,
+                               summary.prompt_tokens + summary.completion_tokens, method.layers))  # fmt: skip
+    return rows

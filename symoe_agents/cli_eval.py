@@ -1,0 +1,63 @@
+"""``symoe eval``: the method against its baselines, side by side."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .methods import METHOD_NAMES
+
+
+def evaluate(
+    benchmarks: Annotated[list[str], typer.Argument(help="local JSON/JSONL files (upstream format) or mmlu-pro, gpqa, aime24, medmcqa")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="report folder")] = Path("eval-report"),
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
+    methods: Annotated[str, typer.Option("--methods", help=f"comma-separated, from: {', '.join(METHOD_NAMES)}")] = ",".join(METHOD_NAMES),
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="questions per benchmark")] = None,
+    category: Annotated[Optional[list[str]], typer.Option("--category", help="keep only this category (repeatable)")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", min=1)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+) -> None:
+    """Run symoe and the paper's baselines on the same questions; write JSON, Markdown and plots."""
+    from symoe_agents.eval.benchmarks import load_benchmark
+    from symoe_agents.eval.harness import run_eval
+    from symoe_agents.eval.report import markdown, write_report
+
+    from .cli import _err, _run_with_signals, _TerminalProgress
+    from .cli_profiles import _load
+    from .methods import build_methods
+    from .profiles import load_profiles
+
+    cfg = _load(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
+    questions = []
+    for spec in benchmarks:
+        name, qs = load_benchmark(spec, limit, category)
+        _err(f"[symoe] {name}: {len(qs)} questions")
+        questions += qs
+    if not questions:
+        _err("error: no questions selected (check --category and --limit)")
+        raise typer.Exit(2)
+    accuracy = {}
+    if cfg.profiles:
+        accuracy = {m: p.validation_accuracy for m, p in load_profiles(cfg.profiles, cfg.roles.experts).items()}
+    try:
+        chosen = build_methods([m.strip() for m in methods.split(",") if m.strip()], cfg.roles.experts, cfg.k, accuracy)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+    async def go() -> int:
+        progress = _TerminalProgress(sys.stderr)
+        began = time.monotonic()
+        rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event)
+        files = write_report(rows, output)
+        print(markdown(rows))
+        print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))
+        return 0
+
+    raise typer.Exit(_run_with_signals(go, resume_hint=f"Records of finished methods are in {output}."))
