@@ -60,3 +60,12 @@ async def lists_model(host: str, port: int, served: str, headers: dict[str, str]
         return served in [m.get("id") for m in json.loads(body or b"{}").get("data", [])]
     except (ValueError, AttributeError):
         return False
+
+
+async def post_ok(port: int, path: str, api_key: str, timeout: float = 120.0) -> None:
+    """POST a control route (sleep, wake) on a local server; raise OSError unless 200."""
+    status, body = await http_request(
+        "POST", "127.0.0.1", port, path, {"Authorization": f"Bearer {api_key}"}, b"{}", timeout=timeout
+    )
+    if status != 200:
+        raise OSError(f"POST {path} answered {status}: {body[:200]!r}")

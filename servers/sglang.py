@@ -18,7 +18,7 @@ from symoe_agents.config import SGLangModel
 
 from .gpu import MemoryShare
 from .base import Launch, missing_executable, options_key
-from .probe import http_get, http_request, lists_model
+from .probe import http_get, lists_model, post_ok
 from .process import LOOPBACK
 
 
@@ -102,10 +102,10 @@ class SGLangBackend:
         return self.cfg.enable_memory_saver
 
     async def sleep(self, port: int, api_key: str) -> None:
-        await _post_ok(port, "/release_memory_occupation", api_key)
+        await post_ok(port, "/release_memory_occupation", api_key)
 
     async def wake(self, port: int, api_key: str) -> None:
-        await _post_ok(port, "/resume_memory_occupation", api_key)
+        await post_ok(port, "/resume_memory_occupation", api_key)
 
 
 @functools.lru_cache(maxsize=16)
@@ -115,11 +115,3 @@ def _can_import(python: str, module: str) -> bool:
         return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=300).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-async def _post_ok(port: int, path: str, api_key: str) -> None:
-    status, body = await http_request(
-        "POST", LOOPBACK, port, path, {"Authorization": f"Bearer {api_key}"}, b"{}", timeout=120
-    )
-    if status != 200:
-        raise OSError(f"POST {path} answered {status}: {body[:200]!r}")

@@ -13,7 +13,7 @@ from symoe_agents.config import VLLMModel
 
 from .gpu import MemoryShare
 from .base import Launch, missing_executable, options_key
-from .probe import http_get, http_request, lists_model
+from .probe import http_get, lists_model, post_ok
 from .process import LOOPBACK
 
 
@@ -74,13 +74,7 @@ class VLLMBackend:
         return self.cfg.enable_sleep_mode
 
     async def sleep(self, port: int, api_key: str) -> None:
-        await _post_ok(port, "/sleep?level=1", api_key)
+        await post_ok(port, "/sleep?level=1", api_key)
 
     async def wake(self, port: int, api_key: str) -> None:
-        await _post_ok(port, "/wake_up", api_key)
-
-
-async def _post_ok(port: int, path: str, api_key: str) -> None:
-    status, body = await http_request("POST", LOOPBACK, port, path, {"Authorization": f"Bearer {api_key}"}, timeout=120)
-    if status != 200:
-        raise OSError(f"POST {path} answered {status}: {body[:200]!r}")
+        await post_ok(port, "/wake_up", api_key)

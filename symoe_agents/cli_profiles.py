@@ -19,12 +19,17 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load(config: Path | None):
+def load_config_or_exit(config: Path | None):
     try:
-        cfg = load_config(config)
+        return load_config(config)
     except ConfigError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
+
+
+def _load(config: Path | None):
+    """The config, preflighted; exits 2 with the problems otherwise."""
+    cfg = load_config_or_exit(config)
     problems = preflight(cfg)
     if problems:
         _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))

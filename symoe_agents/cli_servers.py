@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import load_config
-from .errors import ConfigError, SymoeError
+from .cli_profiles import load_config_or_exit
+from .errors import SymoeError
 from .events import EventLog
 from .preflight import preflight, used_models
 
@@ -25,11 +25,7 @@ def check(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
 ) -> None:
     """Preflight only: executables, model files, API-key variables, GPUs. Starts nothing."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_config_or_exit(config)
     problems = preflight(cfg)
     for p in problems:
         print(f"problem: {p}")
@@ -47,11 +43,7 @@ def up(
     """Start models side by side and print their endpoints; Ctrl-C stops them all."""
     from .cli import _run_with_signals
 
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_config_or_exit(config)
     names = models or used_models(cfg)
     unknown = [m for m in names if m not in cfg.models]
     if unknown:
