@@ -85,3 +85,24 @@ def missing_executable(exe: str) -> bool:
     if os.sep in exe:
         return not (Path(exe).is_file() and os.access(exe, os.X_OK))
     return shutil.which(exe) is None
+
+
+class ModelPathBackend:
+    """What the GPU backends (SGLang, vLLM) share: a model path, an optional served name,
+    GPUs from their parallelism settings, and an identity from every launch option."""
+
+    backend_name = ""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def served_name(self) -> str:
+        return self.cfg.served_model_name or self.cfg.model_path
+
+    def gpus_needed(self) -> int:
+        return self.cfg.gpus_needed()
+
+    def server_key(self) -> str:
+        opts = self.cfg.model_dump(exclude={"description", "sampling", "start_timeout_s", "memory_gib"})
+        return options_key(Path(self.cfg.model_path).name or "model", self.backend_name, opts)

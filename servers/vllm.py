@@ -12,25 +12,14 @@ from pathlib import Path
 from symoe_agents.config import VLLMModel
 
 from .gpu import MemoryShare
-from .base import Launch, missing_executable, options_key
+from .base import Launch, ModelPathBackend, missing_executable
 from .probe import http_get, lists_model, post_ok
 from .process import LOOPBACK
 
 
-class VLLMBackend:
-    def __init__(self, cfg: VLLMModel):
-        self.cfg = cfg
-
-    @property
-    def served_name(self) -> str:
-        return self.cfg.served_model_name or self.cfg.model_path
-
-    def gpus_needed(self) -> int:
-        return self.cfg.gpus_needed()
-
-    def server_key(self) -> str:
-        opts = self.cfg.model_dump(exclude={"description", "sampling", "start_timeout_s", "memory_gib"})
-        return options_key(Path(self.cfg.model_path).name or "model", "vllm", opts)
+class VLLMBackend(ModelPathBackend):
+    backend_name = "vllm"
+    cfg: VLLMModel
 
     def preflight(self) -> list[str]:
         exe = self.cfg.command[0]
