@@ -60,8 +60,9 @@ def backend_for(model) -> Backend | None:
 
 
 class _Running:
-    def __init__(self, key: str, model: str, process: ServerProcess, endpoint: Endpoint, gpu_ids: tuple[int, ...] | None):
+    def __init__(self, key: str, model: str, process: ServerProcess, endpoint: Endpoint, gpu_ids: tuple[int, ...] | None, probe):
         self.key = key
+        self.probe = probe  # the readiness rule of its launch, reused for health checks
         self.model = model
         self.process = process
         self.endpoint = endpoint
@@ -167,12 +168,9 @@ class ServerManager:
         run = self._running.get(key or "")
         if run is None or not self.process_alive(model):
             return False
-        backend = self._backends[model]
-        assert backend is not None
-        probe = backend.launch(LOOPBACK, run.process.port, self._api_key).probe
         try:
             async with asyncio.timeout(timeout):
-                return await probe(run.process.port)
+                return await run.probe(run.process.port)
         except (OSError, asyncio.TimeoutError):
             return False
 
@@ -232,7 +230,7 @@ class ServerManager:
                 raise
             self.events.emit("server_ready", model=model, server=key, pid=proc.pid, port=port, duration_s=round(took, 3))
             endpoint = Endpoint(base_url=f"http://{LOOPBACK}:{port}/v1", served_model=launch.served_model, api_key=self._api_key)
-            run = _Running(key, model, proc, endpoint, gpu_ids)
+            run = _Running(key, model, proc, endpoint, gpu_ids, launch.probe)
             run.pids |= {p.pid for p in proc._group_members()}
             if self.gpu is not None:
                 run.sampler = asyncio.create_task(self._sample_gpu(run))
