@@ -25,8 +25,9 @@ from .report import method_row
 
 async def run_eval(
     config: Config, questions: list[Question], methods: list[Method], out_dir: Path, progress: Progress | None = None,
-    on_event=None,
+    on_event=None, check: bool = True,
 ) -> list[dict[str, Any]]:  # fmt: skip
+    """``check=False``: the caller already ran preflight, so the methods do not repeat it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in methods:
@@ -40,7 +41,7 @@ async def run_eval(
                 out.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n")
                 out.flush()
 
-            async with SymbolicMoE(config, events=events, progress=progress) as moe:
+            async with SymbolicMoE(config, events=events, progress=progress, check=check) as moe:
                 results = await moe.solve_batch(questions, on_result=write, method=method)
                 summary = moe.summary
         events.close()

@@ -37,21 +37,24 @@ class SymbolicMoE:
         *,
         events: EventLog | None = None,
         progress: Progress | None = None,
+        check: bool = True,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
+        ``check=False`` skips preflight, for callers that already ran it on this config.
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
         self.events = events or EventLog()
         self._progress = progress
+        self._check = check
         self._manager: ServerManager | None = None
         self._controller: Controller | None = None
         self._lock = asyncio.Lock()
         self.last: BatchOutcome | None = None
 
     async def __aenter__(self) -> "SymbolicMoE":
-        problems = await asyncio.to_thread(preflight, self.config)
+        problems = await asyncio.to_thread(preflight, self.config) if self._check else []
         if problems:
             raise PreflightError(problems)
         self._manager = ServerManager(self.config, self.events)

@@ -158,7 +158,7 @@ async def _solve(cfg: Config, questions, out_path: Path, events_path: Path | Non
     _err(f"[symoe] {len(questions)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
     out = None
     try:
-        async with SymbolicMoE(cfg, events=log, progress=progress) as moe:
+        async with SymbolicMoE(cfg, events=log, progress=progress, check=False) as moe:  # preflight ran above
             assert moe._controller is not None
             _err(f"[symoe] {moe._controller.routing_note}")
             if dry_run:
