@@ -3,7 +3,8 @@
 Flags from measurements (shared/serving.md): ``--logits_all false`` (the default keeps
 logits for every prompt token: 3 GB RSS on a long prompt) and ``--interrupt_requests
 false`` (the default silently cuts concurrent streams to 0 tokens). The server has no
-``/health``: it is ready when ``/v1/models`` answers 200.
+``/health``: it is ready when ``/v1/models`` answers 200. The run key travels in the
+server's environment, so it never shows in a process listing.
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ class LlamaCppBackend(NoSleep):
             "--logits_all", "false",
             "--interrupt_requests", "false",
             "--model_alias", self.label,
-            "--api_key", api_key,
         ]  # fmt: skip
         if c.chat_format:
             argv += ["--chat_format", c.chat_format]
@@ -90,4 +90,6 @@ class LlamaCppBackend(NoSleep):
             status, _ = await http_get(LOOPBACK, p, "/v1/models", headers, timeout=5)
             return status == 200
 
-        return Launch(argv=argv, served_model=self.label, probe=ready, start_timeout_s=c.start_timeout_s)
+        # the key goes in the environment (pydantic-settings reads API_KEY), not on the
+        # command line, where any local user could read it with `ps`
+        return Launch(argv=argv, served_model=self.label, probe=ready, start_timeout_s=c.start_timeout_s, env={"API_KEY": api_key})

@@ -11,6 +11,10 @@ Design (after vLLM's test server and the MCP SDK's process-tree termination):
   the process tree before the signal and killed too.
 - Every live server is registered so that an interpreter exit by any path (atexit) kills
   what is left: no orphan holds a GPU after symoe is gone.
+- When symoe cannot clean up (SIGKILL, the OOM killer), the server still goes: on Linux it
+  starts through ``launcher.py`` with the kernel's parent-death signal, and a watchdog
+  process beside it (``watchdog.py``) kills its group and escaped descendants as soon as
+  symoe's end of a pipe closes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -31,6 +36,8 @@ import psutil
 from symoe_agents.errors import ServerStartError
 
 LOOPBACK = "127.0.0.1"
+_HERE = Path(__file__).resolve().parent
+_PDEATHSIG = sys.platform.startswith("linux")
 
 _LIVE: dict[int, "ServerProcess"] = {}
 
@@ -79,6 +86,7 @@ class ServerProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self.watchdog: subprocess.Popen[bytes] | None = None
         self.started_at: float = 0.0
 
     @property
@@ -88,9 +96,12 @@ class ServerProcess:
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **(self.env or {})}
+        argv = self.argv
+        if _PDEATHSIG:  # -S -I: the launcher needs only the standard library
+            argv = [sys.executable, "-S", "-I", str(_HERE / "launcher.py"), str(os.getpid()), *argv]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(  # noqa: S603 - argv built from validated config, no shell
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -100,6 +111,29 @@ class ServerProcess:
             )
         self.started_at = time.monotonic()
         _LIVE[self.proc.pid] = self
+        self.watchdog = subprocess.Popen(  # noqa: S603
+            [sys.executable, str(_HERE / "watchdog.py"), str(self.proc.pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a group kill aimed at symoe must not take the watchdog first
+            close_fds=True,
+        )
+
+    def _dismiss_watchdog(self) -> None:
+        """Tell the watchdog the server is stopped (it exits without acting) and reap it."""
+        dog, self.watchdog = self.watchdog, None
+        if dog is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            assert dog.stdin is not None
+            dog.stdin.write(b"bye\n")
+            dog.stdin.close()
+        try:
+            dog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            dog.kill()
+            dog.wait()
 
     async def wait_ready(self, probe: ReadinessProbe, timeout: float) -> float:
         """Poll ``probe`` until it says ready; return seconds since spawn."""
@@ -168,6 +202,7 @@ class ServerProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         _LIVE.pop(proc.pid, None)
+        self._dismiss_watchdog()
 
 
 def _group_alive(pgid: int) -> bool:

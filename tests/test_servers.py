@@ -3,7 +3,10 @@
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import openai
 import psutil
@@ -91,8 +94,8 @@ async def test_missing_model_file_fails_fast_with_log_tail(tmp_path):
     assert "absent.gguf" in err.value.log_tail
 
 
-async def test_server_process_stop_kills_an_escaped_child(tmp_path):
-    """A child that left the process group (new session) is still ended by stop()."""
+async def spawn_escaper(tmp_path) -> tuple[ServerProcess, int]:
+    """A 'server' whose child leaves its session, as SGLang's scheduler processes do."""
     pidfile = tmp_path / "child.pid"
     code = (
         "import subprocess, sys, time;"
@@ -108,9 +111,56 @@ async def test_server_process_stop_kills_an_escaped_child(tmp_path):
         await asyncio.sleep(0.05)
     child = int(pidfile.read_text())
     assert os.getsid(child) != os.getsid(proc.pid)  # it really escaped the session
+    return proc, child
+
+
+async def test_server_process_stop_kills_an_escaped_child(tmp_path):
+    """A child that left the process group (new session) is still ended by stop()."""
+    proc, child = await spawn_escaper(tmp_path)
     await proc.stop(grace=2)
     await asyncio.sleep(0.2)
     assert pids_alive([proc.pid, child]) == []
+
+
+async def test_watchdog_kills_server_and_escaped_child_when_symoe_vanishes(tmp_path):
+    """symoe SIGKILLed closes its end of the watchdog's pipe; closing it here without the
+    'bye' of a normal stop is the same event as the kernel sees it."""
+    proc, child = await spawn_escaper(tmp_path)
+    dog = proc.watchdog
+    assert dog is not None and os.getsid(dog.pid) not in (os.getsid(0), os.getsid(proc.pid))  # a session of its own
+    await asyncio.sleep(1.2)  # let it snapshot the process tree
+    dog.stdin.close()
+    for _ in range(100):
+        if not pids_alive([proc.pid, child]):
+            break
+        await asyncio.sleep(0.05)
+    assert pids_alive([proc.pid, child]) == []
+    assert dog.wait(timeout=5) == 0
+    await proc.stop(grace=1)  # symoe's own bookkeeping after the fact: nothing left to do
+
+
+def test_server_runs_with_the_parent_death_signal(tmp_path):
+    """Linux: the launcher sets PR_SET_PDEATHSIG before exec, visible in /proc as a signal
+    number; the server's command line is the server's own, not the launcher's."""
+    code = "import time; time.sleep(600)"
+    proc = ServerProcess("sleeper", [sys.executable, "-c", code], free_port(), tmp_path / "log")
+    proc.spawn()
+    try:
+        for _ in range(100):
+            cmd = psutil.Process(proc.pid).cmdline()
+            if "launcher.py" not in " ".join(cmd):
+                break
+            time.sleep(0.02)
+        assert cmd == [sys.executable, "-c", code]
+        # PR_GET_PDEATHSIG reads only the caller's own setting, so ask the process itself
+        check = subprocess.run(
+            [sys.executable, "-S", "-I", str(ROOT / "servers" / "launcher.py"), str(os.getpid()), sys.executable, "-c",
+             "import ctypes; v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert check.stdout.strip() == str(int(signal.SIGKILL))
+    finally:
+        proc.kill_now()
 
 
 async def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
