@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from symoe_agents.api import SymbolicMoE
+from symoe_agents.cache import AnswerCache
 from symoe_agents.config import Config
 from symoe_agents.controller import Progress
 from symoe_agents.events import EventLog
@@ -25,9 +26,12 @@ from .report import method_row
 
 async def run_eval(
     config: Config, questions: list[Question], methods: list[Method], out_dir: Path, progress: Progress | None = None,
-    on_event=None, check: bool = True,
+    on_event=None, check: bool = True, cache: AnswerCache | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """``check=False``: the caller already ran preflight, so the methods do not repeat it."""
+    """``check=False``: the caller already ran preflight, so the methods do not repeat it.
+    ``cache``: answers are stored as they arrive, so an interrupted evaluation resumes
+    without paying again; calls that two methods share (same model, prompt, seed, sample)
+    are then paid once, so per-method calls and wall time no longer compare schedules."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in methods:
@@ -41,7 +45,7 @@ async def run_eval(
                 out.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n")
                 out.flush()
 
-            async with SymbolicMoE(config, events=events, progress=progress, check=check) as moe:
+            async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache) as moe:
                 results = await moe.solve_batch(questions, on_result=write, method=method)
                 summary = moe.summary
         events.close()

@@ -103,6 +103,17 @@ class ServerManager:
         backend = self._backends[model]
         return backend.server_key() if backend else None
 
+    def identity(self, model: str) -> str:
+        """What determines a model's answers, for the answer cache: the server identity
+        (weights and launch options) or the hosted endpoint and model name. Never a port
+        or a key, so it is stable from run to run."""
+        key = self.server_key(model)
+        if key is not None:
+            return key
+        cfg = self.config.model(model)
+        assert isinstance(cfg, OpenAIModel)
+        return f"openai:{cfg.base_url}:{cfg.model}"
+
     def server_keys(self) -> dict[str, str | None]:
         return {name: self.server_key(name) for name in self.config.models}
 

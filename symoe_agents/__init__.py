@@ -4,8 +4,9 @@ Public names are listed in ``__all__``; everything else is internal.
 """
 
 from .api import SymbolicMoE
+from .cache import AnswerCache
 from .config import Config, load_config
-from .errors import ConfigError, EndpointError, InputError, ProfileError, PromptError, ServerStartError, SymoeError
+from .errors import CacheError, ConfigError, EndpointError, InputError, ProfileError, OutputError, PromptError, ServerStartError, SymoeError
 from .events import Event, EventLog, RunSummary
 from .formats import AnswerFormat
 from .records import AggregatorAnswer, ExpertAnswer, Question, QuestionResult
@@ -15,7 +16,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AggregatorAnswer",
+    "AnswerCache",
     "AnswerFormat",
+    "CacheError",
     "Config",
     "ConfigError",
     "EndpointError",
@@ -23,6 +26,7 @@ __all__ = [
     "EventLog",
     "ExpertAnswer",
     "InputError",
+    "OutputError",
     "ProfileError",
     "PromptError",
     "Question",

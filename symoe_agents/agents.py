@@ -64,15 +64,35 @@ def request_seed(run_seed: int, role: str, question_id: str, sample: int) -> int
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
+def sampling_params(agent: Agent, run_seed: int, question_id: str, sample: int) -> dict[str, object]:
+    """The request's sampling fields and seed: sent with the call, and part of its cache key."""
+    params: dict[str, object] = {"seed": request_seed(run_seed, agent.role, question_id, sample)}
+    for name in ("temperature", "top_p", "max_tokens"):
+        value = getattr(agent.sampling, name)
+        if value is not None:
+            params[name] = value
+    return params
+
+
 def describe_error(exc: BaseException, model: str, endpoint: Endpoint) -> str:
-    where = f"model '{model}' ({endpoint.base_url})"
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        hint = f"check the key in ${endpoint.key_env}" if endpoint.key_env else "check the endpoint's API key"
-        return f"{where}: HTTP {exc.status_code} {type(exc).__name__}; {hint}"
-    if isinstance(exc, openai.NotFoundError):
-        return f"{where}: HTTP 404; check base_url and that it serves '{endpoint.served_model}'"
+    """What failed and what to check, with the key itself removed: some APIs echo the key
+    they rejected in their error message, and this text goes to records and logs."""
+    text = _describe(exc, model, endpoint)
+    return text.replace(endpoint.api_key, "***") if len(endpoint.api_key) >= 4 else text
+
+
+def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
+    key = f", key from ${endpoint.key_env}" if endpoint.key_env else ""
+    where = f"model '{model}' ({endpoint.base_url}{key})"
     if isinstance(exc, openai.APIStatusError):
-        return f"{where}: HTTP {exc.status_code} {type(exc).__name__}: {str(exc.message)[:300]}"
+        body = exc.body if isinstance(exc.body, dict) else {}
+        said = str(body.get("message") or exc.message)[:300]  # the API's own words, where it gave some
+        head = f"{where}: HTTP {exc.status_code} {type(exc).__name__}: {said}"
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return head + (f"; check the key in ${endpoint.key_env}" if endpoint.key_env else "; check the endpoint's API key")
+        if isinstance(exc, openai.NotFoundError):
+            return head + f"; check base_url and that it serves '{endpoint.served_model}'"
+        return head
     if isinstance(exc, asyncio.TimeoutError | openai.APITimeoutError):
         return f"{where}: no answer within the request timeout (concurrency.request_timeout_s)"
     if isinstance(exc, openai.APIConnectionError):
@@ -124,16 +144,11 @@ class AgentRunner:
         sample: int = 0,
         on_admitted: Callable[[], None] | None = None,
     ) -> Completion:
-        s = agent.sampling
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
-            "seed": request_seed(self.run_seed, agent.role, question_id, sample),
+            **sampling_params(agent, self.run_seed, question_id, sample),
         }
-        for name in ("temperature", "top_p", "max_tokens"):
-            value = getattr(s, name)
-            if value is not None:
-                kwargs[name] = value
         started = time.monotonic()
         try:
             async with self._admitted():

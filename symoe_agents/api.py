@@ -8,6 +8,9 @@ It runs inside the caller's event loop (no ``asyncio.run`` here). Servers are st
 batch, group by group, and stopped when the batch ends; leaving the ``async with`` block
 by any path (return, exception, cancellation) stops whatever is still running. One batch
 runs at a time per instance: a single GPU serves one schedule at a time.
+
+With ``cache=PATH`` every answer is stored in SQLite as it arrives; a batch that is run
+again (after a crash, or in a later session) reuses those answers instead of paying again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .cache import AnswerCache
 from .config import Config, load_config
 from .controller import BatchOutcome, Controller, Progress
 from .events import EventLog, RunSummary
@@ -38,16 +42,21 @@ class SymbolicMoE:
         events: EventLog | None = None,
         progress: Progress | None = None,
         check: bool = True,
+        cache: str | Path | AnswerCache | None = None,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
         ``check=False`` skips preflight, for callers that already ran it on this config.
+        ``cache``: an SQLite answer cache (a path, or an open ``AnswerCache``): every answer
+        is stored as it arrives and reused instead of being requested again.
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
         self.events = events or EventLog()
         self._progress = progress
         self._check = check
+        self._cache_arg = cache
+        self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
         self._controller: Controller | None = None
         self._lock = asyncio.Lock()
@@ -57,13 +66,20 @@ class SymbolicMoE:
         problems = await asyncio.to_thread(preflight, self.config) if self._check else []
         if problems:
             raise PreflightError(problems)
+        if self.cache is None and self._cache_arg is not None:
+            self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
-        self._controller = Controller(self.config, self._manager, self.events, self._progress)
+        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._manager is not None:
-            await self._manager.aclose()
+        try:
+            if self._manager is not None:
+                await self._manager.aclose()
+        finally:
+            if self.cache is not None and not isinstance(self._cache_arg, AnswerCache):
+                self.cache.close()  # opened here, closed here; a caller's own cache stays open
+                self.cache = None
 
     def _ready(self) -> Controller:
         if self._controller is None:

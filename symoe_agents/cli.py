@@ -8,21 +8,22 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second signal kills the servers at once a
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO, Annotated, Optional
 
 import typer
 
+from .answer_file import AnswerFile
+from .cache import AnswerCache
 from .config import Config, embedded_config_text, load_config
-from .errors import ConfigError, InputError, ProfileError, PromptError, ServerStartError, SymoeError
+from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, ServerStartError, SymoeError
 from .events import Event, EventLog
-from .inputs import read_questions
+from .inputs import read_questions_skipping
 from .preflight import preflight
-from .records import QuestionResult
 
 app = typer.Typer(
     add_completion=False,
@@ -79,7 +80,7 @@ class _Interrupted(Exception):
         self.code = code
 
 
-def _run_with_signals(coro_factory, resume_hint: str) -> int:
+def _run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") -> int:
     """Run the coroutine; turn SIGINT/SIGTERM into cancellation and exit codes 130/143."""
     state = {"signal": None}
 
@@ -107,7 +108,8 @@ def _run_with_signals(coro_factory, resume_hint: str) -> int:
         return asyncio.run(main())
     except (asyncio.CancelledError, KeyboardInterrupt):
         signum = state["signal"] or signal.SIGINT
-        _err(f"[symoe] interrupted; all servers stopped. {resume_hint}".rstrip())
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        _err(f"[symoe] interrupted; all servers stopped. {hint}".rstrip())
         return 128 + int(signum)
 
 
@@ -124,72 +126,125 @@ def solve(
     k: Annotated[Optional[int], typer.Option("--k", min=1, help="experts per question (overrides the config)")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="routing and sampling seed (overrides the config)")] = None,
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
-    events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
+    events: Annotated[Optional[Path], typer.Option("--events", help="append lifecycle events as JSONL here")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="infer skills and route, print the schedule, answer nothing")] = False,
     no_profiles: Annotated[bool, typer.Option("--no-profiles", help="ignore profiles: recruit experts uniformly at random")] = False,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache [default: OUTPUT with suffix .cache.sqlite]")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="neither reuse nor store model answers (questions in OUTPUT are still skipped)")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start over: overwrite OUTPUT and request every answer again (new answers replace cached ones)")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="ask again the questions whose record in OUTPUT lists errors")] = False,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid records and list the invalid ones in the summary, instead of refusing the file")] = False,
 ) -> None:
-    """Solve a question set: infer skills, recruit experts, answer group by group, aggregate."""
+    """Solve a question set: infer skills, recruit experts, answer group by group, aggregate.
+
+    Re-running the same command resumes: questions already in OUTPUT are not asked again and
+    answers already in the cache are not requested again."""
+    out_path = output or Path(f"{input.stem}.answers.jsonl")
     try:
         cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
         if no_profiles:
             cfg = cfg.without_profiles()
-        questions = read_questions(input)
-    except (ConfigError, InputError, ProfileError, PromptError) as exc:
+        questions, skipped = read_questions_skipping(input, skip_invalid)
+        if out_path.resolve() == input.resolve():
+            raise OutputError(f"the output {out_path} is the input file; choose another -o")
+    except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
     problems = preflight(cfg)
     if problems:
         _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
         raise typer.Exit(2)
-    out_path = output or Path(f"{input.stem}.answers.jsonl")
-    code = _run_with_signals(
-        lambda: _solve(cfg, questions, out_path, events, dry_run),
-        resume_hint=f"Finished answers so far are in {out_path}.",
-    )
+    run = _SolveRun(cfg, questions, skipped, out_path, None if no_cache else (cache or out_path.with_suffix(".cache.sqlite")), fresh, retry_failed)
+    code = _run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
     raise typer.Exit(code)
 
 
-async def _solve(cfg: Config, questions, out_path: Path, events_path: Path | None, dry_run: bool) -> int:
-    from .api import SymbolicMoE
+class _SolveRun:
+    """One ``symoe solve``: the answers file, the cache and the batch, and what to say on a stop."""
 
-    log = EventLog(events_path)
-    progress = _TerminalProgress(sys.stderr)
-    log.listen(progress.on_event)
-    _err(f"[symoe] {len(questions)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
-    out = None
-    try:
-        async with SymbolicMoE(cfg, events=log, progress=progress, check=False) as moe:  # preflight ran above
-            assert moe._controller is not None
-            _err(f"[symoe] {moe._controller.routing_note}")
-            if dry_run:
-                schedule = await moe.plan(questions)
-                print(schedule.describe())
-                return 0
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(out_path, "w", encoding="utf-8")  # noqa: SIM115
+    def __init__(self, cfg: Config, questions, skipped: list[str], out_path: Path, cache_path: Path | None, fresh: bool, retry_failed: bool):
+        self.cfg = cfg
+        self.questions = questions
+        self.skipped = skipped
+        self.out_path = out_path
+        self.cache_path = cache_path
+        self.fresh = fresh
+        self.retry_failed = retry_failed
+        self.answers: AnswerFile | None = None
+        self.cache: AnswerCache | None = None
 
-            def write(result: QuestionResult) -> None:
-                out.write(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
-                out.flush()
+    def resume_hint(self) -> str:
+        done = f"{self.answers.total} questions are in {self.out_path}" if self.answers else f"answers so far are in {self.out_path}"
+        kept = f", and {self.cache.stored} new answers in the cache {self.cache_path}" if self.cache else ""
+        return f"{done}{kept}. Re-run the same command (without --fresh) to resume."
 
-            await moe.solve_batch(questions, on_result=write)
-            summary = moe.summary
-            if moe._controller.alignment_warning:
-                _err(f"[symoe] warning: {moe._controller.alignment_warning}")
-    except ProfileError as exc:
-        _err(f"error: {exc}")
-        return 2
-    except (ServerStartError, SymoeError) as exc:
-        _err(f"error: {exc}")
-        return 1
-    finally:
-        if out:
-            out.close()
-        log.close()
-    assert summary is not None
-    _err("\n" + summary.render())
-    _err(f"answers: {out_path}" + (f"   events: {events_path}" if events_path else ""))
-    return 1 if summary.failed_questions else 0
+    async def main(self, events_path: Path | None, dry_run: bool) -> int:
+        from .api import SymbolicMoE
+
+        cfg = self.cfg
+        log = EventLog(events_path)
+        progress = _TerminalProgress(sys.stderr)
+        log.listen(progress.on_event)
+        try:
+            todo = self.questions
+            if not dry_run:
+                self.answers = AnswerFile.open(self.out_path, self.questions, self.fresh, self.retry_failed)
+                todo = self._report_resume()
+                if not todo:
+                    _err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
+                    return 0
+                if self.cache_path is not None:
+                    self.cache = AnswerCache(self.cache_path, read=not self.fresh)
+            _err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
+            async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
+                assert moe._controller is not None
+                _err(f"[symoe] {moe._controller.routing_note}")
+                if dry_run:
+                    print((await moe.plan(todo)).describe())
+                    return 0
+                assert self.answers is not None
+                await moe.solve_batch(todo, on_result=self.answers.append)
+                summary = moe.summary
+                if moe._controller.alignment_warning:
+                    _err(f"[symoe] warning: {moe._controller.alignment_warning}")
+        except ProfileError as exc:
+            _err(f"error: {exc}")
+            return 2
+        except (OutputError, CacheError) as exc:
+            _err(f"error: {exc}")
+            return 2
+        except (ServerStartError, SymoeError) as exc:
+            _err(f"error: {exc}")
+            return 1
+        finally:
+            if self.answers:
+                self.answers.close()
+            if self.cache:
+                self.cache.close()
+            log.close()
+        assert summary is not None
+        summary.resumed_questions = len(self.answers.state.done)
+        summary.skipped_inputs = self.skipped
+        _err("\n" + summary.render())
+        where = f"answers: {self.out_path} ({self.answers.total} questions)"
+        if self.cache is not None:
+            where += f"   cache: {self.cache_path}"
+        _err(where + (f"   events: {events_path}" if events_path else ""))
+        return 1 if summary.failed_questions else 0
+
+    def _report_resume(self) -> list:
+        assert self.answers is not None
+        st = self.answers.state
+        if st.dropped_partial_line:
+            _err(f"[symoe] {self.out_path}: dropped an incomplete last line (a crash while writing); that question is asked again")
+        if st.retried:
+            _err(f"[symoe] --retry-failed: asking again {len(st.retried)} questions whose records listed errors")
+        if st.foreign:
+            _err(f"[symoe] note: {self.out_path} also holds {len(st.foreign)} answers to questions not in this input (kept)")
+        todo = self.answers.pending(self.questions)
+        if st.done and todo:
+            _err(f"[symoe] resuming {self.out_path}: {len(self.questions) - len(todo)} of {len(self.questions)} questions already answered")
+        return todo
 
 
 @app.command("config")

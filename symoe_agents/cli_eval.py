@@ -22,12 +22,15 @@ def evaluate(
     category: Annotated[Optional[list[str]], typer.Option("--category", help="keep only this category (repeatable)")] = None,
     k: Annotated[Optional[int], typer.Option("--k", min=1)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache: resume an interrupted evaluation without paying again (methods then share identical calls, so their costs no longer compare)")] = None,
 ) -> None:
     """Run symoe and the paper's baselines on the same questions; write JSON, Markdown and plots."""
     from symoe_agents.eval.benchmarks import load_benchmark
     from symoe_agents.eval.harness import run_eval
     from symoe_agents.eval.report import markdown, write_report
 
+    from .cache import AnswerCache
+    from .errors import CacheError
     from .cli import _err, _run_with_signals, _TerminalProgress
     from .cli_profiles import _load
     from .methods import build_methods
@@ -51,13 +54,23 @@ def evaluate(
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
 
+    try:
+        answers = AnswerCache(cache) if cache else None
+    except CacheError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
     async def go() -> int:
         progress = _TerminalProgress(sys.stderr)
         began = time.monotonic()
-        rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False)
+        try:
+            rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
+        finally:
+            if answers:
+                answers.close()
         files = write_report(rows, output)
         print(markdown(rows))
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))
         return 0
 
-    raise typer.Exit(_run_with_signals(go, resume_hint=f"Records of finished methods are in {output}."))
+    raise typer.Exit(_run_with_signals(go, resume_hint=f"Records of finished methods are in {output}." + (f" Answers received are in {cache}: re-run with the same --cache to reuse them." if cache else "")))

@@ -7,6 +7,10 @@
    lanes side by side; a lane runs its groups in order, acquiring each group's server.
    A group sends all its requests concurrently under the runner's bounds.
 
+Durability: with an answer cache, every answer is stored as it arrives, and a request
+whose answer is cached is final before its group starts; a group with nothing left to send
+never starts its server, so a resumed run reloads only what it still needs.
+
 Failures: a failed call is recorded in the question's result, never dropped. When calls
 fail in a way that points at the server (connection refused, timeouts) and the server is
 dead or no longer answers its health check, it is restarted (``servers.restart_attempts``)
@@ -27,7 +31,8 @@ from typing import Protocol
 import psutil
 
 from . import routing
-from .agents import Agent, AgentRunner, build_agent
+from .agents import Agent, AgentRunner, build_agent, sampling_params
+from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
 from .config import Config, OpenAIModel
@@ -102,11 +107,19 @@ OnFinal = Callable[[int, Completion], None]
 
 
 class Controller:
-    def __init__(self, config: Config, manager: ServerManager, events: EventLog, progress: Progress | None = None):
+    def __init__(
+        self,
+        config: Config,
+        manager: ServerManager,
+        events: EventLog,
+        progress: Progress | None = None,
+        cache: AnswerCache | None = None,
+    ):
         self.config = config
         self.manager = manager
         self.events = events
         self.progress = progress or _NoProgress()
+        self.cache = cache  # None: every call is sent
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
@@ -215,7 +228,7 @@ class Controller:
         began = time.monotonic()
         hosted = isinstance(self.config.model(group.model), OpenAIModel)
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
-        failed = restarts = calls = resent = 0
+        failed = restarts = calls = resent = cached = 0
         finished: set[int] = set()
 
         def final(i: int, c: Completion) -> None:
@@ -236,6 +249,21 @@ class Controller:
 
         self.progress.start(group.name, n)
         try:
+            prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
+            for i in range(n):  # skipped and cached requests are final before any server starts
+                prompt, why = prompt_of(i)
+                if prompt is None:
+                    final(i, Completion(model=group.model, error=why))
+                    continue
+                key = self._cache_key(agent, group, i, prompt)
+                hit = self.cache.get(key) if key is not None and self.cache is not None else None
+                if hit is not None:
+                    cached += 1
+                    final(i, hit)
+                else:
+                    prompts[i] = (prompt, key)
+            if not prompts:
+                return  # everything was cached: the server is not needed
             try:
                 endpoint = await self.manager.acquire(
                     group.model,
@@ -246,7 +274,7 @@ class Controller:
             except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
-            pending = list(range(n))
+            pending = sorted(prompts)
             while pending:
                 retry: list[tuple[int, Completion]] = []
                 server_down = asyncio.Event()
@@ -257,12 +285,13 @@ class Controller:
                         if server_down.is_set():
                             retry.append((i, Completion(model=group.model, error="not sent: server down")))
                             return
-                        prompt, why = prompt_of(i)
-                        if prompt is None:
-                            final(i, Completion(model=group.model, error=why))
-                            return
+                        prompt, key = prompts[i]
                         req = group.requests[i]
+                        if key is not None and self.cache is not None:
+                            self.cache.note_attempt(key)
                         c = await runner.call(agent, prompt, req.question_id, req.sample, on_admitted)
+                        if key is not None and self.cache is not None and c.error is None:
+                            self.cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives
                         if c.error and c.retryable and not hosted:
                             retry.append((i, c))
                             if not self.manager.process_alive(group.model):
@@ -298,8 +327,16 @@ class Controller:
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n,
                 duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent},
+                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached},
             )  # fmt: skip
+
+    def _cache_key(self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt) -> str | None:
+        if self.cache is None:
+            return None
+        req = group.requests[i]
+        params = sampling_params(agent, self.config.seed, req.question_id, req.sample)
+        seed = int(params.pop("seed"))  # type: ignore[call-overload]
+        return CallIdentity(self.manager.identity(group.model), prompt.sha256, tuple(sorted(params.items())), seed, req.sample).key
 
     # -- stages ------------------------------------------------------------------------
 

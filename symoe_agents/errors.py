@@ -53,3 +53,11 @@ class ServerStartError(SymoeError):
 
 class EndpointError(SymoeError):
     """A model endpoint answered with an error that retrying will not fix."""
+
+
+class CacheError(SymoeError):
+    """The answer cache cannot be opened or is not a symoe cache of this version."""
+
+
+class OutputError(SymoeError):
+    """An existing answers file cannot be resumed. Names the file and the line."""

@@ -54,7 +54,10 @@ class EventLog:
 
     def __init__(self, path: str | Path | None = None):
         self.events: list[Event] = []
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._file: IO[str] | None = None
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._listeners: list[Callable[[Event], None]] = []
 
     def listen(self, fn: Callable[[Event], None]) -> None:
@@ -81,6 +84,7 @@ class GroupTiming(BaseModel):
     requests: int
     duration_s: float
     failed: int = 0
+    cached: int = 0
 
 
 class RunSummary(BaseModel):
@@ -95,6 +99,10 @@ class RunSummary(BaseModel):
     correct: int | None = None
     graded: int = 0
     failed_questions: int = 0
+    calls_sent: int = 0
+    cached_answers: int = 0
+    resumed_questions: int = 0
+    skipped_inputs: list[str] = []
 
     @property
     def accuracy(self) -> float | None:
@@ -104,15 +112,22 @@ class RunSummary(BaseModel):
         lines = [
             f"questions: {self.questions}   model loads: {self.model_loads}   wall time: {self.wall_s:.1f} s"
             f"   (of which server start-up {self.load_time_s:.1f} s)",
-            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion",
+            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion"
+            f"   calls sent: {self.calls_sent}" + (f", answers reused from the cache: {self.cached_answers}" if self.cached_answers else ""),
         ]
+        if self.resumed_questions:
+            lines.insert(0, f"resumed: {self.resumed_questions} questions were already answered by an earlier run")
         for g in self.groups:
             fail = f", {g.failed} failed" if g.failed else ""
-            lines.append(f"  {g.group:<32} {g.requests:>5} requests {g.duration_s:>8.1f} s{fail}")
+            cached = f", {g.cached} cached" if g.cached else ""
+            lines.append(f"  {g.group:<32} {g.requests:>5} requests {g.duration_s:>8.1f} s{cached}{fail}")
         if self.accuracy is not None:
             lines.append(f"accuracy: {self.correct}/{self.graded} = {self.accuracy:.1%}")
         if self.failed_questions:
             lines.append(f"questions with errors: {self.failed_questions} (see 'errors' in the output)")
+        if self.skipped_inputs:
+            lines.append(f"skipped invalid input records: {len(self.skipped_inputs)}")
+            lines += [f"  {s}" for s in self.skipped_inputs]
         return "\n".join(lines)
 
 
@@ -135,8 +150,11 @@ def summarize_events(events: list[Event]) -> RunSummary:
                     requests=e.requests or 0,
                     duration_s=e.duration_s if e.duration_s is not None else e.ts - started.get(e.group, e.ts),
                     failed=int(e.detail.get("failed", 0)),
+                    cached=int(e.detail.get("cached", 0)),
                 )
             )
+            summary.calls_sent += int(e.detail.get("calls", 0))
+            summary.cached_answers += int(e.detail.get("cached", 0))
         elif e.kind == "run_start":
             summary.wall_s = -e.ts
         elif e.kind == "run_end":

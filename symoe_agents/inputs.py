@@ -79,8 +79,10 @@ def _to_question(obj: Any, index: int) -> tuple[Question | None, str | None]:
     )
 
 
-def parse_questions(text: str, source: str) -> list[Question]:
-    """Parse a whole file's text; raises InputError listing every bad line."""
+def parse_questions(text: str, source: str, skip_invalid: bool = False) -> tuple[list[Question], list[str]]:
+    """Parse a whole file's text. Raises InputError listing every bad record, or with
+    ``skip_invalid`` returns the valid ones and a ``file:line: problem`` line per skipped one.
+    Problems with the file as a whole (empty, not a JSON array) are never skipped."""
     if not text.strip():
         raise InputError(source, [(None, "the file is empty; it needs one JSON object per line with a 'question'")])
     problems: list[tuple[int | None, str]] = []
@@ -114,24 +116,46 @@ def parse_questions(text: str, source: str) -> list[Question]:
             continue
         first_line[q.id] = lineno
         questions.append(q)
-    if problems:
+    if problems and not skip_invalid:
         raise InputError(source, problems)
     if not questions:
-        raise InputError(source, [(None, "no questions found")])
-    return questions
+        raise InputError(source, [*problems, (None, "no valid questions found")])
+    return questions, [f"{source}:{line}: {msg}" if line else f"{source}: {msg}" for line, msg in problems]
 
 
 def read_questions(path: str | Path) -> list[Question]:
+    """Every question of a file; InputError (file, line, problem) if any record is bad."""
+    return read_questions_skipping(path, skip_invalid=False)[0]
+
+
+def read_questions_skipping(path: str | Path, skip_invalid: bool = True) -> tuple[list[Question], list[str]]:
+    """The valid questions of a file and the skipped records, one ``file:line: problem`` each."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), [(None, "file not found")])
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        return parse_questions(raw.decode("utf-8-sig"), str(path), skip_invalid)
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(str(path), [(line, f"bytes that are not UTF-8 at byte {exc.start}; save the file as UTF-8")]) from None
-    return parse_questions(text, str(path))
+        problem = (line, f"bytes that are not UTF-8 at byte {exc.start}; save the file as UTF-8")
+        if not skip_invalid or raw.lstrip().startswith(b"["):
+            raise InputError(str(path), [problem]) from None
+    # JSONL with --skip-invalid: blank out the lines that do not decode, parse the rest
+    kept, bad = [], []
+    for lineno, chunk in enumerate(raw.split(b"\n"), 1):
+        try:
+            kept.append(chunk.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError:
+            kept.append("")
+            bad.append(f"{path}:{lineno}: bytes that are not UTF-8; save the file as UTF-8")
+    questions, skipped = parse_questions("\n".join(kept), str(path), skip_invalid=True)
+    return questions, sorted(bad + skipped, key=_line_number)
+
+
+def _line_number(problem: str) -> int:
+    head = problem.split(": ", 1)[0]
+    return int(head.rsplit(":", 1)[1]) if head.rsplit(":", 1)[-1].isdigit() else 0
 
 
 def as_questions(items: Iterable[str | Question | dict[str, Any]]) -> list[Question]:

@@ -37,6 +37,7 @@ class Completion(BaseModel):
     prompt_sha256: str | None = None
     error: str | None = None
     retryable: bool = Field(default=False, description="the error was transient (connection, timeout, 429, 5xx)")
+    cached: bool = Field(default=False, description="reused from the answer cache, not requested in this run")
 
 
 class ExpertAnswer(Completion):

@@ -47,3 +47,16 @@ def pids_alive(pids: list[int]) -> list[int]:
 
 def env_without_keys() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()}
+
+
+def small_pool_toml(tmp_path: Path, samples: int = 2, max_tokens: int = 64, extra: str = "") -> Path:
+    """The embedded pool with smaller budgets (fewer skill samples, shorter answers), as a
+    TOML file: the same real servers, in less time. ``extra`` is appended verbatim."""
+    from symoe_agents.config import embedded_config_text, load_config
+
+    text = embedded_config_text()
+    text = text.replace('profiles = "embedded-profiles"', f'profiles = "{load_config().profiles}"')
+    text = text.replace("samples = 5", f"samples = {samples}").replace("max_tokens = 200", f"max_tokens = {max_tokens}")
+    path = tmp_path / "pool.toml"
+    path.write_text(text + extra)
+    return path

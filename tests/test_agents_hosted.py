@@ -32,6 +32,7 @@ async def test_client_errors_are_not_retried_and_say_what_to_check(status, hint)
         c = await r.call(AGENT, PROMPT, "q1")
     assert api.calls == 1
     assert c.text is None and "model 'hosted-x'" in c.error and hint in c.error
+    assert "$MY_KEY" in c.error  # which key variable was used, whatever the status
     assert "sk-test-123" not in c.error  # the key itself never appears
 
 

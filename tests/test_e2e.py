@@ -107,8 +107,9 @@ def test_dry_run_routes_and_prints_the_plan_without_answering(tmp_path):
     assert pids_alive(server_pids(events)) == []
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, times", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1), (signal.SIGINT, 130, 2)],
+                         ids=["sigterm", "ctrl-c", "ctrl-c-twice-forces"])
+def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig, code, times):
     ev = tmp_path / "ev.jsonl"
     proc = subprocess.Popen(
         [*symoe_cmd(), "solve", str(EXAMPLES / "questions.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--events", str(ev)],
@@ -124,11 +125,23 @@ def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig,
         pytest.fail("no server became ready")
     time.sleep(1.0)
     proc.send_signal(sig)
+    if times == 2:
+        time.sleep(0.05)
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err[-2000:]
-    assert "all servers stopped" in err and "o.jsonl" in err
     events = read_jsonl(ev)
-    assert pids_alive(server_pids(events)) == []
+    if times == 1:  # a clean stop says what is kept and how to go on
+        assert "all servers stopped" in err and "o.jsonl" in err and "Re-run the same command" in err
+        assert (tmp_path / "o.cache.sqlite").exists()
+    assert wait_until_gone(server_pids(events)) == []
+
+
+def wait_until_gone(pids, within=5.0):
+    deadline = time.monotonic() + within
+    while pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids_alive(pids)
 
 
 def test_bad_input_is_rejected_before_any_server_starts(tmp_path):

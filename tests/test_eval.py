@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import UPSTREAM, read_jsonl
-from symoe_agents.eval.benchmarks import from_aime, from_gpqa, from_medmcqa, from_mmlu_pro, load_benchmark, select
+from symoe_agents.eval.benchmarks import from_aime, from_gpqa, from_medmcqa, from_mmlu_pro, select
 from symoe_agents.eval.report import markdown
 from symoe_agents.formats import option_letters
 from symoe_agents.methods import METHOD_NAMES, build_methods
@@ -76,7 +76,7 @@ def test_eval_every_method_end_to_end(tmp_path):
                         "expert": {"max_tokens": 48, "temperature": 0.7}, "aggregator": {"max_tokens": 48, "temperature": 0.7}}  # fmt: skip
     import tomllib  # noqa: F401 - the config is written as TOML below
 
-    lines = [f"k = 2", f'profiles = "{data["profiles"]}"']
+    lines = ["k = 2", f'profiles = "{data["profiles"]}"']
     for name, m in data["models"].items():
         lines.append(f"[models.{name}]")
         for key in ("backend", "embedded", "chat_format"):

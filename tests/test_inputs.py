@@ -84,3 +84,27 @@ def test_api_inputs_accept_strings_dicts_and_reject_duplicates():
         as_questions([{"id": "2", "question": "a"}, "b"])
     with pytest.raises(InputError):
         parse_questions("", "<s>")
+
+
+def test_skip_invalid_keeps_the_valid_records_and_lists_the_others(tmp_path):
+    from symoe_agents.inputs import read_questions_skipping
+
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(
+        b'{"id": "a", "question": "ok"}\n'
+        b"not json\n"
+        b'{"id": "a", "question": "again"}\n'
+        b'{"question": "caf\xe9"}\n'
+        b'{"id": "b", "question": "fine", "answer_format": "essay"}\n'
+        b'{"id": "c", "question": "also fine"}\n'
+    )
+    qs, skipped = read_questions_skipping(p)
+    assert [q.id for q in qs] == ["a", "c"]
+    assert [s.split(": ", 1)[0] for s in skipped] == [f"{p}:{n}" for n in (2, 3, 4, 5)]
+    assert "not UTF-8" in skipped[2] and "unknown answer_format" in skipped[3]
+    with pytest.raises(InputError):  # the default refuses the file, naming every bad line
+        read_questions(p)
+    nothing = tmp_path / "none.jsonl"
+    nothing.write_text('{"id": 1}\n')
+    with pytest.raises(InputError, match="no valid questions"):
+        read_questions_skipping(nothing)

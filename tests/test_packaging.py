@@ -20,6 +20,8 @@ def test_wheel_layout(tmp_path):
     for expected in [
         "symoe_agents/servers/manager.py",
         "symoe_agents/servers/llamacpp.py",
+        "symoe_agents/servers/launcher.py",  # run by path: they must ship as files
+        "symoe_agents/servers/watchdog.py",
         "symoe_agents/eval/extract.py",
         "symoe_agents/prompts/skills.md",
         "symoe_agents/prompts/aggregator.md",
@@ -34,8 +36,9 @@ def test_wheel_layout(tmp_path):
 
 def test_public_names_are_pinned():
     assert sorted(symoe_agents.__all__) == [
-        "AggregatorAnswer", "AnswerFormat", "Config", "ConfigError", "EndpointError", "Event", "EventLog",
-        "ExpertAnswer", "InputError", "ProfileError", "PromptError", "Question", "QuestionResult", "RunSummary",
+        "AggregatorAnswer", "AnswerCache", "AnswerFormat", "CacheError", "Config", "ConfigError", "EndpointError",
+        "Event", "EventLog", "ExpertAnswer", "InputError", "OutputError", "ProfileError", "PromptError", "Question",
+        "QuestionResult", "RunSummary",
         "Schedule", "ServerStartError", "SymbolicMoE", "SymoeError", "__version__", "load_config",
     ]  # fmt: skip
 

@@ -94,6 +94,66 @@ async def test_missing_model_file_fails_fast_with_log_tail(tmp_path):
     assert "absent.gguf" in err.value.log_tail
 
 
+async def test_immediate_exit_fails_fast_with_log_tail():
+    """A server that exits at once (here: llama.cpp rejecting an unknown flag)."""
+    cfg = parse_config(
+        {
+            "models": {"m": {"backend": "llamacpp", "embedded": "smollm2-135m-instruct", "extra_args": ["--no-such-flag"]}},
+            "roles": {"skill_inferencer": "m", "experts": ["m"], "aggregator": "m"},
+            "servers": {"start_timeout_s": 120},
+        },
+        "test",
+    )
+    events = EventLog()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with pytest.raises(ServerStartError) as err:
+        async with ServerManager(cfg, events) as manager:
+            await manager.acquire("m")
+    assert loop.time() - began < 30
+    assert "exited with code 2" in str(err.value) and "--no-such-flag" in err.value.log_tail
+    assert pids_alive([e.pid for e in events.events if e.kind == "server_start"]) == []
+
+
+@pytest.mark.parametrize("taken_tries", [1, 99], ids=["taken-once", "always-taken"])
+async def test_port_already_taken(monkeypatch, taken_tries):
+    """Another program holds the port symoe picked: the start is retried on a new port; if
+    every try loses, the error says so with the log tail, well within the deadline."""
+    import socket
+
+    from symoe_agents.servers import manager as manager_mod
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    picks = []
+
+    def pick() -> int:
+        picks.append(taken if len(picks) < taken_tries else free_port())
+        return picks[-1]
+
+    monkeypatch.setattr(manager_mod, "free_port", pick)
+    manager, events = embedded_manager(start_timeout_s=120)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        async with manager:
+            if taken_tries == 1:
+                ep = await manager.acquire("smollm2")
+                assert ep.base_url != f"http://127.0.0.1:{taken}/v1"
+            else:
+                with pytest.raises(ServerStartError) as err:
+                    await manager.acquire("smollm2")
+                assert "address already in use" in err.value.log_tail.lower()
+                assert loop.time() - began < 60
+    finally:
+        squatter.close()
+    failed = [e for e in events.events if e.kind == "server_failed"]
+    assert len(failed) == min(taken_tries, 3)  # three tries at most
+    assert pids_alive([e.pid for e in events.events if e.kind == "server_start"]) == []
+
+
 async def spawn_escaper(tmp_path) -> tuple[ServerProcess, int]:
     """A 'server' whose child leaves its session, as SGLang's scheduler processes do."""
     pidfile = tmp_path / "child.pid"
@@ -146,9 +206,9 @@ def test_server_runs_with_the_parent_death_signal(tmp_path):
     proc = ServerProcess("sleeper", [sys.executable, "-c", code], free_port(), tmp_path / "log")
     proc.spawn()
     try:
-        for _ in range(100):
+        for _ in range(250):  # the launcher's own command line shows until it execs
             cmd = psutil.Process(proc.pid).cmdline()
-            if "launcher.py" not in " ".join(cmd):
+            if cmd == [sys.executable, "-c", code]:
                 break
             time.sleep(0.02)
         assert cmd == [sys.executable, "-c", code]

@@ -30,6 +30,9 @@ class ScriptedAPI:
         self._server.close()
         await self._server.wait_closed()
 
+    def error_message(self, code: int) -> str:
+        return f"scripted {code}"
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -54,7 +57,7 @@ class ScriptedAPI:
                     "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
                 }
             else:
-                payload = {"error": {"message": f"scripted {code}", "type": "test", "code": code}}
+                payload = {"error": {"message": self.error_message(code), "type": "test", "code": code}}
             data = json.dumps(payload).encode()
             writer.write(
                 f"HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
