@@ -169,7 +169,7 @@ class Soak:
             self.faults.append({"kind": kind, "t": round(time.time() - self.began, 1), "pid": victim.pid})
             return True
         proc.send_signal(signal.SIGKILL if kind == "symoe-kill" else signal.SIGTERM)
-        code = proc.wait(timeout=120)
+        code = int(proc.wait(timeout=120))
         self.exit_codes.append(code)
         left = wait_gone(spawned, within=5.0)
         self.left_after_fault += [f"after {kind}: pid {pid}" for pid in left]

@@ -50,6 +50,10 @@ def build_agent(config: Config, role: Role, model: str) -> Agent:
     return Agent(role, model, load_template(template_name, config.prompts_dir), base.overlay(config.model(model).sampling))
 
 
+class _NotSent(Exception):
+    """The caller said not to send (its server is dead): fail at once, retryably."""
+
+
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
         return True
@@ -143,7 +147,11 @@ class AgentRunner:
         question_id: str,
         sample: int = 0,
         on_admitted: Callable[[], None] | None = None,
+        proceed: Callable[[], bool] | None = None,
     ) -> Completion:
+        """One call, retried on transient errors. ``proceed()`` is asked before every HTTP
+        attempt: False (the server is known dead) returns a retryable "not sent" failure
+        instead of spending the attempt, so a dead server costs no more sends than needed."""
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
@@ -152,6 +160,8 @@ class AgentRunner:
         started = time.monotonic()
         try:
             async with self._admitted():
+                if proceed is not None and not proceed():
+                    raise _NotSent()
                 if on_admitted is not None:
                     on_admitted()
                 started = time.monotonic()
@@ -162,6 +172,8 @@ class AgentRunner:
                     reraise=True,
                 ):
                     with attempt:
+                        if proceed is not None and not proceed():
+                            raise _NotSent()
                         self.calls_sent += 1
                         async with asyncio.timeout(self.concurrency.request_timeout_s):
                             response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
@@ -170,8 +182,8 @@ class AgentRunner:
                 model=agent.model,
                 latency_s=time.monotonic() - started,
                 prompt_sha256=prompt.sha256,
-                error=describe_error(exc, agent.model, self.endpoint),
-                retryable=_retryable(exc),
+                error="not sent: the server is down" if isinstance(exc, _NotSent) else describe_error(exc, agent.model, self.endpoint),
+                retryable=isinstance(exc, _NotSent) or _retryable(exc),
             )
         usage = response.usage
         text = response.choices[0].message.content if response.choices else None

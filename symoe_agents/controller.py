@@ -279,6 +279,9 @@ class Controller:
                 retry: list[tuple[int, Completion]] = []
                 server_down = asyncio.Event()
 
+                def proceed() -> bool:  # a local server seen dead: stop sending it requests
+                    return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
+
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed) as runner:
 
                     async def one(i: int) -> None:
@@ -287,9 +290,16 @@ class Controller:
                             return
                         prompt, key = prompts[i]
                         req = group.requests[i]
+                        admitted = on_admitted
                         if key is not None and self.cache is not None:
-                            self.cache.note_attempt(key)
-                        c = await runner.call(agent, prompt, req.question_id, req.sample, on_admitted)
+                            cache = self.cache
+
+                            def admitted(key: str = key) -> None:  # counted when it leaves the queue for the server
+                                cache.note_attempt(key)
+                                if on_admitted is not None:
+                                    on_admitted()
+
+                        c = await runner.call(agent, prompt, req.question_id, req.sample, admitted, proceed)
                         if key is not None and self.cache is not None and c.error is None:
                             self.cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives
                         if c.error and c.retryable and not hosted:
