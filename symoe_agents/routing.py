@@ -23,11 +23,14 @@ fewer distinct experts means fewer model loads.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from types import MappingProxyType
+from typing import Literal, NamedTuple
 
 RouteMethod = Literal["skills", "uniform-no-keywords", "uniform-no-profiles", "fixed"]
 
@@ -36,14 +39,14 @@ RouteMethod = Literal["skills", "uniform-no-keywords", "uniform-no-profiles", "f
 Aligner = Callable[[list[str], list[str]], list[str]]
 
 
-@dataclass(frozen=True)
-class Route:
-    """The experts recruited for one question, and why."""
+class Route(NamedTuple):
+    """The experts recruited for one question, and why. A named tuple, not a dataclass:
+    a batch makes one per question, and a frozen dataclass took 3 µs each to build."""
 
     experts: tuple[str, ...]
     method: RouteMethod
     keywords: tuple[str, ...] = ()
-    probabilities: Mapping[str, float] = field(default_factory=dict)
+    probabilities: Mapping[str, float] = MappingProxyType({})
     replaced: tuple[tuple[str, str], ...] = ()  # (dropped, substitute) pairs of min-share
 
 
@@ -64,13 +67,30 @@ def global_competence(totals: Mapping[str, float]) -> dict[str, float]:
     return {m: s / norm for m, s in scaled.items()}
 
 
-def suitability(keywords: Sequence[str], profiles: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+#: keyword -> ((model, score), ...) in pool order: who holds a keyword, without asking every profile
+SkillIndex = Mapping[str, tuple[tuple[str, float], ...]]
+
+
+def skill_index(profiles: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Invert the profiles once per batch. Scoring a question then costs one lookup per
+    keyword instead of one per keyword and model (a 16-model pool: 16x fewer lookups)."""
+    index: dict[str, list[tuple[str, float]]] = {}
+    for model, skills in profiles.items():
+        for kw, score in skills.items():
+            index.setdefault(kw, []).append((model, score))
+    return {kw: tuple(holders) for kw, holders in index.items()}
+
+
+def suitability(
+    keywords: Sequence[str], profiles: Mapping[str, Mapping[str, float]], index: SkillIndex | None = None
+) -> dict[str, float]:
     """S_i for the models whose profile contains at least one keyword, best first."""
+    if index is None:
+        index = skill_index(profiles)
     scores: dict[str, float] = {}
-    for kw in keywords:
-        for model, skills in profiles.items():
-            if kw in skills:
-                scores[model] = scores.get(model, 0.0) + skills[kw]
+    for kw in keywords:  # keyword order, then pool order: the order ties are broken in below
+        for model, score in index.get(kw, ()):
+            scores[model] = scores.get(model, 0.0) + score
     # the reference ranks candidates by score before drawing; a stable sort keeps ties in pool order
     return dict(sorted(scores.items(), key=lambda item: item[1], reverse=True))
 
@@ -93,6 +113,22 @@ def question_rng(seed: int, question_id: str) -> random.Random:
     return random.Random(f"{seed}\x1f{question_id}")
 
 
+def draw_uniform(rng: random.Random, population: Sequence[str], k: int) -> list[str]:
+    """k draws with replacement, equal chances: index floor(u * n) for each uniform u."""
+    n = len(population) + 0.0
+    return [population[math.floor(rng.random() * n)] for _ in range(k)]
+
+
+def draw_weighted(rng: random.Random, population: Sequence[str], weights: Sequence[float], k: int) -> list[str]:
+    """k draws with replacement by weight: the first index whose running total exceeds
+    u * total (what ``random.choices`` does; spelled out so the batch path below can
+    reproduce it exactly, float for float)."""
+    cum = list(itertools.accumulate(weights))
+    total = cum[-1] + 0.0
+    hi = len(population) - 1
+    return [population[bisect.bisect(cum, rng.random() * total, 0, hi)] for _ in range(k)]
+
+
 def route_question(
     question_id: str,
     keywords: Sequence[str],
@@ -103,20 +139,21 @@ def route_question(
     gamma: Mapping[str, float] | None = None,
     align: Aligner = exact_align,
     vocabulary: list[str] | None = None,
+    index: SkillIndex | None = None,
 ) -> Route:
     rng = question_rng(seed, question_id)
     if profiles is None:
-        return Route(tuple(rng.choices(list(pool), k=k)), "uniform-no-profiles", tuple(keywords))
+        return Route(tuple(draw_uniform(rng, list(pool), k)), "uniform-no-profiles", tuple(keywords))
     if vocabulary is None:
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
     mapped = align(list(keywords), vocabulary)
-    scores = suitability(mapped, profiles)
+    scores = suitability(mapped, profiles, index)
     if not scores:
-        return Route(tuple(rng.choices(list(pool), k=k)), "uniform-no-keywords", tuple(mapped))
+        return Route(tuple(draw_uniform(rng, list(pool), k)), "uniform-no-keywords", tuple(mapped))
     if gamma is None:
         gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
     probs = expert_probabilities(scores, gamma)
-    experts = rng.choices(list(probs), weights=list(probs.values()), k=k)
+    experts = draw_weighted(rng, list(probs), list(probs.values()), k)
     return Route(tuple(experts), "skills", tuple(mapped), probs)
 
 
@@ -130,16 +167,15 @@ def route_batch(
     align: Aligner = exact_align,
 ) -> dict[str, Route]:
     """Route every (question id, keywords) pair; then apply the minimum-share rule if asked."""
-    gamma = None
-    vocabulary = None
-    if profiles is not None:
+    if profiles is None:
+        routes = {qid: route_question(qid, kws, pool, k, seed, None) for qid, kws in questions}
+    else:
+        from .routing_batch import route_scored  # numpy: the same draws, for a whole batch at once
+
         profiles = {m: profiles[m] for m in pool}
-        gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
-    routes = {
-        qid: route_question(qid, kws, pool, k, seed, profiles, gamma, align, vocabulary)
-        for qid, kws in questions
-    }
+        mapped = [(qid, align(list(kws), vocabulary)) for qid, kws in questions]
+        routes = route_scored(mapped, list(pool), k, seed, profiles)
     if min_share:
         routes = apply_min_share(routes, min_share, seed)
     return routes

@@ -142,3 +142,39 @@ def test_min_share_via_route_batch_cuts_distinct_experts():
     n_plain = len({e for r in plain.values() for e in r.experts})
     n_cut = len({e for r in cut.values() for e in r.experts})
     assert n_plain == 8 and n_cut == 3  # the five rare experts (~2.6% each) are replaced
+
+
+@pytest.mark.parametrize("integer_scores", [True, False], ids=["integer-scores", "float-scores"])
+def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
+    """routing_batch vectorises route_question; on random batches (ties, duplicates, zero
+    and negative scores, unknown and missing keywords) every route must be identical."""
+    import random
+
+    from symoe_agents.routing import exact_align, global_competence, route_batch, route_question, skill_index
+
+    rng = random.Random(11)
+    vocab = [f"s{i}" for i in range(40)]
+    pool = [f"m{j}" for j in range(7)]
+    profiles = {
+        m: {s: (float(rng.randint(-2, 3)) if integer_scores else rng.uniform(-2, 3)) for s in rng.sample(vocab, rng.randint(1, 25))}
+        for m in pool
+    }
+    profiles["m6"] = {s: 0.0 for s in vocab[:5]}  # zero scores only: the no-positive branch
+    questions = []
+    for i in range(600):
+        kws = [rng.choice(vocab + ["unknown"]) for _ in range(rng.randint(0, 6))]
+        if i % 50 == 0:
+            kws = kws[:1] * 3  # the same keyword three times counts three times
+        questions.append((f"q{i}", kws))
+    batch = route_batch(questions, pool, 3, 5, profiles)
+    gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
+    index = skill_index(profiles)
+    known = list(dict.fromkeys(s for p in profiles.values() for s in p))
+    methods = set()
+    for qid, kws in questions:
+        ref = route_question(qid, kws, pool, 3, 5, profiles, gamma, exact_align, known, index)
+        got = batch[qid]
+        assert (got.experts, got.method, got.keywords) == (ref.experts, ref.method, ref.keywords), qid
+        assert list(got.probabilities.items()) == list(ref.probabilities.items()), qid
+        methods.add(ref.method)
+    assert methods == {"skills", "uniform-no-keywords"}
