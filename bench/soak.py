@@ -88,13 +88,23 @@ def servers_of(proc: psutil.Process) -> list[psutil.Process]:
     return found
 
 
-def leftovers(since: float) -> list[str]:
-    """Processes of the kinds symoe starts, created after the soak began, still alive."""
+def leftovers(out_dir: Path, spawned: set[int]) -> list[str]:
+    """Processes this soak's symoe runs started (their servers from the events files, and
+    every descendant seen at a fault), with watchdogs and launchers of those servers, that
+    are still alive. Other programs' processes on the machine do not count."""
+    servers = set(spawned)
+    for ev in out_dir.glob("events-*.jsonl"):
+        for line in ev.read_text().splitlines():
+            if '"server_start"' in line:
+                servers.add(json.loads(line)["pid"])
     left = []
-    for p in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["create_time"] >= since and p.info["status"] != psutil.STATUS_ZOMBIE and any(m in cmd for m in SERVER_MARKERS):
-            left.append(f"{p.info['pid']}: {cmd[:100]}")
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmd = p.info["cmdline"] or []
+        mine = p.info["pid"] in servers or (
+            any(m in " ".join(cmd) for m in SERVER_MARKERS) and cmd and cmd[-1].isdigit() and int(cmd[-1]) in servers
+        )
+        if mine and p.info["status"] != psutil.STATUS_ZOMBIE:
+            left.append(f"{p.info['pid']}: {' '.join(cmd)[:100]}")
     return left
 
 
@@ -121,6 +131,7 @@ class Soak:
     left_after_fault: list[str] = field(default_factory=list)
     snapshots_rows: dict[str, str] = field(default_factory=dict)
     snapshot_text: bytes = b""
+    spawned: set[int] = field(default_factory=set)
 
     @property
     def answers(self) -> Path:
@@ -160,6 +171,7 @@ class Soak:
         """One random fault; False when none could be injected now (no server up)."""
         kind = self.rng.choices(["server-kill", "symoe-kill", "symoe-term"], weights=[4, 4, 2])[0]
         spawned = [p.pid for p in proc.children(recursive=True)]
+        self.spawned.update(spawned)
         if kind == "server-kill":
             servers = servers_of(proc)
             if not servers:
@@ -216,7 +228,7 @@ class Soak:
             "finished": len(set(ids)),
             "answers_lost": len(self.lost),
             "duplicate_records": len(ids) - len(set(ids)),
-            "processes_left": len(leftovers(self.began)) + len(self.left_after_fault),
+            "processes_left": len(leftovers(self.out_dir, self.spawned)) + len(self.left_after_fault),
             "faults": len(self.faults),
             "faults_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
             "symoe_runs": self.runs,
@@ -226,7 +238,7 @@ class Soak:
             "answer_calls_repeated": sum(tries.values()) - len(tries),
             "wall_s": round(time.time() - self.began, 1),
             "lost_detail": self.lost[:20],
-            "left_detail": (self.left_after_fault + leftovers(self.began))[:20],
+            "left_detail": (self.left_after_fault + leftovers(self.out_dir, self.spawned))[:20],
         }
 
 
@@ -235,8 +247,8 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=100)
     ap.add_argument("--faults", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-gap", type=float, default=8.0, help="seconds between faults, at least")
-    ap.add_argument("--max-gap", type=float, default=45.0, help="seconds between faults, at most")
+    ap.add_argument("--min-gap", type=float, default=15.0, help="seconds between faults, at least")
+    ap.add_argument("--max-gap", type=float, default=70.0, help="seconds between faults, at most")
     ap.add_argument("--config", help="a TOML config instead of the built-in embedded pool")
     ap.add_argument("--out", default="soak-out", help="folder for questions, answers, cache, events and logs (emptied first)")
     args = ap.parse_args()

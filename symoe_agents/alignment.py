@@ -19,6 +19,7 @@ import importlib.util
 import os
 from typing import Literal, Protocol
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 AlignMethod = Literal["auto", "sentence-transformers", "openai", "exact"]
@@ -41,9 +42,11 @@ class AlignmentConfig(BaseModel):
 
 
 class Embedder(Protocol):
+    """Texts to vectors: an array of shape (len(texts), dim), or a list of equal-length lists."""
+
     name: str
 
-    async def embed(self, texts: list[str]) -> list[list[float]]: ...
+    async def embed(self, texts: list[str]) -> "np.ndarray | list[list[float]]": ...
 
 
 class SentenceTransformerEmbedder:
@@ -63,9 +66,9 @@ class SentenceTransformerEmbedder:
             self._model = SentenceTransformer(path, device="cpu")
         return self._model
 
-    async def embed(self, texts: list[str]) -> list[list[float]]:
-        def run() -> list[list[float]]:
-            return self._load().encode(texts, batch_size=256, convert_to_numpy=True).tolist()
+    async def embed(self, texts: list[str]) -> "np.ndarray":
+        def run() -> "np.ndarray":  # an array, not lists: 10,000 keywords as lists of floats are 150 MB
+            return self._load().encode(texts, batch_size=256, convert_to_numpy=True)
 
         return await asyncio.to_thread(run)
 
@@ -124,17 +127,27 @@ def make_embedder(cfg: AlignmentConfig) -> tuple[Embedder | None, str | None]:
     return None, FALLBACK_WARNING
 
 
-def nearest(queries: list[list[float]], vocabulary: list[list[float]]) -> list[int]:
-    """Index of the most cosine-similar vocabulary vector for each query (pure)."""
-    import numpy as np
-
-    if not queries:
-        return []
-    q = np.asarray(queries, dtype=np.float32)
-    v = np.asarray(vocabulary, dtype=np.float32)
-    q /= np.linalg.norm(q, axis=1, keepdims=True) + 1e-12
+def unit_rows(vectors) -> "np.ndarray":
+    """float32 rows scaled to length 1 (cosine similarity becomes a dot product)."""
+    v = np.array(vectors, dtype=np.float32)  # a copy: the caller's vectors stay as they were
+    if v.ndim != 2:
+        v = v.reshape(len(v), -1)
     v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-12
-    return (q @ v.T).argmax(axis=1).tolist()
+    return v
+
+
+def nearest(queries, vocabulary, chunk: int = 2048) -> list[int]:
+    """Index of the most cosine-similar vocabulary vector for each query (pure).
+    Queries go through in chunks: 20,000 keywords against a 5,000-skill vocabulary would
+    otherwise be one 400 MB similarity matrix; a chunk is 40 MB."""
+    if len(queries) == 0:
+        return []
+    q = unit_rows(queries)
+    v = vocabulary if isinstance(vocabulary, np.ndarray) and vocabulary.dtype == np.float32 else unit_rows(vocabulary)
+    out = np.empty(len(q), dtype=np.int64)
+    for start in range(0, len(q), chunk):
+        out[start : start + chunk] = (q[start : start + chunk] @ v.T).argmax(axis=1)
+    return out.tolist()
 
 
 class Aligner:
@@ -143,7 +156,7 @@ class Aligner:
     def __init__(self, vocabulary: list[str], embedder: Embedder | None):
         self.vocabulary = vocabulary
         self.embedder = embedder
-        self._vocab_vectors: list[list[float]] | None = None
+        self._vocab_vectors: np.ndarray | None = None  # unit rows, embedded once
         self.method = embedder.name if embedder else "exact"
 
     async def mapping(self, keywords: set[str]) -> dict[str, str]:
@@ -154,7 +167,7 @@ class Aligner:
         if not rest or self.embedder is None or not self.vocabulary:
             return out
         if self._vocab_vectors is None:
-            self._vocab_vectors = await self.embedder.embed(self.vocabulary)
+            self._vocab_vectors = unit_rows(await self.embedder.embed(self.vocabulary))
         vectors = await self.embedder.embed(rest)
         for k, i in zip(rest, nearest(vectors, self._vocab_vectors)):
             out[k] = self.vocabulary[i]

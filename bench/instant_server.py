@@ -1,0 +1,66 @@
+"""STAND-IN OpenAI-compatible server that answers at once, for measuring symoe's own cost.
+
+    python bench/instant_server.py --port PORT [--model NAME]
+
+HTTP/1.1 with keep-alive on 127.0.0.1: ``/v1/chat/completions`` answers a fixed completion
+(10 prompt + 20 completion tokens) without looking at the request beyond its length;
+``/health`` and ``/v1/models`` answer 200. It does no model work, so whatever limits
+requests per second is the client's side. Not a test double for behaviour: see
+tests/standins/ for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+BODY = json.dumps({
+    "id": "instant", "object": "chat.completion", "created": 0, "model": "instant",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is (B)."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+}).encode()  # fmt: skip
+
+
+def response(body: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, models: bytes) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length, close = 0, False
+            for line in head.split(b"\r\n")[1:]:
+                low = line.lower()
+                if low.startswith(b"content-length:"):
+                    length = int(line[15:])
+                elif low.startswith(b"connection:") and b"close" in low:
+                    close = True
+            if length:
+                await reader.readexactly(length)
+            path = head.split(b" ", 2)[1]
+            writer.write(response(models if path.startswith(b"/v1/models") else BODY if path.endswith(b"/completions") else b"{}"))
+            await writer.drain()
+            if close:
+                break
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--model", default="instant")
+    args = ap.parse_args()
+    models = json.dumps({"object": "list", "data": [{"id": args.model, "object": "model"}]}).encode()
+    server = await asyncio.start_server(lambda r, w: handle(r, w, models), "127.0.0.1", args.port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
