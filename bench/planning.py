@@ -41,9 +41,12 @@ class HashEmbedder:
     name = "hash-standin"
     table = np.random.default_rng(0).standard_normal((4096, DIM), dtype=np.float32)
 
+    as_lists = False  # --embedder-lists: the list-of-floats embedder protocol that symoe had before commit cd99f8a, for before/after runs
+
     async def embed(self, texts: list[str]) -> np.ndarray:
         h = np.array([int.from_bytes(hashlib.blake2b(t.encode(), digest_size=4).digest(), "big") for t in texts], dtype=np.int64)
-        return self.table[h % 4096] + self.table[(h // 4096) % 4096]
+        out = self.table[h % 4096] + self.table[(h // 4096) % 4096]
+        return out.tolist() if self.as_lists else out
 
 
 def make_pool(models: int, skills: int, seed: int = 0):
@@ -124,14 +127,17 @@ def main() -> None:
     ap.add_argument("--skills", type=int, default=5000)
     ap.add_argument("--minilm", action="store_true", help="also measure MiniLM's embedding rate")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--embedder-lists", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    HashEmbedder.as_lists = args.embedder_lists
     if args.one:
         print(json.dumps(one(args.one, args.models, args.skills)))
         return
     rows = []
     for n in [int(x) for x in args.sizes.split(",")]:
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--models", str(args.models), "--skills", str(args.skills)],
+            [sys.executable, __file__, "--one", str(n), "--models", str(args.models), "--skills", str(args.skills)]
+            + (["--embedder-lists"] if args.embedder_lists else []),
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
         )  # fmt: skip
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

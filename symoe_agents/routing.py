@@ -13,9 +13,9 @@ published numbers, rather than the paper's prose:
 4. k draws *with replacement*: a model drawn twice answers twice, independently.
 5. No keywords (or no candidate): k uniform draws with replacement over the pool.
 
-Seeding: each question draws from its own generator seeded by (seed, question id), so a
-question's experts do not change when other questions are added to or removed from the
-batch. The optional minimum-share rule (paper's prose; in the reference code but never
+Seeding: each question's k draws come from a counter-based generator keyed by (seed,
+question id) (blake2b, then splitmix64), so a question's experts do not change when other
+questions are added to or removed from the batch, and a batch draws them all at once. The optional minimum-share rule (paper's prose; in the reference code but never
 called) replaces, after the whole batch is routed, every expert picked for less than
 ``min_share`` of all expert slots by a draw among the others, weighted by their counts:
 fewer distinct experts means fewer model loads.
@@ -24,6 +24,7 @@ fewer distinct experts means fewer model loads.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import math
 import random
@@ -109,24 +110,44 @@ def expert_probabilities(scores: Mapping[str, float], gamma: Mapping[str, float]
     return {m: w / total for m, w in weights.items()}
 
 
-def question_rng(seed: int, question_id: str) -> random.Random:
-    return random.Random(f"{seed}\x1f{question_id}")
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
 
 
-def draw_uniform(rng: random.Random, population: Sequence[str], k: int) -> list[str]:
-    """k draws with replacement, equal chances: index floor(u * n) for each uniform u."""
+def question_key(seed: int, question_id: str) -> int:
+    """A question's 64-bit stream key: its draws depend on (seed, id) alone, never on the
+    rest of the batch."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{question_id}".encode(), digest_size=8).digest(), "big")
+
+
+def _splitmix64(z: int) -> int:
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK
+    return z ^ (z >> 31)
+
+
+def question_uniforms(seed: int, question_id: str, k: int) -> list[float]:
+    """The question's k uniform numbers in [0, 1): splitmix64 over its key, counter-based,
+    so that a whole batch can draw them at once with numpy (routing_batch) and get the
+    very same floats. (A seeded ``random.Random`` per question cost 5 µs just to seed.)"""
+    key = question_key(seed, question_id)
+    return [(_splitmix64((key + (i + 1) * _GOLDEN) & _MASK) >> 11) * 2.0**-53 for i in range(k)]
+
+
+def draw_uniform(uniforms: Sequence[float], population: Sequence[str]) -> list[str]:
+    """One draw per uniform u, with replacement, equal chances: index floor(u * n)."""
     n = len(population) + 0.0
-    return [population[math.floor(rng.random() * n)] for _ in range(k)]
+    return [population[math.floor(u * n)] for u in uniforms]
 
 
-def draw_weighted(rng: random.Random, population: Sequence[str], weights: Sequence[float], k: int) -> list[str]:
-    """k draws with replacement by weight: the first index whose running total exceeds
-    u * total (what ``random.choices`` does; spelled out so the batch path below can
-    reproduce it exactly, float for float)."""
+def draw_weighted(uniforms: Sequence[float], population: Sequence[str], weights: Sequence[float]) -> list[str]:
+    """One draw per uniform u, with replacement, by weight: the first index whose running
+    total exceeds u * total (``random.choices``' rule, spelled out so the batch path can
+    reproduce it float for float)."""
     cum = list(itertools.accumulate(weights))
     total = cum[-1] + 0.0
     hi = len(population) - 1
-    return [population[bisect.bisect(cum, rng.random() * total, 0, hi)] for _ in range(k)]
+    return [population[bisect.bisect(cum, u * total, 0, hi)] for u in uniforms]
 
 
 def route_question(
@@ -141,19 +162,19 @@ def route_question(
     vocabulary: list[str] | None = None,
     index: SkillIndex | None = None,
 ) -> Route:
-    rng = question_rng(seed, question_id)
+    uniforms = question_uniforms(seed, question_id, k)
     if profiles is None:
-        return Route(tuple(draw_uniform(rng, list(pool), k)), "uniform-no-profiles", tuple(keywords))
+        return Route(tuple(draw_uniform(uniforms, list(pool))), "uniform-no-profiles", tuple(keywords))
     if vocabulary is None:
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
     mapped = align(list(keywords), vocabulary)
     scores = suitability(mapped, profiles, index)
     if not scores:
-        return Route(tuple(draw_uniform(rng, list(pool), k)), "uniform-no-keywords", tuple(mapped))
+        return Route(tuple(draw_uniform(uniforms, list(pool))), "uniform-no-keywords", tuple(mapped))
     if gamma is None:
         gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
     probs = expert_probabilities(scores, gamma)
-    experts = draw_weighted(rng, list(probs), list(probs.values()), k)
+    experts = draw_weighted(uniforms, list(probs), list(probs.values()))
     return Route(tuple(experts), "skills", tuple(mapped), probs)
 
 

@@ -2,9 +2,8 @@
 
 Why: scoring question by question in Python costs ~30 µs a question (dict lookups for every
 keyword and every model holding it); a 100,000-question batch spent seconds there. Here
-the scores, candidate order and weights of every question are numpy arrays, and only what
-must stay per question stays in Python: each question's own seeded generator and its k
-uniform numbers.
+the scores, candidate order, weights and draws of every question are numpy arrays; only
+hashing each question id stays in Python.
 
 The result is the reference's, float for float: scores are added in keyword order (adding
 0.0 for a model that lacks a keyword changes nothing), candidates are ordered by score,
@@ -20,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .routing import Route, global_competence, question_rng
+from .routing import _GOLDEN, Route, global_competence, question_key
 
 
 def route_scored(
@@ -81,10 +80,8 @@ def route_scored(
     last = np.maximum(size - 1, 0)
     draw_total = running[np.arange(n), last] + 0.0
 
-    uniforms = np.empty((n, k))
-    for i, (qid, _) in enumerate(mapped):
-        rng = question_rng(seed, qid)
-        uniforms[i] = [rng.random() for _ in range(k)]
+    keys = np.array([question_key(seed, qid) for qid, _ in mapped], dtype=np.uint64)
+    uniforms = batch_uniforms(keys, k)
     # bisect(cum, u * total, 0, hi=size-1): how many of the first size-1 running totals are <= x
     x = uniforms * draw_total[:, None]
     within = np.arange(m)[None, :] < last[:, None]
@@ -104,6 +101,19 @@ def route_scored(
         else:
             routes[qid] = Route(tuple(chosen_names[i]), "uniform-no-keywords", tuple(kws))
     return routes
+
+
+def batch_uniforms(keys: np.ndarray, k: int) -> np.ndarray:
+    """``routing.question_uniforms`` for many questions: the same splitmix64, in uint64
+    arithmetic (which wraps, as the reference's ``& _MASK`` does)."""
+    out = np.empty((len(keys), k))
+    for i in range(k):
+        z = keys + np.uint64((i + 1) * _GOLDEN & ((1 << 64) - 1))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        out[:, i] = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return out
 
 
 class _Distributions:

@@ -178,3 +178,17 @@ def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
         assert list(got.probabilities.items()) == list(ref.probabilities.items()), qid
         methods.add(ref.method)
     assert methods == {"skills", "uniform-no-keywords"}
+
+
+def test_question_uniforms_are_uniform_and_weighted_draws_follow_the_probabilities():
+    from symoe_agents.routing import draw_weighted, question_uniforms
+
+    us = [u for i in range(20000) for u in question_uniforms(0, f"q{i}", 3)]
+    assert all(0.0 <= u < 1.0 for u in us)
+    counts = [0] * 10
+    for u in us:
+        counts[int(u * 10)] += 1
+    assert all(abs(c / len(us) - 0.1) < 0.01 for c in counts), counts  # each decile within 1 point
+    picks = [p for i in range(10000) for p in draw_weighted(question_uniforms(1, f"q{i}", 1), ["a", "b"], [0.7, 0.3])]
+    assert abs(picks.count("a") / len(picks) - 0.7) < 0.02
+    assert question_uniforms(0, "x", 3) == question_uniforms(0, "x", 3) != question_uniforms(1, "x", 3)
