@@ -121,15 +121,15 @@ def _root() -> None:
 @app.command()
 def solve(
     input: Annotated[Path, typer.Argument(help="questions: JSONL with 'question' per line, or the upstream JSON array")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="answers JSONL [default: INPUT_STEM.answers.jsonl]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in embedded CPU pool]")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="answers JSONL (default: INPUT_STEM.answers.jsonl)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in embedded CPU pool)")] = None,
     k: Annotated[Optional[int], typer.Option("--k", min=1, help="experts per question (overrides the config)")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="routing and sampling seed (overrides the config)")] = None,
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="append lifecycle events as JSONL here")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="infer skills and route, print the schedule, answer nothing")] = False,
     no_profiles: Annotated[bool, typer.Option("--no-profiles", help="ignore profiles: recruit experts uniformly at random")] = False,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache [default: OUTPUT with suffix .cache.sqlite]")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache (default: OUTPUT with suffix .cache.sqlite)")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither reuse nor store model answers (questions in OUTPUT are still skipped)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over: overwrite OUTPUT and request every answer again (new answers replace cached ones)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="ask again the questions whose record in OUTPUT lists errors")] = False,

@@ -15,7 +15,7 @@ from .methods import METHOD_NAMES
 def evaluate(
     benchmarks: Annotated[list[str], typer.Argument(help="local JSON/JSONL files (upstream format) or mmlu-pro, gpqa, aime24, medmcqa")],
     output: Annotated[Path, typer.Option("-o", "--output", help="report folder")] = Path("eval-report"),
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
     methods: Annotated[str, typer.Option("--methods", help=f"comma-separated, from: {', '.join(METHOD_NAMES)}")] = ",".join(METHOD_NAMES),
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="questions per benchmark")] = None,

@@ -40,7 +40,7 @@ def _load(config: Path | None):
 def profile(
     validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="profiles directory to write (re-runs resume in it)")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Build skill profiles: keywords for every validation question, every pool model answers every one."""
@@ -78,8 +78,8 @@ def profile(
 
 def pick_aggregator(
     profiles: Annotated[Path, typer.Option("--profiles", help="profiles directory made by `symoe profile`")],
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the synthetic task [default: config seed]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="seed of the synthetic task (default: config seed)")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Choose the aggregator: every candidate aggregates 1 correct + 2 incorrect validation answers."""

@@ -22,7 +22,7 @@ def _err(msg: str) -> None:
 
 
 def check(
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
 ) -> None:
     """Preflight only: executables, model files, API-key variables, GPUs. Starts nothing."""
     cfg = load_config_or_exit(config)
@@ -37,8 +37,8 @@ def check(
 
 @servers_app.command("up")
 def up(
-    models: Annotated[Optional[list[str]], typer.Argument(help="model names [default: every model the roles use]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config [default: the built-in pool]")] = None,
+    models: Annotated[Optional[list[str]], typer.Argument(help="model names (default: every model the roles use)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
 ) -> None:
     """Start models side by side and print their endpoints; Ctrl-C stops them all."""
     from .cli import _run_with_signals
