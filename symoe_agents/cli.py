@@ -8,11 +8,12 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second signal kills the servers at once a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO, Annotated, Optional
 
 import typer
@@ -20,8 +21,8 @@ import typer
 from .answer_file import AnswerFile
 from .cache import AnswerCache
 from .config import Config, embedded_config_text, load_config
-from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, ServerStartError, SymoeError
-from .events import Event, EventLog
+from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
+from .events import Event, EventLog, RunSummary
 from .inputs import read_questions_skipping
 from .preflight import preflight
 
@@ -73,6 +74,19 @@ class _TerminalProgress:
         elif e.kind == "group_end":
             failed = e.detail.get("failed", 0)
             _err(f"[symoe] group {e.group} done in {e.duration_s:.1f} s" + (f", {failed} failed" if failed else ""))
+
+
+@contextlib.contextmanager
+def _logged(events_path: Path | None) -> Iterator[tuple[EventLog, _TerminalProgress]]:
+    """The run's lifecycle events (also appended to ``events_path`` if given), shown as
+    progress on stderr; the file is closed however the run ends."""
+    log = EventLog(events_path)
+    progress = _TerminalProgress(sys.stderr)
+    log.listen(progress.on_event)
+    try:
+        yield log, progress
+    finally:
+        log.close()
 
 
 class _Interrupted(Exception):
@@ -179,41 +193,13 @@ class _SolveRun:
         return f"{done}{kept}. Re-run the same command (without --fresh) to resume."
 
     async def main(self, events_path: Path | None, dry_run: bool) -> int:
-        from .api import SymbolicMoE
-
-        cfg = self.cfg
-        log = EventLog(events_path)
-        progress = _TerminalProgress(sys.stderr)
-        log.listen(progress.on_event)
         try:
-            todo = self.questions
-            if not dry_run:
-                self.answers = AnswerFile.open(self.out_path, self.questions, self.fresh, self.retry_failed)
-                todo = self._report_resume()
-                if not todo:
-                    _err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
-                    return 0
-                if self.cache_path is not None:
-                    self.cache = AnswerCache(self.cache_path, read=not self.fresh)
-            _err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
-            async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
-                assert moe._controller is not None
-                _err(f"[symoe] {moe._controller.routing_note}")
-                if dry_run:
-                    print((await moe.plan(todo)).describe())
-                    return 0
-                assert self.answers is not None
-                await moe.solve_batch(todo, on_result=self.answers.append)
-                summary = moe.summary
-                if moe._controller.alignment_warning:
-                    _err(f"[symoe] warning: {moe._controller.alignment_warning}")
-        except ProfileError as exc:
+            with _logged(events_path) as (log, progress):
+                summary = await self._solve(log, progress, dry_run)
+        except (ProfileError, OutputError, CacheError) as exc:
             _err(f"error: {exc}")
             return 2
-        except (OutputError, CacheError) as exc:
-            _err(f"error: {exc}")
-            return 2
-        except (ServerStartError, SymoeError) as exc:
+        except SymoeError as exc:  # a server that cannot start, among others
             _err(f"error: {exc}")
             return 1
         finally:
@@ -221,8 +207,9 @@ class _SolveRun:
                 self.answers.close()
             if self.cache:
                 self.cache.close()
-            log.close()
-        assert summary is not None
+        if summary is None:  # a dry run, or nothing left to do
+            return 0
+        assert self.answers is not None
         summary.resumed_questions = len(self.answers.state.done)
         summary.skipped_inputs = self.skipped
         _err("\n" + summary.render())
@@ -231,6 +218,33 @@ class _SolveRun:
             where += f"   cache: {self.cache_path}"
         _err(where + (f"   events: {events_path}" if events_path else ""))
         return 1 if summary.failed_questions else 0
+
+    async def _solve(self, log: EventLog, progress: _TerminalProgress, dry_run: bool) -> RunSummary | None:
+        """The batch itself; None when nothing was solved (dry run, or all answered)."""
+        from .api import SymbolicMoE
+
+        cfg = self.cfg
+        todo = self.questions
+        if not dry_run:
+            self.answers = AnswerFile.open(self.out_path, self.questions, self.fresh, self.retry_failed)
+            todo = self._report_resume()
+            if not todo:
+                _err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
+                return None
+            if self.cache_path is not None:
+                self.cache = AnswerCache(self.cache_path, read=not self.fresh)
+        _err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
+        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
+            assert moe._controller is not None
+            _err(f"[symoe] {moe._controller.routing_note}")
+            if dry_run:
+                print((await moe.plan(todo)).describe())
+                return None
+            assert self.answers is not None
+            await moe.solve_batch(todo, on_result=self.answers.append)
+            if moe._controller.alignment_warning:
+                _err(f"[symoe] warning: {moe._controller.alignment_warning}")
+            return moe.summary
 
     def _report_resume(self) -> list:
         assert self.answers is not None

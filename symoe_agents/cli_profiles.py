@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .config import load_config
-from .errors import ConfigError, InputError, ProfileError, SymoeError
-from .events import EventLog
+from .errors import ConfigError, InputError, SymoeError
 from .inputs import read_questions
 from .preflight import preflight
 
@@ -44,7 +43,7 @@ def profile(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Build skill profiles: keywords for every validation question, every pool model answers every one."""
-    from .cli import _run_with_signals, _TerminalProgress
+    from .cli import _logged, _run_with_signals
     from .profiler import run_profile
 
     cfg = _load(config)
@@ -55,16 +54,12 @@ def profile(
         raise typer.Exit(2) from None
 
     async def go() -> int:
-        log = EventLog(events)
-        progress = _TerminalProgress(sys.stderr)
-        log.listen(progress.on_event)
-        try:
-            run = await run_profile(cfg, questions, output, log, progress)
-        except (ProfileError, SymoeError) as exc:
-            _err(f"error: {exc}")
-            return 1
-        finally:
-            log.close()
+        with _logged(events) as (log, progress):
+            try:
+                run = await run_profile(cfg, questions, output, log, progress)
+            except SymoeError as exc:
+                _err(f"error: {exc}")
+                return 1
         print(f"{'model':<24} {'accuracy':>8} {'skills':>6}  strongest skills")
         for m, p in run.profiles.items():
             top = ", ".join(f"{k} {v:+g}" for k, v in sorted(p.skills.items(), key=lambda kv: -kv[1])[:4])
@@ -83,22 +78,18 @@ def pick_aggregator(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Choose the aggregator: every candidate aggregates 1 correct + 2 incorrect validation answers."""
-    from .cli import _run_with_signals, _TerminalProgress
+    from .cli import _logged, _run_with_signals
     from .profiler import run_pick_aggregator
 
     cfg = _load(config)
 
     async def go() -> int:
-        log = EventLog(events)
-        progress = _TerminalProgress(sys.stderr)
-        log.listen(progress.on_event)
-        try:
-            ranking = await run_pick_aggregator(cfg, profiles, log, progress, seed)
-        except (ProfileError, SymoeError) as exc:
-            _err(f"error: {exc}")
-            return 1
-        finally:
-            log.close()
+        with _logged(events) as (log, progress):
+            try:
+                ranking = await run_pick_aggregator(cfg, profiles, log, progress, seed)
+            except SymoeError as exc:
+                _err(f"error: {exc}")
+                return 1
         print(f"synthetic aggregation task: {ranking.items} items")
         print(f"{'rank':>4}  {'model':<24} {'aggregation accuracy':>20}")
         for i, (m, s) in enumerate(sorted(ranking.scores.items(), key=lambda kv: -kv[1]), 1):
