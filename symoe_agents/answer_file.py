@@ -45,11 +45,10 @@ def read_state(data: bytes, source: str, questions: Sequence[Question], retry_fa
     by_id = {q.id: q for q in questions}
     lines = data.split(b"\n")
     complete, last = lines[:-1], lines[-1]  # `last` is b"" when the file ends with a newline
-    offset = 0
+    state.keep_bytes = len(data) - len(last)
     problems: list[str] = []
     first_line: dict[str, int] = {}
     for lineno, raw in enumerate(complete, 1):
-        offset += len(raw) + 1
         if not raw.strip():
             continue
         try:
@@ -71,7 +70,6 @@ def read_state(data: bytes, source: str, questions: Sequence[Question], retry_fa
             problems.append(f"{source}:{lineno}: id {qid!r} holds a different question than the input's")
             continue
         state.done[qid] = rec
-    state.keep_bytes = offset
     if last.strip():
         state.dropped_partial_line = True  # the write of this line was cut off by a crash
     if problems:

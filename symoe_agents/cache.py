@@ -116,11 +116,8 @@ class AnswerCache:
     def note_attempt(self, key: str) -> None:
         self._db.execute("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", (key,))
 
-    def rows(self) -> dict[str, Completion]:
-        """Every stored answer (for audits and the soak script)."""
-        return {k: Completion.model_validate_json(c) for k, c in self._db.execute("SELECT key, completion FROM answers")}
-
     def attempt_counts(self) -> dict[str, int]:
+        """How often each key was sent: the soak's and the crash test's measure of repeats."""
         return dict(self._db.execute("SELECT key, n FROM attempts"))
 
     def close(self) -> None:

@@ -249,6 +249,7 @@ class Controller:
 
         self.progress.start(group.name, n)
         try:
+            cache = self.cache
             prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
             for i in range(n):  # skipped and cached requests are final before any server starts
                 prompt, why = prompt_of(i)
@@ -256,7 +257,7 @@ class Controller:
                     final(i, Completion(model=group.model, error=why))
                     continue
                 key = self._cache_key(agent, group, i, prompt)
-                hit = self.cache.get(key) if key is not None and self.cache is not None else None
+                hit = cache.get(key) if cache is not None and key is not None else None
                 if hit is not None:
                     cached += 1
                     final(i, hit)
@@ -284,15 +285,11 @@ class Controller:
 
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed) as runner:
 
-                    async def one(i: int) -> None:
-                        if server_down.is_set():
-                            retry.append((i, Completion(model=group.model, error="not sent: server down")))
-                            return
+                    async def one(i: int) -> None:  # proceed() keeps it from a server already seen dead
                         prompt, key = prompts[i]
                         req = group.requests[i]
                         admitted = on_admitted
-                        if key is not None and self.cache is not None:
-                            cache = self.cache
+                        if cache is not None and key is not None:
 
                             def admitted(key: str = key) -> None:  # counted when it leaves the queue for the server
                                 cache.note_attempt(key)
@@ -300,8 +297,8 @@ class Controller:
                                     on_admitted()
 
                         c = await runner.call(agent, prompt, req.question_id, req.sample, admitted, proceed)
-                        if key is not None and self.cache is not None and c.error is None:
-                            self.cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives
+                        if cache is not None and key is not None:
+                            cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
                         if c.error and c.retryable and not hosted:
                             retry.append((i, c))
                             if not self.manager.process_alive(group.model):

@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from conftest import EXAMPLES, pids_alive, read_jsonl, small_pool_toml, symoe_cmd
+from symoe_agents.cache import AnswerCache
 
 pytestmark = pytest.mark.servers
 
@@ -26,14 +27,6 @@ def cache_rows(path: Path) -> dict[str, dict]:
         return {k: {"role": r, "completion": json.loads(c)} for k, r, c in db.execute("SELECT key, role, completion FROM answers")}
     except sqlite3.OperationalError:  # not created yet
         return {}
-    finally:
-        db.close()
-
-
-def attempts(path: Path) -> dict[str, int]:
-    db = sqlite3.connect(path)
-    try:
-        return dict(db.execute("SELECT key, n FROM attempts"))
     finally:
         db.close()
 
@@ -103,7 +96,8 @@ def test_sigkill_mid_run_takes_the_servers_and_the_rerun_resumes(tmp_path):
     texts |= {r["aggregator_response"] for r in records}
     assert {row["completion"]["text"] for row in after2.values()} <= texts
     # answers cached before a kill were never requested again
-    sent = attempts(cache)
+    with AnswerCache(cache) as answers:  # every run has ended: nothing else holds the file now
+        sent = answers.attempt_counts()
     assert all(sent[key] == 1 for key in after1), {k: sent[k] for k in after1 if sent[k] != 1}
     reused = [a for r in records for a in r["expert_answers"] if a["cached"]]
     assert len(reused) >= 2
