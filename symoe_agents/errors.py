@@ -17,14 +17,18 @@ class ConfigError(SymoeError):
         super().__init__("invalid config\n  " + "\n  ".join(lines))
 
 
+def where(source: str, line: int | None, msg: str) -> str:
+    """``file:line: problem`` (or ``file: problem``), as compilers write it."""
+    return f"{source}:{line}: {msg}" if line else f"{source}: {msg}"
+
+
 class InputError(SymoeError):
     """A question file is malformed. Names the file and the line."""
 
     def __init__(self, source: str, problems: list[tuple[int | None, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}:{line}: {msg}" if line else f"{source}: {msg}" for line, msg in problems]
-        super().__init__("invalid input\n  " + "\n  ".join(lines))
+        super().__init__("invalid input\n  " + "\n  ".join(where(source, line, msg) for line, msg in problems))
 
 
 class ProfileError(SymoeError):

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import InputError, where
 from .formats import AnswerFormat
 from .records import Question
 
@@ -79,13 +79,15 @@ def _to_question(obj: Any, index: int) -> tuple[Question | None, str | None]:
     )
 
 
-def parse_questions(text: str, source: str, skip_invalid: bool = False) -> tuple[list[Question], list[str]]:
-    """Parse a whole file's text. Raises InputError listing every bad record, or with
-    ``skip_invalid`` returns the valid ones and a ``file:line: problem`` line per skipped one.
-    Problems with the file as a whole (empty, not a JSON array) are never skipped."""
+Problem = tuple[int | None, str]  # (line, what is wrong)
+
+
+def _records(text: str, source: str) -> tuple[list[Question], list[Problem]]:
+    """The valid questions of a file's text and a problem per bad record. Problems with the
+    file as a whole (empty, a JSON array that does not parse) raise InputError at once."""
     if not text.strip():
         raise InputError(source, [(None, "the file is empty; it needs one JSON object per line with a 'question'")])
-    problems: list[tuple[int | None, str]] = []
+    problems: list[Problem] = []
     items: list[tuple[int, Any]] = []
     if text.lstrip().startswith("["):
         try:
@@ -116,11 +118,21 @@ def parse_questions(text: str, source: str, skip_invalid: bool = False) -> tuple
             continue
         first_line[q.id] = lineno
         questions.append(q)
+    return questions, problems
+
+
+def _checked(questions: list[Question], problems: list[Problem], source: str, skip_invalid: bool) -> tuple[list[Question], list[str]]:
+    """Refuse a file with bad records (unless skipping) or with no question at all."""
     if problems and not skip_invalid:
         raise InputError(source, problems)
     if not questions:
         raise InputError(source, [*problems, (None, "no valid questions found")])
-    return questions, [f"{source}:{line}: {msg}" if line else f"{source}: {msg}" for line, msg in problems]
+    return questions, [where(source, line, msg) for line, msg in problems]
+
+
+def parse_questions(text: str, source: str) -> list[Question]:
+    """Parse a whole file's text; raises InputError listing every bad record."""
+    return _checked(*_records(text, source), source, skip_invalid=False)[0]
 
 
 def read_questions(path: str | Path) -> list[Question]:
@@ -129,33 +141,31 @@ def read_questions(path: str | Path) -> list[Question]:
 
 
 def read_questions_skipping(path: str | Path, skip_invalid: bool = True) -> tuple[list[Question], list[str]]:
-    """The valid questions of a file and the skipped records, one ``file:line: problem`` each."""
+    """The valid questions of a file and the skipped records, one ``file:line: problem``
+    each. Problems with the file as a whole are never skipped."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), [(None, "file not found")])
     raw = path.read_bytes()
+    undecodable: list[Problem] = []
     try:
-        return parse_questions(raw.decode("utf-8-sig"), str(path), skip_invalid)
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        problem = (line, f"bytes that are not UTF-8 at byte {exc.start}; save the file as UTF-8")
         if not skip_invalid or raw.lstrip().startswith(b"["):
-            raise InputError(str(path), [problem]) from None
-    # JSONL with --skip-invalid: blank out the lines that do not decode, parse the rest
-    kept, bad = [], []
-    for lineno, chunk in enumerate(raw.split(b"\n"), 1):
-        try:
-            kept.append(chunk.decode("utf-8-sig" if lineno == 1 else "utf-8"))
-        except UnicodeDecodeError:
-            kept.append("")
-            bad.append(f"{path}:{lineno}: bytes that are not UTF-8; save the file as UTF-8")
-    questions, skipped = parse_questions("\n".join(kept), str(path), skip_invalid=True)
-    return questions, sorted(bad + skipped, key=_line_number)
-
-
-def _line_number(problem: str) -> int:
-    head = problem.split(": ", 1)[0]
-    return int(head.rsplit(":", 1)[1]) if head.rsplit(":", 1)[-1].isdigit() else 0
+            raise InputError(str(path), [(line, f"bytes that are not UTF-8 at byte {exc.start}; save the file as UTF-8")]) from None
+        # JSONL with --skip-invalid: blank out the lines that do not decode, parse the rest
+        kept = []
+        for lineno, chunk in enumerate(raw.split(b"\n"), 1):
+            try:
+                kept.append(chunk.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+            except UnicodeDecodeError:
+                kept.append("")
+                undecodable.append((lineno, "bytes that are not UTF-8; save the file as UTF-8"))
+        text = "\n".join(kept)
+    questions, problems = _records(text, str(path))
+    problems = sorted(undecodable + problems, key=lambda p: p[0] or 0)
+    return _checked(questions, problems, str(path), skip_invalid)
 
 
 def as_questions(items: Iterable[str | Question | dict[str, Any]]) -> list[Question]:
