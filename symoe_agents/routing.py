@@ -15,8 +15,13 @@ published numbers, rather than the paper's prose:
 
 Seeding: each question's k draws come from a counter-based generator keyed by (seed,
 question id) (blake2b, then splitmix64), so a question's experts do not change when other
-questions are added to or removed from the batch, and a batch draws them all at once. The optional minimum-share rule (paper's prose; in the reference code but never
-called) replaces, after the whole batch is routed, every expert picked for less than
+questions are added to or removed from the batch, and a batch draws them all at once.
+
+``route_question`` is the reference, one question at a time; ``route_batch`` routes a
+batch through ``routing_batch`` (numpy), which gives the same routes float for float.
+
+The optional minimum-share rule (paper's prose; in the reference code but never called)
+replaces, after the whole batch is routed, every expert picked for less than
 ``min_share`` of all expert slots by a draw among the others, weighted by their counts:
 fewer distinct experts means fewer model loads.
 """
@@ -68,30 +73,13 @@ def global_competence(totals: Mapping[str, float]) -> dict[str, float]:
     return {m: s / norm for m, s in scaled.items()}
 
 
-#: keyword -> ((model, score), ...) in pool order: who holds a keyword, without asking every profile
-SkillIndex = Mapping[str, tuple[tuple[str, float], ...]]
-
-
-def skill_index(profiles: Mapping[str, Mapping[str, float]]) -> dict[str, tuple[tuple[str, float], ...]]:
-    """Invert the profiles once per batch. Scoring a question then costs one lookup per
-    keyword instead of one per keyword and model (a 16-model pool: 16x fewer lookups)."""
-    index: dict[str, list[tuple[str, float]]] = {}
-    for model, skills in profiles.items():
-        for kw, score in skills.items():
-            index.setdefault(kw, []).append((model, score))
-    return {kw: tuple(holders) for kw, holders in index.items()}
-
-
-def suitability(
-    keywords: Sequence[str], profiles: Mapping[str, Mapping[str, float]], index: SkillIndex | None = None
-) -> dict[str, float]:
+def suitability(keywords: Sequence[str], profiles: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """S_i for the models whose profile contains at least one keyword, best first."""
-    if index is None:
-        index = skill_index(profiles)
     scores: dict[str, float] = {}
-    for kw in keywords:  # keyword order, then pool order: the order ties are broken in below
-        for model, score in index.get(kw, ()):
-            scores[model] = scores.get(model, 0.0) + score
+    for kw in keywords:
+        for model, skills in profiles.items():
+            if kw in skills:
+                scores[model] = scores.get(model, 0.0) + skills[kw]
     # the reference ranks candidates by score before drawing; a stable sort keeps ties in pool order
     return dict(sorted(scores.items(), key=lambda item: item[1], reverse=True))
 
@@ -160,7 +148,6 @@ def route_question(
     gamma: Mapping[str, float] | None = None,
     align: Aligner = exact_align,
     vocabulary: list[str] | None = None,
-    index: SkillIndex | None = None,
 ) -> Route:
     uniforms = question_uniforms(seed, question_id, k)
     if profiles is None:
@@ -168,7 +155,7 @@ def route_question(
     if vocabulary is None:
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
     mapped = align(list(keywords), vocabulary)
-    scores = suitability(mapped, profiles, index)
+    scores = suitability(mapped, profiles)
     if not scores:
         return Route(tuple(draw_uniform(uniforms, list(pool))), "uniform-no-keywords", tuple(mapped))
     if gamma is None:
@@ -196,7 +183,7 @@ def route_batch(
         profiles = {m: profiles[m] for m in pool}
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
         mapped = [(qid, align(list(kws), vocabulary)) for qid, kws in questions]
-        routes = route_scored(mapped, list(pool), k, seed, profiles)
+        routes = route_scored(mapped, list(pool), k, seed, profiles, vocabulary)
     if min_share:
         routes = apply_min_share(routes, min_share, seed)
     return routes

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .routing import _GOLDEN, Route, global_competence, question_key
+from .routing import _GOLDEN, _MASK, Route, global_competence, question_key
 
 
 def route_scored(
@@ -28,16 +28,15 @@ def route_scored(
     k: int,
     seed: int,
     profiles: Mapping[str, Mapping[str, float]],
+    vocabulary: Sequence[str],
 ) -> dict[str, Route]:
-    """Routes for (question id, keywords already mapped onto the profile vocabulary)."""
+    """Routes for (question id, keywords already mapped onto ``vocabulary``, every keyword
+    of the profiles)."""
     n, m = len(mapped), len(pool)
     if n == 0:
         return {}
     gamma = global_competence({p: sum(profiles[p].values()) for p in pool})
-    vocab: dict[str, int] = {}
-    for p in pool:
-        for kw in profiles[p]:
-            vocab.setdefault(kw, len(vocab))
+    vocab = {kw: i for i, kw in enumerate(vocabulary)}
     pad = len(vocab)  # a row that nobody holds
     score_of = np.zeros((pad + 1, m))
     held_by = np.zeros((pad + 1, m), dtype=bool)
@@ -108,7 +107,7 @@ def batch_uniforms(keys: np.ndarray, k: int) -> np.ndarray:
     arithmetic (which wraps, as the reference's ``& _MASK`` does)."""
     out = np.empty((len(keys), k))
     for i in range(k):
-        z = keys + np.uint64((i + 1) * _GOLDEN & ((1 << 64) - 1))
+        z = keys + np.uint64((i + 1) * _GOLDEN & _MASK)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))

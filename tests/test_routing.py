@@ -150,7 +150,7 @@ def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
     and negative scores, unknown and missing keywords) every route must be identical."""
     import random
 
-    from symoe_agents.routing import exact_align, global_competence, route_batch, route_question, skill_index
+    from symoe_agents.routing import exact_align, global_competence, route_batch, route_question
 
     rng = random.Random(11)
     vocab = [f"s{i}" for i in range(40)]
@@ -168,11 +168,10 @@ def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
         questions.append((f"q{i}", kws))
     batch = route_batch(questions, pool, 3, 5, profiles)
     gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
-    index = skill_index(profiles)
     known = list(dict.fromkeys(s for p in profiles.values() for s in p))
     methods = set()
     for qid, kws in questions:
-        ref = route_question(qid, kws, pool, 3, 5, profiles, gamma, exact_align, known, index)
+        ref = route_question(qid, kws, pool, 3, 5, profiles, gamma, exact_align, known)
         got = batch[qid]
         assert (got.experts, got.method, got.keywords) == (ref.experts, ref.method, ref.keywords), qid
         assert list(got.probabilities.items()) == list(ref.probabilities.items()), qid
