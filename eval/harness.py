@@ -8,11 +8,11 @@ and wall time compare schedules as well as accuracy. Every record is written to
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from symoe_agents.answer_file import AnswerFile
 from symoe_agents.api import SymbolicMoE
 from symoe_agents.cache import AnswerCache
 from symoe_agents.config import Config
@@ -39,16 +39,14 @@ async def run_eval(
         if on_event:
             events.listen(on_event)
         began = time.monotonic()
-        with open(out_dir / f"{method.name}.jsonl", "w", encoding="utf-8") as out:
-
-            def write(r, out=out) -> None:
-                out.write(json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n")
-                out.flush()
-
+        answers = AnswerFile.open(out_dir / f"{method.name}.jsonl", questions, fresh=True)  # each record fsynced as it finishes
+        try:
             async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache) as moe:
-                results = await moe.solve_batch(questions, on_result=write, method=method)
+                results = await moe.solve_batch(questions, on_result=answers.append, method=method)
                 summary = moe.summary
-        events.close()
+        finally:
+            answers.close()
+            events.close()
         assert summary is not None
         skill_calls = len(questions) * config.sampling.skill_inferencer.samples if method.needs_skills else 0
         rows.append(method_row(method.name, results, events.events, time.monotonic() - began, skill_calls,
