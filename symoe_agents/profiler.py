@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .agents import build_agent
+from .agents import Agent, build_agent
 from .config import Config
 from .controller import Controller, Progress, _Prepared, answer_instruction
 from .errors import ProfileError
@@ -29,8 +30,9 @@ from .eval import extract_answer, is_correct
 from .events import EventLog
 from .formats import AnswerFormat, detect_format
 from .profiles import Profile, build_profiles, synthetic_aggregation_items
+from .prompting import RenderedPrompt
 from .records import Completion, Question
-from .schedule import Group, Request
+from .schedule import Group, Requests
 from symoe_agents.servers import ServerManager
 
 AGGREGATOR_FILE = "_aggregator.json"
@@ -110,6 +112,23 @@ def _prepare(q: Question) -> _Prepared:
     return _Prepared(q, fmt, letters)
 
 
+async def _each_once(
+    ctrl: Controller,
+    kind: Literal["expert", "aggregate"],
+    model: str,
+    ids: list[str],
+    prompt_for: Callable[[Agent, str], RenderedPrompt],
+    keep: Callable[[str, str, Completion], None],
+) -> None:
+    """``model`` answers each validation id once, as one group (its server loaded once):
+    ``prompt_for(agent, id)`` makes the prompt, ``keep(model, id, completion)`` stores it."""
+    if not ids:
+        return
+    agent = build_agent(ctrl.config, "expert" if kind == "expert" else "aggregator", model)
+    group = Group(kind, model, ctrl.manager.server_key(model), Requests(ids))
+    await ctrl._run_group(group, agent, lambda i: (prompt_for(agent, ids[i]), ""), lambda i, c: keep(model, ids[i], c))
+
+
 @dataclass
 class ProfileRun:
     profiles: dict[str, Profile]
@@ -147,32 +166,28 @@ async def run_profile(
         skill_server = manager.server_key(cfg.roles.skill_inferencer)
         order = sorted(pool, key=lambda m: (manager.server_key(m) != skill_server, manager.server_key(m) or "", m))
         new = 0
+
+        def expert_prompt(agent: Agent, qid: str) -> RenderedPrompt:
+            p = prepared[qid]
+            instruction = answer_instruction(p.fmt, p.letters, cfg.prompts_dir)
+            return agent.template.render(question=p.question.question, answer_instruction=instruction)
+
+        def keep_answer(model: str, qid: str, c: Completion) -> None:
+            nonlocal new
+            p = prepared[qid]
+            extracted = extract_answer(c.text, p.fmt, p.letters)
+            assert p.question.gold_answer is not None
+            store.add_answer({
+                "model": model, "id": qid, "text": c.text, "extracted": extracted,
+                "correct": is_correct(extracted, p.question.gold_answer, p.fmt), "error": c.error,
+                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "latency_s": round(c.latency_s, 3),
+            })  # fmt: skip
+            new += 0 if c.error else 1
+
         for model in order:
-            reqs = tuple(Request(qid) for qid in prepared if (model, qid) not in done)
-            if not reqs:
-                continue
-            group = Group("expert", model, manager.server_key(model), reqs)
-            agent = build_agent(cfg, "expert", model)
-
-            def prompt_of(i: int, group: Group = group, agent=agent):
-                p = prepared[group.requests[i].question_id]
-                instruction = answer_instruction(p.fmt, p.letters, cfg.prompts_dir)
-                return agent.template.render(question=p.question.question, answer_instruction=instruction), ""
-
-            def on_final(i: int, c: Completion, group: Group = group) -> None:
-                nonlocal new
-                p = prepared[group.requests[i].question_id]
-                extracted = extract_answer(c.text, p.fmt, p.letters)
-                assert p.question.gold_answer is not None
-                store.add_answer({
-                    "model": group.model, "id": p.question.id, "text": c.text, "extracted": extracted,
-                    "correct": is_correct(extracted, p.question.gold_answer, p.fmt), "error": c.error,
-                    "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                    "latency_s": round(c.latency_s, 3),
-                })  # fmt: skip
-                new += 0 if c.error else 1
-
-            await ctrl._run_group(group, agent, prompt_of, on_final)
+            ids = [qid for qid in prepared if (model, qid) not in done]
+            await _each_once(ctrl, "expert", model, ids, expert_prompt, keep_answer)
     answers = store.answers()
     skills = store.skills()
     ids = set(prepared)
@@ -211,36 +226,31 @@ async def run_pick_aggregator(
     candidates = list(dict.fromkeys([*config.roles.experts, config.roles.aggregator]))
     cfg = config.model_copy(update={"profiles": None})
     done = store.aggregations(seed)
+    by_id = {it["id"]: it for it in items}
+
+    def aggregation_prompt(agent: Agent, qid: str) -> RenderedPrompt:
+        q = skills[qid]
+        fmt = AnswerFormat(q["answer_format"])
+        responses = "\n\n".join(f"Response {n}:\n{t.strip()}" for n, t in enumerate(by_id[qid]["responses"], 1))
+        return agent.template.render(
+            question=q["question"], responses=responses,
+            answer_instruction=answer_instruction(fmt, q["option_letters"], cfg.prompts_dir),
+        )  # fmt: skip
+
+    def keep_aggregation(model: str, qid: str, c: Completion) -> None:
+        q = skills[qid]
+        fmt = AnswerFormat(q["answer_format"])
+        extracted = extract_answer(c.text, fmt, q["option_letters"])
+        store.add_aggregation({
+            "model": model, "id": qid, "seed": seed, "text": c.text, "extracted": extracted,
+            "correct": is_correct(extracted, q["gold_answer"], fmt), "error": c.error,
+        })  # fmt: skip
+
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
         for model in candidates:
-            todo = [it for it in items if (model, it["id"]) not in done]
-            if not todo:
-                continue
-            group = Group("aggregate", model, manager.server_key(model), tuple(Request(it["id"]) for it in todo))
-            agent = build_agent(cfg, "aggregator", model)
-            by_id = {it["id"]: it for it in todo}
-
-            def prompt_of(i: int, group: Group = group, agent=agent, by_id=by_id):
-                it = by_id[group.requests[i].question_id]
-                q = skills[it["id"]]
-                fmt = AnswerFormat(q["answer_format"])
-                responses = "\n\n".join(f"Response {n}:\n{t.strip()}" for n, t in enumerate(it["responses"], 1))
-                return agent.template.render(
-                    question=q["question"], responses=responses,
-                    answer_instruction=answer_instruction(fmt, q["option_letters"], cfg.prompts_dir),
-                ), ""  # fmt: skip
-
-            def on_final(i: int, c: Completion, group: Group = group) -> None:
-                q = skills[group.requests[i].question_id]
-                fmt = AnswerFormat(q["answer_format"])
-                extracted = extract_answer(c.text, fmt, q["option_letters"])
-                store.add_aggregation({
-                    "model": group.model, "id": q["id"], "seed": seed, "text": c.text, "extracted": extracted,
-                    "correct": is_correct(extracted, q["gold_answer"], fmt), "error": c.error,
-                })  # fmt: skip
-
-            await ctrl._run_group(group, agent, prompt_of, on_final)
+            ids = [it["id"] for it in items if (model, it["id"]) not in done]
+            await _each_once(ctrl, "aggregate", model, ids, aggregation_prompt, keep_aggregation)
     done = store.aggregations(seed)
     ids = {it["id"] for it in items}
     scores = {}
