@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
 from .config import load_config
 from .errors import ConfigError, InputError, SymoeError
+from .events import EventLog
 from .inputs import read_questions
 from .preflight import preflight
+
+T = TypeVar("T")
 
 
 def _err(msg: str) -> None:
@@ -36,6 +40,19 @@ def _load(config: Path | None):
     return cfg
 
 
+async def _logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaitable[T]]) -> T | None:
+    """``work(log, progress)`` with its events shown as progress (and appended to
+    ``events``); a symoe error is printed and gives None."""
+    from .cli import _logged
+
+    with _logged(events) as (log, progress):
+        try:
+            return await work(log, progress)
+        except SymoeError as exc:
+            _err(f"error: {exc}")
+            return None
+
+
 def profile(
     validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="profiles directory to write (re-runs resume in it)")],
@@ -43,7 +60,7 @@ def profile(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Build skill profiles: keywords for every validation question, every pool model answers every one."""
-    from .cli import _logged, _run_with_signals
+    from .cli import _run_with_signals
     from .profiler import run_profile
 
     cfg = _load(config)
@@ -54,12 +71,9 @@ def profile(
         raise typer.Exit(2) from None
 
     async def go() -> int:
-        with _logged(events) as (log, progress):
-            try:
-                run = await run_profile(cfg, questions, output, log, progress)
-            except SymoeError as exc:
-                _err(f"error: {exc}")
-                return 1
+        run = await _logged_run(events, lambda log, progress: run_profile(cfg, questions, output, log, progress))
+        if run is None:
+            return 1
         print(f"{'model':<24} {'accuracy':>8} {'skills':>6}  strongest skills")
         for m, p in run.profiles.items():
             top = ", ".join(f"{k} {v:+g}" for k, v in sorted(p.skills.items(), key=lambda kv: -kv[1])[:4])
@@ -78,18 +92,15 @@ def pick_aggregator(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Choose the aggregator: every candidate aggregates 1 correct + 2 incorrect validation answers."""
-    from .cli import _logged, _run_with_signals
+    from .cli import _run_with_signals
     from .profiler import run_pick_aggregator
 
     cfg = _load(config)
 
     async def go() -> int:
-        with _logged(events) as (log, progress):
-            try:
-                ranking = await run_pick_aggregator(cfg, profiles, log, progress, seed)
-            except SymoeError as exc:
-                _err(f"error: {exc}")
-                return 1
+        ranking = await _logged_run(events, lambda log, progress: run_pick_aggregator(cfg, profiles, log, progress, seed))
+        if ranking is None:
+            return 1
         print(f"synthetic aggregation task: {ranking.items} items")
         print(f"{'rank':>4}  {'model':<24} {'aggregation accuracy':>20}")
         for i, (m, s) in enumerate(sorted(ranking.scores.items(), key=lambda kv: -kv[1]), 1):
