@@ -84,7 +84,7 @@ async def through_symoe(controller: Controller, model: str, agent: Agent, render
 
 async def real_server(args) -> list[str]:
     cfg = load_config()
-    agent = Agent("expert", "smollm2", load_template("expert"), Sampling(temperature=0.0, max_tokens=64))
+    agent = greedy_expert("smollm2")
     rendered = prompts(args.requests, agent.template)
     events = EventLog()
     d_rates, s_rates = [], []
@@ -107,17 +107,27 @@ async def real_server(args) -> list[str]:
     ]
 
 
-async def instant(args) -> list[str]:
-    cfg = parse_config(
+def instant_config(concurrency: int):
+    """A pool of one model: the instant stand-in server, started by symoe's command backend."""
+    return parse_config(
         {
             "models": {"instant": {"backend": "command", "served_model_name": "instant",
                                    "command": [sys.executable, str(HERE / "instant_server.py"), "--port", "{port}", "--model", "{model}"]}},
             "roles": {"skill_inferencer": "instant", "experts": ["instant"], "aggregator": "instant"},
-            "concurrency": {"max_in_flight": args.concurrency, "request_timeout_s": 60, "retries": 0},
+            "concurrency": {"max_in_flight": concurrency, "request_timeout_s": 60, "retries": 0},
         },
         "<bench instant>",
     )  # fmt: skip
-    agent = Agent("expert", "instant", load_template("expert"), Sampling(temperature=0.0, max_tokens=64))
+
+
+def greedy_expert(model: str) -> Agent:
+    """The expert agent both paths use: greedy, 64 tokens."""
+    return Agent("expert", model, load_template("expert"), Sampling(temperature=0.0, max_tokens=64))
+
+
+async def instant(args) -> list[str]:
+    cfg = instant_config(args.concurrency)
+    agent = greedy_expert("instant")
     rendered = prompts(args.instant_requests, agent.template)
     n = len(rendered)
     rows: dict[str, list[tuple[float, float]]] = {"direct": [], "symoe": [], "symoe + cache (writing)": [], "symoe + cache (all hits)": []}

@@ -31,26 +31,15 @@ def planning(n: int) -> Profiler:
 def requests(n: int) -> Profiler:
     import overhead as bench
 
-    from symoe_agents.agents import Agent
-    from symoe_agents.config import Sampling, parse_config
     from symoe_agents.controller import Controller
     from symoe_agents.events import EventLog
-    from symoe_agents.prompting import load_template
     from symoe_agents.servers import ServerManager
 
     prof = Profiler(interval=0.0005, async_mode="enabled")
 
     async def go() -> None:
-        cfg = parse_config(
-            {
-                "models": {"instant": {"backend": "command", "served_model_name": "instant",
-                                       "command": [sys.executable, str(bench.HERE / "instant_server.py"), "--port", "{port}"]}},
-                "roles": {"skill_inferencer": "instant", "experts": ["instant"], "aggregator": "instant"},
-                "concurrency": {"max_in_flight": 64, "request_timeout_s": 60, "retries": 0},
-            },
-            "<profile>",
-        )  # fmt: skip
-        agent = Agent("expert", "instant", load_template("expert"), Sampling(temperature=0.0, max_tokens=64))
+        cfg = bench.instant_config(64)
+        agent = bench.greedy_expert("instant")
         rendered = bench.prompts(n, agent.template)
         events = EventLog()
         async with ServerManager(cfg, events) as manager:
