@@ -45,6 +45,17 @@ def pids_alive(pids: list[int]) -> list[int]:
     return alive
 
 
+def wait_gone(pids: list[int], within: float = 5.0) -> list[int]:
+    """Poll until none of ``pids`` is alive (a zombie counts as gone); the survivors after
+    ``within`` seconds."""
+    import time
+
+    deadline = time.monotonic() + within
+    while pids_alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids_alive(pids)
+
+
 def env_without_keys() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import EXAMPLES, pids_alive, read_jsonl, small_pool_toml, symoe_cmd
+from conftest import EXAMPLES, pids_alive, read_jsonl, small_pool_toml, symoe_cmd, wait_gone
 from symoe_agents.cache import AnswerCache
 
 pytestmark = pytest.mark.servers
@@ -47,13 +47,6 @@ def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 240) ->
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     return spawned
-
-
-def wait_gone(pids: list[int], within: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + within
-    while pids_alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids_alive(pids)
 
 
 def test_sigkill_mid_run_takes_the_servers_and_the_rerun_resumes(tmp_path):

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import EXAMPLES, pids_alive, read_jsonl, symoe_cmd
+from conftest import EXAMPLES, pids_alive, read_jsonl, symoe_cmd, wait_gone
 from symoe_agents.config import load_config
 from symoe_agents.eval import extract_answer, is_correct
 from symoe_agents.formats import AnswerFormat
@@ -134,14 +134,7 @@ def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig,
     if times == 1:  # a clean stop says what is kept and how to go on
         assert "all servers stopped" in err and "o.jsonl" in err and "Re-run the same command" in err
         assert (tmp_path / "o.cache.sqlite").exists()
-    assert wait_until_gone(server_pids(events)) == []
-
-
-def wait_until_gone(pids, within=5.0):
-    deadline = time.monotonic() + within
-    while pids_alive(pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return pids_alive(pids)
+    assert wait_gone(server_pids(events)) == []
 
 
 def test_bad_input_is_rejected_before_any_server_starts(tmp_path):
