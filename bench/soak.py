@@ -108,14 +108,20 @@ def leftovers(out_dir: Path, spawned: set[int]) -> list[str]:
     return left
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # also when it ends between the lookup and the status
+        return False
+
+
 def wait_gone(pids: list[int], within: float) -> list[int]:
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return []
+    while True:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
         time.sleep(0.05)
-    return alive
 
 
 @dataclass
@@ -223,12 +229,13 @@ class Soak:
         for ev in self.out_dir.glob("events-*.jsonl"):
             restarts += sum(1 for x in ev.read_text().splitlines() if '"server_restart"' in x)
         kinds = [f["kind"] for f in self.faults]
+        left = self.left_after_fault + leftovers(self.out_dir, self.spawned)  # one scan of the process table
         return {
             "questions": len(questions),
             "finished": len(set(ids)),
             "answers_lost": len(self.lost),
             "duplicate_records": len(ids) - len(set(ids)),
-            "processes_left": len(leftovers(self.out_dir, self.spawned)) + len(self.left_after_fault),
+            "processes_left": len(left),
             "faults": len(self.faults),
             "faults_by_kind": {k: kinds.count(k) for k in sorted(set(kinds))},
             "symoe_runs": self.runs,
@@ -238,7 +245,7 @@ class Soak:
             "answer_calls_repeated": sum(tries.values()) - len(tries),
             "wall_s": round(time.time() - self.began, 1),
             "lost_detail": self.lost[:20],
-            "left_detail": (self.left_after_fault + leftovers(self.out_dir, self.spawned))[:20],
+            "left_detail": left[:20],
         }
 
 
