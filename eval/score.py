@@ -1,20 +1,34 @@
 """Scoring an extracted answer against a gold answer.
 
-Math: symbolic equivalence with the math-verify package, as the reference code
-(``033 == 33``, ``\\frac{208}{2} == 104``, ``x^2+1 == 1+x^2``). math-verify guards its
-parser with signal-based timeouts, which only work on the main thread; elsewhere (or if
-it fails) a normaliser decides: leading zeros, ``\\frac``, spacing, ``\\text``, numeric value.
+Math: a normaliser first (leading zeros, ``\\frac``, spacing, ``\\text``, thousands
+separators, numeric value), then symbolic equivalence with the math-verify package, as the
+reference code (``033 == 33``, ``\\frac{208}{2} == 104``, ``x^2+1 == 1+x^2``). A gold
+answer may accept several values ("080 or 081 (both were accepted)").
+
+Why math-verify runs with its timeouts off: they are ``signal.alarm`` timers, which only
+work on the main thread; with them on, a host that scores off the main thread (a worker
+thread, ``asyncio.to_thread``, a web server) would get a different result than the CLI.
+With them off the result is the same on any thread, and we bound the work ourselves, by a
+rule that depends on the text alone: an answer too long, or one that asks sympy for an
+astronomically large number (a tower of powers, a big factorial), is decided by the
+normaliser only.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from fractions import Fraction
 
-from symoe_agents.formats import AnswerFormat
+from symoe_agents.formats import AnswerFormat, gold_alternatives, gold_letter
 
 _FRAC = re.compile(r"\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}")
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
+
+#: longest answer handed to math-verify; AIME-style answers are a few characters
+MAX_SYMBOLIC_CHARS = 200
+# exponents, factorials or digit runs big enough to make sympy compute for minutes
+_EXPENSIVE = re.compile(r"\^\s*\{?[^}]*\^|\^\s*\{?\s*\d{4,}|\d{3,}\s*!|!\s*!|\\(?:binom|choose)|\d{60,}")
 
 
 def normalize_math(value: str) -> str:
@@ -40,15 +54,32 @@ def _as_number(v: str) -> Fraction | None:
         return None
 
 
-def _math_verify(predicted: str, gold: str) -> bool:
-    import threading
+class _NoTimeoutNotice(logging.Filter):
+    """math-verify logs, once, that its timeouts are off; that is our decision (see the
+    module doc), not news for the user's terminal."""
 
-    if threading.current_thread() is not threading.main_thread():
-        return False  # math-verify's timeouts need the main thread; the normaliser decided
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_NoTimeoutNotice())
+
+
+def symbolic_checkable(value: str) -> bool:
+    """Whether math-verify may look at ``value``: short, and no runaway arithmetic."""
+    return len(value) <= MAX_SYMBOLIC_CHARS and not _EXPENSIVE.search(value)
+
+
+def _math_verify(predicted: str, gold: str) -> bool:
+    if not (symbolic_checkable(predicted) and symbolic_checkable(gold)):
+        return False
     try:
         from math_verify import parse, verify
 
-        return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
+        return bool(
+            verify(parse(f"${gold}$", parsing_timeout=None), parse(f"${predicted}$", parsing_timeout=None), timeout_seconds=None)
+        )
     except Exception:  # noqa: BLE001 - a parser failure means "not shown equal"
         return False
 
@@ -58,14 +89,22 @@ def _normalize_free(value: str) -> str:
     return re.sub(r"[^0-9a-z]+", " ", value.lower()).strip()
 
 
+def math_equal(predicted: str, gold: str) -> bool:
+    """Equal as the method defines it: the same value for any of the gold's alternatives."""
+    for want in gold_alternatives(gold):
+        if normalize_math(predicted) == normalize_math(want) or _math_verify(predicted, want):
+            return True
+    return False
+
+
 def is_correct(predicted: str | None, gold: str, fmt: AnswerFormat) -> bool:
     """Unparsable (``None``) counts as wrong."""
     if predicted is None:
         return False
     if fmt is AnswerFormat.MULTIPLE_CHOICE:
-        return predicted.strip().upper() == gold.strip().strip("()").upper()
+        return gold_letter(predicted) is not None and gold_letter(predicted) == gold_letter(gold)
     if fmt is AnswerFormat.MATH:
-        return normalize_math(predicted) == normalize_math(gold) or _math_verify(predicted, gold)
+        return math_equal(predicted, gold)
     # free text: the gold answer, as whole words, inside a short stated answer
     # ("The capital city of France is Paris." for "Paris"); a long text does not count
     pred, want = _normalize_free(predicted), _normalize_free(gold)

@@ -1,8 +1,20 @@
 """Answer formats: multiple choice (with the question's own letters), math (boxed), free text.
 
 The format decides the answer instruction given to experts and the aggregator, and how the
-final answer is extracted and scored. It is detected from the question unless a record
-names it.
+final answer is extracted and scored. It is detected from the question (and its gold
+answer, when there is one) unless a record names it.
+
+Options. The paper's benchmarks put the options after a header, "The options are: (A) ...
+(B) ...". When a question has such a header, its letters are read from the text after the
+last header only; otherwise from the whole question, with figure code (``[asy]`` blocks)
+removed. Either way the letters are the run A, B, C, ... of option markers in order of
+appearance: a marker counts only when it is the next letter of the run, and a later "(A)"
+does not restart it. A marker is "(X)", or "X)" / "X." at the start of a line; "(X)" glued
+to a word ("poly(A)", "P(R)", "O(D)") or followed by a hyphen (the stereo-descriptors
+"(E)-", "(R)-", "(S)-" of chemistry) is not a marker. Fewer than two letters means none.
+
+A question is multiple choice only when it lists options and its gold answer, if any, is a
+letter: a numeric gold answer that is not one of the letters is never scored as a letter.
 """
 
 from __future__ import annotations
@@ -17,41 +29,73 @@ class AnswerFormat(str, Enum):
     FREE = "free"
 
 
-_OPTION = re.compile(r"\(([A-Z])\)")
+# "The options are:", "Options:", "Answer choices:", "The choices are:"
+_HEADER = re.compile(r"\b(?:the\s+)?(?:answer\s+)?(?:options|choices)(?:\s+are)?\s*:", re.IGNORECASE)
+_FIGURE = re.compile(r"\[asy\].*?(?:\[/asy\]|\Z)", re.DOTALL | re.IGNORECASE)
+# "(X)" not glued to a word or a bracket, and not a stereo-descriptor "(X)-"
+_PAREN_MARKER = re.compile(r"(?<![A-Za-z0-9(\[])\(([A-Z])\)(?![-\u2010-\u2014])")
+# "X)" or "X." opening a line: "A) 5", "B. Paris"
+_LINE_MARKER = re.compile(r"^[ \t]*([A-Z])[.)][ \t]", re.MULTILINE)
 _LATEX = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\frac|\\sqrt|\\boxed|\\cdot|\\times")
-_NUMBER = re.compile(r"^\s*-?\d+(?:\.\d+)?(?:/\d+)?\s*$")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+_REMARK = re.compile(r"\s*\([^()]*\)\s*$")  # "080 or 081 (both were accepted)"
+_OR = re.compile(r"\s+or\s+", re.IGNORECASE)
+
+
+def options_text(question: str) -> str:
+    """The part of the question that lists its options: after the last options header,
+    else the whole question without figure code."""
+    headers = list(_HEADER.finditer(question))
+    if headers:
+        return question[headers[-1].end():]
+    return _FIGURE.sub(" ", question)
 
 
 def option_letters(question: str) -> list[str]:
-    """The option letters a question offers: the longest run A, B, C, ... of "(X)" markers.
-
-    Markers are read in order of appearance; the run must start at A and go up one letter
-    at a time, so a stray "(C)" in the stem does not count. Fewer than two means "none".
-    """
-    best: list[str] = []
+    """The option letters a question offers: the run A, B, C, ... of its option markers."""
+    text = options_text(question)
+    markers = sorted(
+        [(m.start(), m.group(1)) for m in _PAREN_MARKER.finditer(text)]
+        + [(m.start(1), m.group(1)) for m in _LINE_MARKER.finditer(text)]
+    )
     run: list[str] = []
-    for letter in _OPTION.findall(question):
-        if letter == "A":
-            run = ["A"]
-        elif run and ord(letter) == ord(run[-1]) + 1:
+    for _, letter in markers:
+        if letter == chr(ord("A") + len(run)):
             run.append(letter)
-        else:
-            continue
-        if len(run) > len(best):
-            best = list(run)
-    return best if len(best) >= 2 else []
+    return run if len(run) >= 2 else []
+
+
+def gold_letter(gold: str | None) -> str | None:
+    """The letter a gold answer names ("B", "(B)", " b "), or None if it names none."""
+    if gold is None:
+        return None
+    g = gold.strip().strip("()").strip()
+    return g.upper() if len(g) == 1 and g.isalpha() and g.isascii() else None
+
+
+def gold_alternatives(gold: str) -> list[str]:
+    """The values a math gold answer accepts: "080 or 081 (both were accepted)" gives
+    ["080", "081"]; most golds give themselves."""
+    core = _REMARK.sub("", gold).strip() or gold.strip()
+    parts = [p.strip() for p in _OR.split(core) if p.strip()]
+    return parts or [gold.strip()]
+
+
+def is_numeric_gold(gold: str | None) -> bool:
+    return gold is not None and all(_NUMBER.fullmatch(a.replace(",", "")) for a in gold_alternatives(gold))
 
 
 def detect_format(question: str, gold_answer: str | None = None) -> tuple[AnswerFormat, list[str]]:
-    """Guess the answer format of a question, with its option letters for multiple choice.
+    """The answer format of a question, with its option letters for multiple choice.
 
-    Rule: options "(A) ... (B) ..." mean multiple choice. Otherwise LaTeX math in the
-    question, or a numeric gold answer, means math. Everything else is free text. A record
-    can always state its format instead.
+    Multiple choice: it lists options and its gold answer, if given, is a letter (one
+    outside the options is still a letter: a data problem that inputs report). Otherwise
+    math, when the question holds LaTeX or the gold answer is a number; else free text.
+    A record can always state its format instead.
     """
     letters = option_letters(question)
-    if letters:
+    if letters and (gold_answer is None or gold_letter(gold_answer) is not None):
         return AnswerFormat.MULTIPLE_CHOICE, letters
-    if _LATEX.search(question) or (gold_answer is not None and _NUMBER.match(gold_answer)):
+    if _LATEX.search(question) or is_numeric_gold(gold_answer):
         return AnswerFormat.MATH, []
     return AnswerFormat.FREE, []

@@ -1,50 +1,168 @@
+"""Answer formats, extraction and scoring (method.md sections 5-6), as tables of the
+phrasings real models use, each with the answer a careful reader would take from it."""
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
-from symoe_agents.eval import extract_boxed, extract_choice, extract_free, extract_math, is_correct
-from symoe_agents.formats import AnswerFormat, detect_format, option_letters
+from conftest import UPSTREAM
+from symoe_agents.eval import extract_answer, extract_boxed, extract_choice, extract_free, extract_math, is_correct
+from symoe_agents.formats import AnswerFormat, detect_format, gold_alternatives, option_letters
+from symoe_agents.reasoning import strip_reasoning
 
 ABCD = list("ABCD")
 A_TO_J = list("ABCDEFGHIJ")
+MC, MATH, FREE = AnswerFormat.MULTIPLE_CHOICE, AnswerFormat.MATH, AnswerFormat.FREE
+
+# (response, letters, expected extraction)
+CHOICES = [
+    ("Let's think step by step. 15 + 27 = 42, which is option B.\nThe answer is (B)", ABCD, "B"),
+    # chatter after the answer does not change it
+    ("The answer is (B).\n\nNote that (C) would be right had we subtracted; (D) is a common slip.", ABCD, "B"),
+    ("The answer is (A). I hope this helps! Let me know if you want me to explain (C) too.", ABCD, "A"),
+    # eliminations before the choice
+    ("(A) is wrong since 32 is too small. (C) is wrong too. (D) cannot be. The answer is (B)", ABCD, "B"),
+    ("We can rule out A and B. Between C and D, D fits.\nThe answer is D", ABCD, "D"),
+    # markdown
+    ("**Answer: (C)**", ABCD, "C"),
+    ("The correct answer is **C**.", ABCD, "C"),
+    ("### Final Answer\n\n**D**", ABCD, "D"),
+    ("**Final answer:** D", ABCD, "D"),
+    ("The answer is: __A__", ABCD, "A"),
+    ("**The answer is (J)**", A_TO_J, "J"),
+    # boxed letters
+    ("The answer is $\\boxed{B}$", ABCD, "B"),
+    ("Thus we get \\boxed{(C)}.", ABCD, "C"),
+    ("\\boxed{\\text{A}}", ABCD, "A"),
+    ("Option A looks tempting, but \\boxed{\\textbf{(D)}} is right.", ABCD, "D"),
+    # reasoning blocks
+    ("<think>the answer is (A)? no, wait</think>\nThe answer is (D)", ABCD, "D"),
+    ("<think>Long reasoning that was cut off before it ended, leaning to (A)", ABCD, None),
+    ("Okay, let me think. (A) no.</think>The answer is (C).", ABCD, "C"),
+    # stated forms
+    ("Answer: A", ABCD, "A"),
+    ("The answer is B.", ABCD, "B"),
+    ("The answer is option B because 15 + 27 is 42.", ABCD, "B"),
+    ("The answer is B, since 42 > 40.", ABCD, "B"),
+    ("The final answer is (C) because the others fail.", ABCD, "C"),
+    ("So the answer is:\n\n(A) Infiltration anaesthesia", ABCD, "A"),
+    ("Therefore the correct option is C) 42.", ABCD, "C"),
+    ("The best answer is C.", ABCD, "C"),
+    ("The answer is (B) 42", ABCD, "B"),
+    ("I first said the answer is (B). Re-checking the sum: the answer is (C).", ABCD, "C"),
+    # the reference fallback (last bare capital) gives "I" here; the stated answer is B
+    ("The answer is B. I think that is right.", A_TO_J, "B"),
+    # a bare pronoun or article after "answer is" is no letter
+    ("I'd say the answer is I think unclear", A_TO_J, None),
+    ("The answer is A bit more subtle than it looks; I lean to (C).", ABCD, "C"),
+    # no stated answer: the last "(X)" / "X)" among the question's letters
+    ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
+    ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
+    ("Only the (E)-isomer forms, which is choice (C).", A_TO_J, "C"),
+    ("Working...\n(D)", ABCD, "D"),
+    # never a bare capital letter on its own
+    ("B", ABCD, None),
+    ("Looking at the choices, I believe B is best.", ABCD, None),
+    # letters that are not the question's, or not capitals
+    ("The answer is (E)", ABCD, None),
+    ("the answer is (b)", ABCD, None),
+    # an echoed instruction: its placeholder and its list of letters are no answer
+    ('Then write "The answer is (X)", where X is a letter.', ABCD, None),
+    ('Reason step by step. Then, on the last line, write "The answer is (X)" where X is the single capital letter '
+     "of the option you choose (A, B, C, D).", ABCD, None),
+    ('Write "The answer is (X)", where X is the letter (A, B, C, D). 12 * 7 = 84.\nThe answer is (B)', ABCD, "B"),
+    ("", ABCD, None),
+]
+
+# Real outputs of the embedded models (SmolLM2-135M, Gemma 3 270M) on examples/questions.jsonl,
+# verbatim or cut where marked, each labelled by hand by the rule above.
+REAL_CHOICES = [
+    ("12 multiplied by 7 is equal to (12*7) = 84.\nThe answer is (D).", "D"),
+    ('Step 1: Find the single letter of the option you choose (A)\n- The answer is A.\n\nStep 2: Now, find the single '
+     'uppercase letter in the last line and put it after "X" in parentheses ("D") to separate them from each other. '
+     "Thus, the correct answer is D.", "D"),
+    ("The answer is (X)\n\nStep 1: Determine the options.\n[...]\nStep 2: Choose the correct answer (A) or (C). The "
+     "answer I initially selected was (B), which was incorrect [...]. Therefore, I had to choose (X) as the correct "
+     "option.\n\nStep 3: Write the answer with a single capital letter next to it. The answer is (A).", "A"),
+    ("D) Mars", "D"),
+    ("C) Lysosome\nStep-by-step reasoning:\n[...]\n7. Therefore, the answer is (D) Lysosomes are organelles with "
+     "lysosomal functions such", "D"),
+    ("The answer is (C)\n\nStep 1: [...] Step 2: [...] The answer is (A) Mitochondrion, as it produces most of a "
+     "cell's ATP through cellular respiration.", "A"),
+    ("The chemical symbol for sodium is Na.\n\nSo, the answer is (A) So.", "A"),
+    ("1. The chemical symbol for sodium is Na.\n2. So (C) Sd (D)\n3. This answer must be the single capital letter "
+     "of the option you chose (A, B, C, D).", "D"),
+    ("Question: 12 times the number of seconds is less than (A) 80 and (B) 95 (C) 73 (D) 46\n\nReason step by step. "
+     'Then, on the last line, write "The answer is (X)" where X is the single capital letter of the option you choose '
+     "(A, B, C, D).\n?\n?", "D"),
+]
+
+# (response, expected extraction)
+MATHS = [
+    ("So $n = 33$. The answer is \\boxed{33}", "33"),
+    ("The answer is \\boxed{033}", "033"),
+    ("First I got \\boxed{2}, but that double counts; the answer is \\boxed{5}.", "5"),  # several boxed: the last
+    ("\\boxed{\\frac{1}{2}} then \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),
+    ("\\boxed{\\frac{208}{2}}", "\\frac{208}{2}"),
+    ("\\boxed{x^{2}+1}", "x^{2}+1"),
+    ("**Final Answer:** $\\boxed{\\dfrac{3}{4}}$", "\\dfrac{3}{4}"),
+    ("<think>\\boxed{1}</think> The answer is \\boxed{2}", "2"),
+    ("<think>so far \\boxed{7} maybe", None),  # cut off while thinking
+    ("The answer is 49.", "49"),
+    ("Answer: 204", "204"),
+    ("so the answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
+    ("\\boxed{12", None),  # cut off
+    ("no box and no stated value", None),
+    ('write "The answer is" at the end:\n3^4 = 81', None),  # an echoed instruction
+    ("the answer is indeed: 9", None),
+    # the instruction's placeholder is no answer, echoed or "answered"
+    ("[...] Now we subtract this from $2^{5}$ [...] So, the final answer is $\\boxed{X}$.", None),  # real SmolLM2 output
+    ('The answer is \\boxed{49}.\n(Format: write "The answer is \\boxed{X}", where X is your final answer.)', "49"),
+    ("$X = X + 6\\times x \\Rightarrow X = \\boxed{4}$", "4"),  # real SmolLM2 output
+    ("So the final answer is $\\boxed{\\textrm{X}}$.", None),  # real SmolLM2 output
+]
+
+
+@pytest.mark.parametrize("text, letters, expected", CHOICES)
+def test_extract_choice(text, letters, expected):
+    assert extract_choice(text, letters) == expected
+
+
+@pytest.mark.parametrize("text, expected", REAL_CHOICES)
+def test_extract_choice_from_real_small_model_outputs(text, expected):
+    assert extract_choice(text, ABCD) == expected
+
+
+@pytest.mark.parametrize("text, expected", MATHS)
+def test_extract_math(text, expected):
+    assert extract_math(text) == expected
 
 
 @pytest.mark.parametrize(
-    "text, letters, expected",
+    "text, fmt, letters, expected",
     [
-        ("Step 1... The answer is (B)", ABCD, "B"),
-        ("The answer is B.", ABCD, "B"),
-        ("Answer: (C)", ABCD, "C"),
-        ("**Final answer: D**", ABCD, "D"),
-        # the reference fallback (last bare capital) gives "I" here; the strict rule keeps B
-        ("The answer is B. I think that is right.", A_TO_J, "B"),
-        # the last stated answer wins over an earlier one
-        ("First I thought the answer is (A). On reflection the answer is (C).", ABCD, "C"),
-        # a letter outside the question's options is not an answer
-        ("The answer is (E)", ABCD, None),
-        # echoed instructions: "(X)" is not an option letter
-        ('Then write "The answer is (X)", where X is a letter.', ABCD, None),
-        # "answer is I think..." must not read a bare pronoun as option I
-        ("I'd say the answer is I think unclear", A_TO_J, None),
-        # an option list repeated in the reasoning is no statement
-        ("Options: (A) 1 (B) 2 (C) 3 (D) 4. Hmm, hard to say.", ABCD, None),
-        # a lone marker on the last line is
-        ("Working...\n(D)", ABCD, "D"),
-        ("\\boxed{B}", ABCD, "B"),
-        ("<think>the answer is (A)</think>The answer is (D)", ABCD, "D"),
-        ("", ABCD, None),
-        ("The answer is (J)", A_TO_J, "J"),
+        ("The answer is (B)", MC, ABCD, "B"),
+        ("The answer is (B)", MC, None, None),  # no letters: nothing is a valid choice
+        ("The answer is \\boxed{7}", MATH, None, "7"),
+        ("The answer is: Paris", FREE, None, "Paris"),
+        (None, MC, ABCD, None),
+        ("", MATH, None, None),
     ],
 )
-def test_extract_choice(text, letters, expected):
-    assert extract_choice(text, letters) == expected
+def test_extract_answer_dispatches_on_the_format(text, fmt, letters, expected):
+    assert extract_answer(text, fmt, letters) == expected
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
         ("so \\boxed{33}", "33"),
-        ("\\boxed{\\frac{1}{2}} then \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),  # last, braces matched
-        ("\\boxed{x^{2}+1}", "x^{2}+1"),
-        ("\\boxed{12", None),  # cut off
+        ("\\boxed{\\frac{1}{2}} then \\boxed{\\frac{3}{4}}", "\\frac{3}{4}"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{}", None),
+        ("\\boxed{12", None),
         ("no box", None),
     ],
 )
@@ -55,23 +173,10 @@ def test_extract_boxed(text, expected):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("The answer is \\boxed{033}", "033"),
-        ("The answer is 49.", "49"),
-        ("so the answer is $\\frac{1}{2}$.", "\\frac{1}{2}"),
-        ('write "The answer is" at the end:\n3^4 = 81', None),  # echoed instruction, no value
-        ("the answer is indeed: 9", None),
-        ("<think>\\boxed{1}</think> The answer is \\boxed{2}", "2"),
-    ],
-)
-def test_extract_math(text, expected):
-    assert extract_math(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
         ("Reasoning.\nThe answer is: Paris.", "Paris"),
         ("Paris is the capital.\nSo Paris", "So Paris"),
+        ("<think>The answer is: Lyon</think>The answer is: Paris", "Paris"),
+        ('Then write "The answer is: X", where X is your final answer in a few words.\nParis', "Paris"),
         ("", None),
     ],
 )
@@ -80,24 +185,37 @@ def test_extract_free(text, expected):
 
 
 @pytest.mark.parametrize(
+    "text, expected",
+    [("a</think>b</think>c", "c"), ("<think>unfinished", ""), ("no trace", "no trace"), ("</think>", "")],
+)
+def test_strip_reasoning(text, expected):
+    assert strip_reasoning(text) == expected
+
+
+@pytest.mark.parametrize(
     "pred, gold, fmt, ok",
     [
-        ("B", "B", AnswerFormat.MULTIPLE_CHOICE, True),
-        ("B", "(b)", AnswerFormat.MULTIPLE_CHOICE, True),
-        ("A", "B", AnswerFormat.MULTIPLE_CHOICE, False),
-        (None, "B", AnswerFormat.MULTIPLE_CHOICE, False),  # unparsable counts as wrong
-        ("033", "33", AnswerFormat.MATH, True),
-        ("\\frac{208}{2}", "104", AnswerFormat.MATH, True),
-        ("0.5", "\\frac{1}{2}", AnswerFormat.MATH, True),
-        ("1,000", "1000", AnswerFormat.MATH, True),
-        ("34", "33", AnswerFormat.MATH, False),
-        ("1+x^2", "x^2+1", AnswerFormat.MATH, True),  # symbolic: math-verify
-        ("\\sqrt{4}", "2", AnswerFormat.MATH, True),
-        ("\\frac{1}{3}", "0.33", AnswerFormat.MATH, False),
-        ("The capital city of France is Paris.", "Paris", AnswerFormat.FREE, True),
-        ("paris", "Paris", AnswerFormat.FREE, True),
-        ("Lyon", "Paris", AnswerFormat.FREE, False),
-        ("Not Paris but " + "word " * 20, "Paris", AnswerFormat.FREE, False),  # long text does not count
+        ("B", "B", MC, True),
+        ("B", "(b)", MC, True),
+        ("A", "B", MC, False),
+        (None, "B", MC, False),  # unparsable counts as wrong
+        ("033", "33", MATH, True),
+        ("\\frac{208}{2}", "104", MATH, True),
+        ("0.5", "\\frac{1}{2}", MATH, True),
+        ("\\dfrac{3}{4}", "0.75", MATH, True),
+        ("1,000", "1000", MATH, True),
+        ("34", "33", MATH, False),
+        ("1+x^2", "x^2+1", MATH, True),  # symbolic: math-verify
+        ("\\sqrt{4}", "2", MATH, True),
+        ("\\frac{1}{3}", "0.33", MATH, False),
+        ("80", "080 or 081 (both were accepted)", MATH, True),
+        ("081", "080 or 081 (both were accepted)", MATH, True),
+        ("82", "080 or 081 (both were accepted)", MATH, False),
+        ("10^{10^{10}}", "1", MATH, False),  # a number too large to compute is decided at once
+        ("The capital city of France is Paris.", "Paris", FREE, True),
+        ("paris", "Paris", FREE, True),
+        ("Lyon", "Paris", FREE, False),
+        ("Not Paris but " + "word " * 20, "Paris", FREE, False),  # long text does not count
     ],
 )
 def test_is_correct(pred, gold, fmt, ok):
@@ -105,12 +223,50 @@ def test_is_correct(pred, gold, fmt, ok):
 
 
 @pytest.mark.parametrize(
+    "response, question, gold, correct",
+    [
+        ("15 + 27 = 42.\n**The answer is (B)**", "What is 15 + 27? The options are: (A) 32 (B) 42 (C) 52 (D) 43", "B", True),
+        ("So $m+n = 33$, i.e. \\boxed{033}.", "Find $m+n$.", "33", True),
+        ("We get $\\boxed{\\frac{208}{2}}$", "Compute $a$.", "104", True),
+        ("The answer is (C)", "Which? The options are: (A) x (B) y (C) z", "B", False),
+        ("I cannot decide.", "Which? The options are: (A) x (B) y (C) z", "B", False),
+    ],
+)
+def test_a_response_is_scored_as_its_truth(response, question, gold, correct):
+    fmt, letters = detect_format(question, gold)
+    assert is_correct(extract_answer(response, fmt, letters), gold, fmt) is correct
+
+
+def test_math_scores_the_same_on_any_thread():
+    """A host that scores off the main thread must get what the CLI gets."""
+    cases = [("033", "33"), ("1+x^2", "x^2+1"), ("\\sqrt{4}", "2"), ("\\frac{1}{3}", "0.33"), ("2x", "x+x")]
+    on_main = [is_correct(p, g, MATH) for p, g in cases]
+    assert on_main == [True, True, True, False, True]
+    with ThreadPoolExecutor(2) as pool:
+        off_main = list(pool.map(lambda c: (threading.current_thread() is not threading.main_thread(), is_correct(c[0], c[1], MATH)), cases))
+    assert [ok for _, ok in off_main] == on_main and all(t for t, _ in off_main)
+
+
+@pytest.mark.parametrize(
     "question, expected",
     [
         ("Pick one. The options are: (A) x (B) y (C) z", list("ABC")),
+        # a marker in the stem before the options block does not count
         ("Stem mentions (C) first. The options are: (A) 1 (B) 2", list("AB")),
+        # a later "(A)" does not restart the run
+        ("The options are: (A) x (B) see (A) again (C) z", list("ABC")),
         ("Only (A) here", []),
-        ("a) b) c) lower-case stem The options are: (A) abc (B) bcd (C) ac (D) bd", list("ABCD")),
+        ("a) b) c) lower-case stem The options are: (A) abc (B) bcd (C) ac (D) bd", ABCD),
+        # chemistry and notation glued to a word, or stereo-descriptors, are not markers
+        ("Which is not involved? The options are: (A) lariat (B) poly(A) tail (C) antisense (D) R-loops", ABCD),
+        ("The options are: (A) B = (E)-1-bromohex-2-ene (B) B = 2-bromohexan-3-ol", list("AB")),
+        ("The options are: (A) O(DN) (B) O(D^3) (C) O(1)", list("ABC")),
+        ("The options are: (A) P(R) = 2/3 (B) P(R) = 5/14", list("AB")),
+        # options as lines, without a header
+        ("Which is prime?\nA) 4\nB) 6\nC) 7", list("ABC")),
+        ("Which is prime?\nA. 4\nB. 7", list("AB")),
+        # figure code names points (A), (B): not options
+        ("Find the area. [asy] draw((A)--(B)); label(\"(A)\", (0,0)); label(\"(B)\", (1,0)); [/asy]", []),
     ],
 )
 def test_option_letters(question, expected):
@@ -120,38 +276,48 @@ def test_option_letters(question, expected):
 @pytest.mark.parametrize(
     "question, gold, fmt",
     [
-        ("Which? The options are: (A) x (B) y", "A", AnswerFormat.MULTIPLE_CHOICE),
-        ("Compute $2^{10}$.", None, AnswerFormat.MATH),
-        ("How many integers below 100 are prime?", "25", AnswerFormat.MATH),
-        ("Who wrote Hamlet?", "Shakespeare", AnswerFormat.FREE),
-        ("Who wrote Hamlet?", None, AnswerFormat.FREE),
+        ("Which? The options are: (A) x (B) y", "A", MC),
+        ("Which? (A) x (B) y", None, MC),
+        # a numeric gold that is not a letter: never scored as a letter
+        ("Which is larger? (A) 5 (B) 6", "6", MATH),
+        ("Compute $2^{10}$.", None, MATH),
+        ("How many integers below 100 are prime?", "25", MATH),
+        ("Points (A) and (B) lie on a circle. How many chords? [asy] dot((A)); dot((B)); [/asy]", "40", MATH),
+        ("Is poly(A) RNA stable? Answer in a word.", None, FREE),
+        ("Who wrote Hamlet?", "Shakespeare", FREE),
+        ("Who wrote Hamlet?", None, FREE),
     ],
 )
 def test_detect_format(question, gold, fmt):
     assert detect_format(question, gold)[0] is fmt
 
 
-def test_detect_format_on_the_upstream_sets():
-    import json
-
-    from conftest import UPSTREAM
-
-    if not UPSTREAM.is_dir():
-        pytest.skip("../shared/upstream-data not present")
-    for name, fmt in [("GPQA_train.json", "multiple_choice"), ("MMLU_Pro_train.json", "multiple_choice"),
-                      ("MedMCQA_train.json", "multiple_choice"), ("AIME24_train.json", "math")]:  # fmt: skip
-        records = json.loads((UPSTREAM / name).read_text())
-        detected = [detect_format(r["question"], r["gold_answer"]) for r in records]
-        share = sum(1 for f, _ in detected if f.value == fmt) / len(records)
-        assert share > 0.97, (name, share)
-        if fmt == "multiple_choice":  # the gold letter is always among the detected options
-            hits = sum(1 for r, (_, letters) in zip(records, detected) if r["gold_answer"] in letters)
-            assert hits / len(records) > 0.97, name
+def test_gold_alternatives():
+    assert gold_alternatives("080 or 081 (both were accepted)") == ["080", "081"]
+    assert gold_alternatives("33") == ["33"]
+    assert gold_alternatives("\\frac{1}{2}") == ["\\frac{1}{2}"]
 
 
-def test_math_scoring_off_the_main_thread_falls_back_to_the_normaliser():
-    from concurrent.futures import ThreadPoolExecutor
+UPSTREAM_SETS = [("GPQA_train.json", MC, 249), ("MMLU_Pro_train.json", MC, 350),
+                 ("MedMCQA_train.json", MC, 504), ("AIME24_train.json", MATH, 354)]  # fmt: skip
 
-    with ThreadPoolExecutor(1) as pool:  # math-verify's signal timeouts need the main thread
-        assert pool.submit(is_correct, "033", "33", AnswerFormat.MATH).result() is True
-        assert pool.submit(is_correct, "1+x^2", "x^2+1", AnswerFormat.MATH).result() is False
+
+@pytest.mark.parametrize("name, fmt, n", UPSTREAM_SETS, ids=[s[0] for s in UPSTREAM_SETS])
+def test_format_detection_on_the_upstream_sets_is_exact(name, fmt, n):
+    """Every question of the four reference validation sets: its format, and for multiple
+    choice the gold letter among the detected letters, which are exactly the block's
+    "(X) " markers A, B, C, ... in order."""
+    import re
+
+    records = json.loads((UPSTREAM / name).read_text())
+    assert len(records) == n
+    for i, r in enumerate(records):
+        detected, letters = detect_format(r["question"], r["gold_answer"])
+        assert detected is fmt, (name, i)
+        if fmt is MC:
+            block = r["question"][r["question"].rindex("The options are:") :]
+            listed = re.findall(r"(?:^|\s)\(([A-Z])\)\s", block + " ")  # markers standing alone
+            assert letters == [chr(ord("A") + j) for j in range(len(letters))] == listed, (name, i)
+            assert r["gold_answer"] in letters, (name, i)
+        else:
+            assert letters == []
