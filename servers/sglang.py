@@ -5,7 +5,11 @@ SGLang pins its own torch and openai, so it is never imported here: symoe runs
 command of the user's. Readiness as SGLang defines it: ``GET /health`` is refused or
 answers 503 while the model loads, then 200; and ``/v1/models`` lists the served name.
 With ``enable_memory_saver`` a server can sleep (``/release_memory_occupation``) and
-wake (``/resume_memory_occupation``) instead of being killed and reloaded.
+wake (``/resume_memory_occupation``) instead of being killed and reloaded. Those routes
+always exist, but without ``--enable-memory-saver`` they answer 200 and free nothing
+(python/sglang/srt/utils/torch_memory_saver_adapter.py, a no-op adapter), so symoe only
+sleeps a server started with it. /health needs no key; every other route does
+(python/sglang/srt/utils/auth.py).
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class SGLangBackend(ModelPathBackend):
             "--served-model-name", self.served_name,
             "--host", host,
             "--port", str(port),
+            # on argv because SGLang reads its key from nowhere else: in SGLang 0.5.23 the key
+            # is only the field ``api_key`` of python/sglang/srt/arg_groups/fields/serving.py
+            # (flag --api-key, no environment fallback; entrypoints/http_server.py reads it
+            # from the parsed args). A process listing shows it, unlike vLLM's and llama.cpp's.
             "--api-key", api_key,
             "--tp-size", str(c.tp_size),
             "--dp-size", str(c.dp_size),

@@ -1,8 +1,18 @@
 """vLLM (``vllm serve MODEL``), launched from its own environment.
 
-Readiness: ``GET /health`` answers 200 and ``/v1/models`` lists the served name. With
-``enable_sleep_mode`` a server can sleep (``POST /sleep?level=1``) and wake
-(``POST /wake_up``) instead of being killed and reloaded.
+Readiness: ``GET /health`` answers 200 (the port refuses connections while the model
+loads) and ``/v1/models`` lists the served name. With ``enable_sleep_mode`` a server can
+sleep (``POST /sleep?level=1``) and wake (``POST /wake_up``) instead of being killed and
+reloaded. Facts from vLLM 0.33.0 (commit 4ba787ec9), files under vllm/:
+
+- ``/sleep`` and ``/wake_up`` are dev routes: registered only when VLLM_SERVER_DEV_MODE=1
+  (entrypoints/launchers/api_server/routers.py); ``--enable-sleep-mode`` alone leaves them
+  404. So symoe sets the variable whenever it means to sleep the server.
+- The key: ``args.api_key or [envs.VLLM_API_KEY]`` (entrypoints/serve/middleware/register.py),
+  so VLLM_API_KEY in the server's environment turns auth on as ``--api-key`` does, without
+  showing the key to every local user in a process listing.
+- Auth covers only paths under /v1, /v2, /inference and /cohere
+  (entrypoints/serve/middleware/authenticate.py): /health, /sleep and /wake_up take no key.
 """
 
 from __future__ import annotations
@@ -35,7 +45,6 @@ class VLLMBackend(ModelPathBackend):
             c.model_path,
             "--host", host,
             "--port", str(port),
-            "--api-key", api_key,
             "--served-model-name", self.served_name,
             "--tensor-parallel-size", str(c.tensor_parallel_size),
         ]  # fmt: skip
@@ -57,7 +66,11 @@ class VLLMBackend(ModelPathBackend):
             status, _ = await http_get(LOOPBACK, p, "/health", headers, timeout=25)
             return status == 200 and await lists_model(LOOPBACK, p, served, headers)
 
-        return Launch(argv=argv, served_model=served, probe=ready, start_timeout_s=c.start_timeout_s)
+        # the key travels in the environment, never on the command line (see the docstring)
+        env = {"VLLM_API_KEY": api_key}
+        if c.enable_sleep_mode:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # or /sleep and /wake_up are not registered
+        return Launch(argv=argv, served_model=served, probe=ready, start_timeout_s=c.start_timeout_s, env=env)
 
     def supports_sleep(self) -> bool:
         return self.cfg.enable_sleep_mode

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import psutil
 import pytest
 
 from conftest import ROOT, pids_alive
@@ -13,6 +14,7 @@ from symoe_agents import EventLog, SymbolicMoE
 from symoe_agents.config import parse_config
 from symoe_agents.servers import ServerManager
 from symoe_agents.servers.embedded import embedded_model_path
+from symoe_agents.servers.probe import http_get
 
 STANDINS = ROOT / "tests" / "standins"
 QUESTIONS = [f"What is {i} + 1? The options are: (A) x (B) y" for i in range(6)]
@@ -61,6 +63,8 @@ async def test_vllm_command_line_readiness_and_sleep(tmp_path, monkeypatch):
     argv_out = tmp_path / "argv.json"
     monkeypatch.setenv("STANDIN_ARGV_OUT", str(argv_out))
     monkeypatch.setenv("STANDIN_LOAD_S", "1")
+    for inherited in ("VLLM_SERVER_DEV_MODE", "VLLM_API_KEY"):  # only symoe may set them
+        monkeypatch.delenv(inherited, raising=False)
     vllm = wrapper(tmp_path, "vllm", "vllm_standin.py")
     cfg = run_config(tmp_path, {"v": {"backend": "vllm", "model_path": "org/V-8B", "command": [vllm, "serve"],
                                       "gpu_memory_utilization": 0.5, "max_model_len": 8192, "seed": 1,
@@ -75,15 +79,48 @@ async def test_vllm_command_line_readiness_and_sleep(tmp_path, monkeypatch):
         flags = dict(zip(argv[2::2], argv[3::2]))
         assert flags["--host"] == "127.0.0.1" and flags["--served-model-name"] == "org/V-8B"
         assert flags["--gpu-memory-utilization"] == "0.5" and flags["--max-model-len"] == "8192"
-        assert "--enable-sleep-mode" in argv and flags["--api-key"] == ep.api_key
+        assert "--enable-sleep-mode" in argv
+        # the key reaches vLLM through VLLM_API_KEY, never argv, where `ps` would show it
+        on_argv = any(ep.api_key in a for a in argv)  # compared, never shown
+        assert not on_argv, "the run key is on the server's command line"
+        assert "--api-key" not in argv
+        start = next(e for e in events.events if e.kind == "server_start")
+        env = psutil.Process(start.pid).environ()
+        key_in_env = env.get("VLLM_API_KEY") == ep.api_key  # compared, never shown
+        assert key_in_env, "VLLM_API_KEY is not the run key"
+        assert env.get("VLLM_SERVER_DEV_MODE") == "1"  # or vLLM has no /sleep, /wake_up
+        # ... and the server enforces it: /v1 refuses a request without the key
+        port = int(ep.base_url.rsplit(":", 1)[1].split("/")[0])
+        without, _ = await http_get("127.0.0.1", port, "/v1/models")
+        with_key, _ = await http_get("127.0.0.1", port, "/v1/models", {"Authorization": f"Bearer {ep.api_key}"})
+        assert (without, with_key) == (401, 200)
         assert next(e for e in events.events if e.kind == "server_ready").duration_s >= 1.0
         key = manager.server_key("v")
         manager.reuse_later = {key}
         await manager.release(key)  # needed later + sleep on + supported: sleeps, not killed
         assert [e.kind for e in events.events][-1] == "server_sleep"
+        status, body = await http_get("127.0.0.1", port, "/is_sleeping")
+        assert (status, json.loads(body)) == (200, {"is_sleeping": True})
         await manager.acquire("v")
         assert [e.kind for e in events.events][-1] == "server_wake"
+        status, body = await http_get("127.0.0.1", port, "/is_sleeping")
+        assert (status, json.loads(body)) == (200, {"is_sleeping": False})
     assert [e.kind for e in events.events].count("server_start") == 1
+
+
+def test_vllm_dev_mode_only_when_sleep_is_on():
+    """Dev mode opens vLLM's unauthenticated dev routes: symoe asks for it only to sleep."""
+    from symoe_agents.servers.manager import backend_for
+
+    def launch_env(sleep: bool) -> dict[str, str]:
+        cfg = run_config(None, {"v": {"backend": "vllm", "model_path": "org/V", "enable_sleep_mode": sleep}},
+                         {"skill_inferencer": "v", "experts": ["v"], "aggregator": "v"})  # fmt: skip
+        backend = backend_for(cfg.models["v"])
+        return backend.launch("127.0.0.1", 8000, "sk-symoe-test").env
+
+    assert launch_env(True)["VLLM_SERVER_DEV_MODE"] == "1"
+    assert "VLLM_SERVER_DEV_MODE" not in launch_env(False)
+    assert launch_env(False)["VLLM_API_KEY"] == "sk-symoe-test"
 
 
 async def test_sleep_instead_of_kill_through_a_run(tmp_path, gpus):

@@ -1,12 +1,15 @@
 """Server lifecycle on real llama.cpp servers, and SGLang's protocol on a named stand-in."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import openai
 import psutil
@@ -310,3 +313,96 @@ def test_run_keys_are_random_and_never_look_like_a_flag():
     keys = {ServerManager(load_config(), EventLog())._api_key for _ in range(200)}
     assert len(keys) == 200
     assert all(k.startswith("sk-symoe-") and k.replace("-", "").isalnum() for k in keys)
+
+
+# -- the stand-ins themselves: they refuse what the real servers refuse -----------------
+
+VLLM_STANDIN = ROOT / "tests" / "standins" / "vllm_standin.py"
+
+
+@contextlib.contextmanager
+def standin(argv: list[str], env: dict[str, str] | None = None):
+    """A stand-in server on a free loopback port, ready (``/health`` 200) when yielded."""
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "STANDIN_"))}
+    proc = subprocess.Popen([sys.executable, *argv, "--host", "127.0.0.1", "--port", str(port)],
+                            env={**base, "STANDIN_LOAD_S": "0.2", **(env or {})}, stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while call(port, "GET", "/health")[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, "stand-in did not come up"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def call(port: int, method: str, path: str, key: str | None = None, body: bytes | None = None) -> tuple[int, object]:
+    """(status, JSON body or None); 0 when the port refuses the connection."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as err:
+        status, data = err.code, err.read()
+    except ConnectionRefusedError:
+        return 0, None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, ConnectionRefusedError):
+            return 0, None
+        raise
+    return status, json.loads(data) if data else None
+
+
+def vllm_argv(*flags: str) -> list[str]:
+    return [str(VLLM_STANDIN), "serve", "org/V", *flags]
+
+
+def test_vllm_standin_refuses_sleep_without_dev_mode():
+    """vLLM registers /sleep and /wake_up only with VLLM_SERVER_DEV_MODE=1; --enable-sleep-mode
+    alone leaves them unregistered (FastAPI: 404), which is why symoe sets the variable."""
+    with standin(vllm_argv("--enable-sleep-mode")) as port:
+        assert call(port, "POST", "/sleep?level=1", body=b"{}") == (404, {"detail": "Not Found"})
+        assert call(port, "POST", "/wake_up", body=b"{}") == (404, {"detail": "Not Found"})
+        assert call(port, "GET", "/is_sleeping") == (404, {"detail": "Not Found"})
+    with standin(vllm_argv("--enable-sleep-mode"), {"VLLM_SERVER_DEV_MODE": "1"}) as port:
+        assert call(port, "POST", "/sleep?level=1", body=b"{}") == (200, {"status": "sleeping", "level": 1})
+        assert call(port, "GET", "/is_sleeping") == (200, {"is_sleeping": True})
+        assert call(port, "POST", "/wake_up", body=b"{}") == (200, {"status": "awake", "tags": None})
+        assert call(port, "GET", "/is_sleeping") == (200, {"is_sleeping": False})
+        assert call(port, "POST", "/sleep?level=3")[0] == 400  # level is 0..2
+        assert call(port, "GET", "/sleep")[0] == 405
+
+
+def test_vllm_standin_resolves_its_key_as_vllm_does():
+    """--api-key, else VLLM_API_KEY; only /v1 (and /v2, /inference, /cohere) is guarded."""
+    with standin(vllm_argv(), {"VLLM_API_KEY": "k-env"}) as port:
+        assert call(port, "GET", "/v1/models") == (401, {"error": "Unauthorized"})
+        assert call(port, "GET", "/v1/models", key="wrong")[0] == 401
+        assert call(port, "GET", "/v1/models", key="k-env")[0] == 200
+        assert call(port, "GET", "/v1/nothing")[0] == 401  # auth comes before routing
+        assert call(port, "GET", "/health") == (200, None)  # unguarded
+        assert call(port, "GET", "/nothing") == (404, {"detail": "Not Found"})
+    with standin(vllm_argv("--api-key", "k-arg"), {"VLLM_API_KEY": "k-env"}) as port:
+        assert call(port, "GET", "/v1/models", key="k-arg")[0] == 200  # the flag wins
+        assert call(port, "GET", "/v1/models", key="k-env")[0] == 401
+    with standin(vllm_argv(), {"VLLM_API_KEY": ""}) as port:
+        assert call(port, "GET", "/v1/models")[0] == 200  # an empty key turns auth off
+
+
+def test_sglang_standin_routes_and_auth():
+    """SGLang: only /health, /ready, /metrics skip the key; the memory routes always exist."""
+    argv = [str(STANDIN), "-m", "sglang.launch_server", "--model-path", "org/S", "--api-key", "k"]
+    with standin(argv, {"STANDIN_LOAD_S": "0.4"}) as port:
+        assert call(port, "GET", "/health_generate") == (200, None)
+        assert call(port, "GET", "/v1/models") == (401, {"error": "Unauthorized"})
+        assert call(port, "GET", "/nothing")[0] == 401  # every other path needs the key
+        assert call(port, "GET", "/nothing", key="k") == (404, {"detail": "Not Found"})
+        # no --enable-memory-saver: the routes answer 200 (and release nothing)
+        assert call(port, "POST", "/release_memory_occupation", body=b"{}") == (401, {"error": "Unauthorized"})
+        assert call(port, "POST", "/release_memory_occupation", key="k", body=b"{}") == (200, None)
+        assert call(port, "POST", "/resume_memory_occupation", key="k", body=b"{}") == (200, None)
