@@ -30,9 +30,10 @@ import openai
 from symoe_agents.agents import Agent, sampling_params
 from symoe_agents.cache import AnswerCache
 from symoe_agents.config import Sampling, load_config, parse_config
-from symoe_agents.controller import Controller, answer_instruction
+from symoe_agents.controller import Controller
 from symoe_agents.events import EventLog
 from symoe_agents.formats import AnswerFormat
+from symoe_agents.preparation import answer_instruction
 from symoe_agents.prompting import load_template
 from symoe_agents.schedule import Group, Requests
 from symoe_agents.servers import ServerManager
@@ -78,7 +79,7 @@ async def through_symoe(controller: Controller, model: str, agent: Agent, render
         done["failed"] += c.error is not None
 
     cpu, began = time.process_time(), time.perf_counter()
-    await controller._run_group(group, agent, lambda i: (rendered[i], ""), on_final)
+    await controller._run_group(group, agent, lambda i: rendered[i], on_final)
     return time.perf_counter() - began, done["tokens"], time.process_time() - cpu, done["failed"]
 
 

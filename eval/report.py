@@ -11,15 +11,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from symoe_agents.events import Event
+from symoe_agents.events import Event, RunSummary
 from symoe_agents.records import QuestionResult
 
 
 def method_row(name: str, results: list[QuestionResult], events: list[Event], wall_s: float,
                skill_calls: int, tokens: int, layers: int = 1) -> dict[str, Any]:  # fmt: skip
     """``layers``: Mixture-of-Agents proposer layers; each record keeps only the last layer's
-    answers, but every layer made its calls."""
+    answers, but every layer made its calls. The outcome columns (aggregator answers that
+    did not parse, failed aggregator calls, fallbacks used, aggregations skipped because the
+    experts agreed, calls cut off at max_tokens) are counted as the run summary counts them."""
     n = len(results)
+    outcome = RunSummary()
+    for r in results:
+        outcome.count_outcome(r)
 
     def acc(rs: list[QuestionResult]) -> float | None:
         return sum(1 for r in rs if r.correct) / len(rs) if rs else None
@@ -39,7 +44,12 @@ def method_row(name: str, results: list[QuestionResult], events: list[Event], wa
         "accuracy": acc(results),
         "by_benchmark": {b: acc(rs) for b, rs in sorted(by_bench.items())},
         "by_category": {c: acc(rs) for c, rs in sorted(by_cat.items())},
-        "unparsable": sum(1 for r in results if r.final_answer is None),
+        "unanswered": outcome.unanswered,
+        "aggregator_unparsable": outcome.aggregator_unparsable,
+        "aggregator_failed": outcome.aggregator_failed,
+        "fallbacks": outcome.fallbacks_used,
+        "aggregations_skipped": outcome.aggregations_skipped,
+        "truncated_calls": sum(outcome.truncated.values()),
         "calls_per_question": calls / n if n else 0.0,
         "tokens_per_question": tokens / n if n else 0.0,
         "model_loads": sum(1 for e in events if e.kind == "server_start"),
@@ -48,17 +58,21 @@ def method_row(name: str, results: list[QuestionResult], events: list[Event], wa
     }
 
 
+_OUTCOMES = ("unanswered", "aggregator_unparsable", "aggregator_failed", "fallbacks", "aggregations_skipped", "truncated_calls")
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     benches = sorted({b for r in rows for b in r["by_benchmark"]})
-    head = ["method", "questions", "accuracy %", *[f"{b} %" for b in benches], "unparsable", "calls/q", "tokens/q", "model loads", "wall s"]
+    head = ["method", "questions", "accuracy %", *[f"{b} %" for b in benches], "no answer", "agg. unparsable",
+            "agg. failed", "fallbacks", "agg. skipped", "truncated", "calls/q", "tokens/q", "model loads", "wall s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
     for r in rows:
         cells = [r["method"], str(r["questions"]), _pct(r["accuracy"]), *[_pct(r["by_benchmark"].get(b)) for b in benches],
-                 str(r["unparsable"]), f"{r['calls_per_question']:.1f}", f"{r['tokens_per_question']:.0f}",
+                 *[str(r[c]) for c in _OUTCOMES], f"{r['calls_per_question']:.1f}", f"{r['tokens_per_question']:.0f}",
                  str(r["model_loads"]), f"{r['wall_s']:.1f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     cats = sorted({c for r in rows for c in r["by_category"]})

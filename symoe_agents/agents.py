@@ -62,15 +62,17 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
-def request_seed(run_seed: int, role: str, question_id: str, sample: int) -> int:
-    """A per-request seed: reproducible on servers that honour it, distinct per sample."""
-    h = hashlib.sha256(f"{run_seed}\x1f{role}\x1f{question_id}\x1f{sample}".encode()).digest()
+def request_seed(run_seed: int, role: str, stream: str, sample: int) -> int:
+    """A per-request seed: reproducible on servers that honour it, distinct per sample.
+    ``stream`` is the question's content key (``preparation.stream_key``), so two
+    different questions never get the same seeds because they share an id."""
+    h = hashlib.sha256(f"{run_seed}\x1f{role}\x1f{stream}\x1f{sample}".encode()).digest()
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-def sampling_params(agent: Agent, run_seed: int, question_id: str, sample: int) -> dict[str, object]:
+def sampling_params(agent: Agent, run_seed: int, stream: str, sample: int) -> dict[str, object]:
     """The request's sampling fields and seed: sent with the call, and part of its cache key."""
-    params: dict[str, object] = {"seed": request_seed(run_seed, agent.role, question_id, sample)}
+    params: dict[str, object] = {"seed": request_seed(run_seed, agent.role, stream, sample)}
     for name in ("temperature", "top_p", "max_tokens"):
         value = getattr(agent.sampling, name)
         if value is not None:
@@ -144,7 +146,7 @@ class AgentRunner:
         self,
         agent: Agent,
         prompt: RenderedPrompt,
-        question_id: str,
+        stream: str,
         sample: int = 0,
         on_admitted: Callable[[], None] | None = None,
         proceed: Callable[[], bool] | None = None,
@@ -155,7 +157,7 @@ class AgentRunner:
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
-            **sampling_params(agent, self.run_seed, question_id, sample),
+            **sampling_params(agent, self.run_seed, stream, sample),
         }
         started = time.monotonic()
         try:
@@ -186,10 +188,12 @@ class AgentRunner:
                 retryable=isinstance(exc, _NotSent) or _retryable(exc),
             )
         usage = response.usage
-        text = response.choices[0].message.content if response.choices else None
+        choice = response.choices[0] if response.choices else None
+        text = choice.message.content if choice else None
         return Completion(
             model=agent.model,
             text=text or "",
+            finish_reason=choice.finish_reason if choice else None,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             latency_s=time.monotonic() - started,

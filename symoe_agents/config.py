@@ -28,6 +28,10 @@ from .errors import ConfigError
 EMBEDDED_CONFIG_NAME = "<built-in embedded pool>"
 
 EmbeddedModel = Literal["smollm2-135m-instruct", "gemma3-270m"]
+#: what a question's final answer is when the aggregator fails or does not parse
+Fallback = Literal["none", "expert-majority"]
+#: when the aggregator is asked: always (the paper), or only when the k experts disagree
+AggregateWhen = Literal["always", "on-disagreement"]
 BACKENDS = ("llamacpp", "sglang", "vllm", "command", "openai")
 
 
@@ -235,7 +239,10 @@ class Roles(_Strict):
 
 
 class RoleSampling(_Strict):
-    skill_inferencer: SkillSampling = SkillSampling(temperature=0.7, max_tokens=64)
+    """method.md section 5: temperature 0.7 and 4096 tokens for every role (reasoning
+    models that think in ``<think>`` blocks need 32768: set it per model)."""
+
+    skill_inferencer: SkillSampling = SkillSampling(temperature=0.7, max_tokens=4096)
     expert: Sampling = Sampling(temperature=0.7, max_tokens=4096)
     aggregator: Sampling = Sampling(temperature=0.7, max_tokens=4096)
 
@@ -281,6 +288,15 @@ class Config(_Strict):
         ge=0.0,
         lt=1.0,
         description="paper's rule: experts picked for fewer than this share of the batch are replaced",
+    )
+    aggregate: AggregateWhen = Field(
+        default="always",
+        description="'on-disagreement': skip the aggregator for a question whose k experts gave the same parsable answer",
+    )
+    fallback: Fallback = Field(
+        default="none",
+        description="'expert-majority': when the aggregator fails or does not parse, take the experts' majority "
+        "(the record says so); 'none' (the method): no answer, scored wrong",
     )
     profiles: Path | None = None
     prompts_dir: Path | None = None

@@ -15,8 +15,9 @@ Failures: a failed call is recorded in the question's result, never dropped. Whe
 fail in a way that points at the server (connection refused, timeouts) and the server is
 dead or no longer answers its health check, it is restarted (``servers.restart_attempts``)
 and only the unanswered requests are sent again. An expert whose server cannot start or be
-restarted fails only its own requests; the run goes on. If the aggregator fails, the final
-answer falls back to the experts' majority and the record says so.
+restarted fails only its own requests; the run goes on. If the aggregator fails or its
+answer does not parse, the question has no final answer (``final_answer``), unless the
+config opts into a fallback; every record says where its final answer came from.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import psutil
@@ -38,15 +39,15 @@ from .alignment import Aligner, make_embedder
 from .config import Config, OpenAIModel
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
-from .formats import AnswerFormat, detect_format
+from .final_answer import aggregator_status, consensus, decide
 from .placement import Device, Lane, Placement, Stage, place
+from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses
 from .profiles import Profile, load_profiles
-from .prompting import RenderedPrompt, load_template
-from .records import AggregatorAnswer, Completion, ExpertAnswer, Question, QuestionResult
+from .prompting import RenderedPrompt
+from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct
-from symoe_agents.eval.extract import strip_reasoning
 from symoe_agents.servers import ServerManager
 from symoe_agents.servers.gpu import MemoryShare
 
@@ -69,10 +70,13 @@ class _NoProgress:
 
 
 @dataclass
-class _Prepared:
-    question: Question
-    fmt: AnswerFormat
-    letters: list[str]
+class SkillResults:
+    """The skill group's outcome, per question id."""
+
+    keywords: dict[str, list[str]]
+    texts: dict[str, list[str]]
+    errors: dict[str, list[str]]
+    truncated: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,26 +88,18 @@ class BatchOutcome:
     routing_note: str
 
 
-def answer_instruction(fmt: AnswerFormat, letters: list[str], prompts_dir=None) -> str:
-    tpl = load_template(f"answer_{fmt.value}", prompts_dir)
-    if fmt is AnswerFormat.MULTIPLE_CHOICE:
-        return tpl.render(letters=", ".join(letters)).text
-    return tpl.render().text
-
-
-def majority(answers: Sequence[str | None]) -> str | None:
-    """Most frequent extracted answer; ties go to the one seen first."""
-    votes = Counter(a for a in answers if a is not None)
-    if not votes:
-        return None
-    best = max(votes.values())
-    return next(a for a in answers if a is not None and votes[a] == best)
-
-
-#: request index -> the prompt to send, or None to skip it (with the reason)
-PromptOf = Callable[[int], tuple[RenderedPrompt | None, str]]
+#: request index -> the prompt to send, or a string: the reason it is not sent (on_skip gets it)
+PromptOf = Callable[[int], RenderedPrompt | str]
 #: request index, final completion
 OnFinal = Callable[[int, Completion], None]
+#: request index, why it was not sent
+OnSkip = Callable[[int, str], None]
+#: question id -> its random stream (``Prepared.stream``): seeds the request's sampling
+StreamOf = Callable[[str], str]
+
+
+def _same_id(question_id: str) -> str:
+    return question_id
 
 
 class Controller:
@@ -221,14 +217,17 @@ class Controller:
         co_resident: bool = False,
         on_admitted: Callable[[], None] | None = None,
         exclusive: bool = True,
+        stream_of: StreamOf = _same_id,
+        on_skip: OnSkip | None = None,
     ) -> None:
         """Acquire the group's server and run every request to a final completion, restarting
-        a server that dies or hangs; ``on_final(i, completion)`` receives each result once."""
+        a server that dies or hangs; ``on_final(i, completion)`` receives each result once,
+        ``on_skip(i, why)`` each request ``prompt_of`` declined (not sent, not a failure)."""
         n = len(group.requests)
         began = time.monotonic()
         hosted = isinstance(self.config.model(group.model), OpenAIModel)
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
-        failed = restarts = calls = resent = cached = 0
+        failed = restarts = calls = resent = cached = skipped = 0
         finished: set[int] = set()
 
         def final(i: int, c: Completion) -> None:
@@ -252,11 +251,15 @@ class Controller:
             cache = self.cache
             prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
             for i in range(n):  # skipped and cached requests are final before any server starts
-                prompt, why = prompt_of(i)
-                if prompt is None:
-                    final(i, Completion(model=group.model, error=why))
+                prompt = prompt_of(i)
+                if isinstance(prompt, str):
+                    skipped += 1
+                    finished.add(i)
+                    if on_skip is not None:
+                        on_skip(i, prompt)
+                    self.progress.advance()
                     continue
-                key = self._cache_key(agent, group, i, prompt)
+                key = self._cache_key(agent, group, i, prompt, stream_of)
                 hit = cache.get(key) if cache is not None and key is not None else None
                 if hit is not None:
                     cached += 1
@@ -296,7 +299,7 @@ class Controller:
                                 if on_admitted is not None:
                                     on_admitted()
 
-                        c = await runner.call(agent, prompt, req.question_id, req.sample, admitted, proceed)
+                        c = await runner.call(agent, prompt, stream_of(req.question_id), req.sample, admitted, proceed)
                         if cache is not None and key is not None:
                             cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
                         if c.error and c.retryable and not hosted:
@@ -334,14 +337,14 @@ class Controller:
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n,
                 duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached},
+                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached, "skipped": skipped},
             )  # fmt: skip
 
-    def _cache_key(self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt) -> str | None:
+    def _cache_key(self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf) -> str | None:
         if self.cache is None:
             return None
         req = group.requests[i]
-        params = sampling_params(agent, self.config.seed, req.question_id, req.sample)
+        params = sampling_params(agent, self.config.seed, stream_of(req.question_id), req.sample)
         seed = int(params.pop("seed"))  # type: ignore[call-overload]
         return CallIdentity(self.manager.identity(group.model), prompt.sha256, tuple(sorted(params.items())), seed, req.sample).key
 
@@ -396,37 +399,39 @@ class Controller:
 
     # -- the batch -------------------------------------------------------------------
 
-    async def infer_skills(self, prepared: list[_Prepared]) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+    async def infer_skills(self, prepared: list[Prepared]) -> SkillResults:
         cfg = self.config
         samples = cfg.sampling.skill_inferencer.samples
         model = cfg.roles.skill_inferencer
         agent = build_agent(cfg, "skill_inferencer", model)
         group = skill_group([p.question.id for p in prepared], model, self.manager.server_key(model), samples)
-        texts: dict[str, list[str]] = {p.question.id: [""] * samples for p in prepared}
-        errors: dict[str, list[str]] = {p.question.id: [] for p in prepared}
         by_id = {p.question.id: p for p in prepared}
+        out = SkillResults({}, {qid: [""] * samples for qid in by_id}, {qid: [] for qid in by_id})
         unavailable: list[str] = []
 
-        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
-            return agent.template.render(question=by_id[group.requests[i].question_id].question.question), ""
+        def prompt_of(i: int) -> RenderedPrompt:
+            return agent.template.render(question=by_id[group.requests[i].question_id].question.question)
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
             if c.error:
-                errors[req.question_id].append(f"skill sample {req.sample}: {c.error}")
+                out.errors[req.question_id].append(f"skill sample {req.sample}: {c.error}")
                 if c.error.startswith("server unavailable"):
                     unavailable.append(c.error)
-            texts[req.question_id][req.sample] = c.text or ""
+            if c.truncated:
+                out.truncated.setdefault(req.question_id, []).append(f"skills {model} (sample {req.sample})")
+            out.texts[req.question_id][req.sample] = c.text or ""
             self._skill_tokens[0] += c.prompt_tokens
             self._skill_tokens[1] += c.completion_tokens
 
-        await self._run_group(group, agent, prompt_of, on_final, (await self.devices())[0])
+        await self._run_group(group, agent, prompt_of, on_final, (await self.devices())[0], stream_of=lambda q: by_id[q].stream)
         if unavailable:
             raise ServerStartError(model, f"the skill inferencer is needed before routing can start ({unavailable[0]})")
-        keywords = {qid: infer_keywords(t) for qid, t in texts.items()}
-        return keywords, texts, errors
+        out.keywords = {qid: infer_keywords(t) for qid, t in out.texts.items()}
+        return out
 
-    async def route(self, keywords: dict[str, list[str]]) -> dict[str, routing.Route]:
+    async def route(self, keywords: dict[str, list[str]], streams: dict[str, str] | None = None) -> dict[str, routing.Route]:
+        """Experts per question; ``streams[id]`` keys a question's draws (its content)."""
         cfg = self.config
         profiles = {m: p.skills for m, p in self.profiles.items()} if self.profiles else None
         detail: dict[str, object] = {"method": "profiles" if profiles else "uniform-no-profiles"}
@@ -446,7 +451,7 @@ class Controller:
 
         routes = routing.route_batch(
             [(qid, kws) for qid, kws in keywords.items()],
-            cfg.roles.experts, cfg.k, cfg.seed, profiles, cfg.min_share, align,
+            cfg.roles.experts, cfg.k, cfg.seed, profiles, cfg.min_share, align, streams,
         )  # fmt: skip
         picks = Counter(e for r in routes.values() for e in r.experts)
         detail["picks"] = dict(sorted(picks.items()))
@@ -464,168 +469,161 @@ class Controller:
         """Solve a batch; ``method`` swaps the routing policy for the baselines of ``eval``."""
         self.method = method or Method("symoe", "skills", self.config.k)
         self._skill_tokens = [0, 0]
+        prepared = prepare_all(questions)
         run_began = self.events.emit("run_start", requests=len(questions)).ts
-        prepared = []
-        for q in questions:
-            fmt, letters = detect_format(q.question, q.gold_answer)
-            if q.answer_format is not None and q.answer_format != fmt:
-                fmt = q.answer_format
-                if fmt is AnswerFormat.MULTIPLE_CHOICE and not letters:
-                    letters = ["A", "B", "C", "D"]
-            prepared.append(_Prepared(q, fmt, letters))
         try:
             return await self._run(prepared, run_began, dry_run, on_result)
         finally:
             await self.manager.release_all()
 
-    async def _routes_for(self, prepared: list[_Prepared]):
+    async def _routes_for(self, prepared: list[Prepared]) -> tuple[SkillResults, dict[str, routing.Route]]:
         """Skills (when the method uses them) and the experts per question."""
         m = self.method
+        streams = {p.question.id: p.stream for p in prepared}
         if m.needs_skills:
-            keywords, skill_texts, errors = await self.infer_skills(prepared)
-            routes = await self.route(keywords)
+            skills = await self.infer_skills(prepared)
+            routes = await self.route(skills.keywords, streams)
             if m.k != self.config.k:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}
-            return keywords, skill_texts, errors, routes
-        ids = [p.question.id for p in prepared]
-        keywords = {q: [] for q in ids}
-        texts = {q: [] for q in ids}
-        errors: dict[str, list[str]] = {q: [] for q in ids}
+            return skills, routes
+        ids = list(streams)
+        skills = SkillResults({q: [] for q in ids}, {q: [] for q in ids}, {q: [] for q in ids})
         if m.routing == "fixed":
             routes = {q: routing.Route(m.fixed, "fixed") for q in ids}
         else:
-            routes = routing.route_batch([(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None)
+            routes = routing.route_batch([(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None, draw_keys=streams)
         self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
-        return keywords, texts, errors, routes
+        return skills, routes
 
-    async def _run(self, prepared: list[_Prepared], run_began: float, dry_run: bool, on_result) -> BatchOutcome:
+    async def _run(self, prepared: list[Prepared], run_began: float, dry_run: bool, on_result) -> BatchOutcome:
         cfg = self.config
-        by_id = {p.question.id: p for p in prepared}
-        keywords, skill_texts, errors, routes = await self._routes_for(prepared)
-        k = self.method.k
+        skills, routes = await self._routes_for(prepared)
+        run = _Batch({p.question.id: p for p in prepared}, skills, routes, self.method.k, on_result)
         schedule = plan_schedule(
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
             cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,
         )  # fmt: skip
         placement = await self.place(schedule)
-        expert_answers: dict[str, list[ExpertAnswer | None]] = {qid: [None] * k for qid in by_id}
 
         if dry_run:
             self.events.emit("run_end")
             return BatchOutcome([], schedule, placement, self._summary(run_began, []), self.routing_note)
 
         stages = list(placement.stages[1:])  # the skill stage already ran
-        results: dict[str, QuestionResult] = {}
         for layer in range(self.method.layers):
-            previous = None if layer == 0 else {q: list(a) for q, a in expert_answers.items()}
+            previous = None if layer == 0 else {q: list(a) for q, a in run.expert_answers.items()}
             for i, stage in enumerate(stages[:-1]):
 
                 async def run_expert(group: Group, device, co_resident, on_admitted, exclusive, previous=previous) -> None:
-                    await self._run_expert_group(group, by_id, expert_answers, errors, device, co_resident, on_admitted, exclusive, previous)
+                    await self._run_expert_group(group, run, device, co_resident, on_admitted, exclusive, previous)
 
                 later = stages[i + 1 :] if layer == self.method.layers - 1 else stages[i:]
                 await self._run_stage(stage, later, run_expert)
 
         async def run_aggregate(group: Group, device, co_resident, on_admitted, exclusive) -> None:
-            await self._run_aggregation(group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device, exclusive)
+            await self._run_aggregation(group, run, device, exclusive)
 
         if self.method.aggregate:
             await self._run_stage(stages[-1], [], run_aggregate)
         else:  # majority vote of the experts' extracted answers, no aggregator call
-            await self._run_aggregation(None, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
+            for qid in run.by_id:
+                self._finish(run, qid, None, None, None)
         await self.manager.release_all()
         self.events.emit("run_end")
-        ordered = [results[p.question.id] for p in prepared]
+        ordered = [run.results[p.question.id] for p in prepared]
         return BatchOutcome(ordered, schedule, placement, self._summary(run_began, ordered), self.routing_note)
 
-    async def _run_expert_group(self, group, by_id, expert_answers, errors, device=None, co_resident=False, on_admitted=None, exclusive=True, previous=None) -> None:
+    async def _run_expert_group(self, group: Group, run: "_Batch", device=None, co_resident=False, on_admitted=None, exclusive=True, previous=None) -> None:
         """One expert group. With ``previous`` (a Mixture-of-Agents layer after the first),
         each proposer answers again, shown the previous layer's responses."""
         agent = build_agent(self.config, "expert", group.model)
         refine = build_agent(self.config, "aggregator", group.model) if previous is not None else None
         pdir = self.config.prompts_dir
 
-        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
-            p = by_id[group.requests[i].question_id]
-            instruction = answer_instruction(p.fmt, p.letters, pdir)
+        def prompt_of(i: int) -> RenderedPrompt:
+            p = run.by_id[group.requests[i].question_id]
             if refine is not None:
-                prior = [a for a in previous[p.question.id] if a is not None and a.text]
+                prior = shown_responses([a.text for a in previous[p.question.id] if a is not None])
                 if prior:
-                    responses = "\n\n".join(f"Response {n}:\n{strip_reasoning(a.text or '').strip()}" for n, a in enumerate(prior, 1))
-                    return refine.template.render(question=p.question.question, responses=responses, answer_instruction=instruction), ""
-            return agent.template.render(question=p.question.question, answer_instruction=instruction), ""
+                    return aggregation_prompt(refine.template, p, prior, pdir)
+            return expert_prompt(agent.template, p, pdir)
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
-            p = by_id[req.question_id]
-            replaced = expert_answers[req.question_id][req.sample]
+            p = run.by_id[req.question_id]
+            replaced = run.expert_answers[req.question_id][req.sample]
             if previous is not None and replaced is not None:  # an earlier MoA layer's tokens still count
                 self._skill_tokens[0] += replaced.prompt_tokens
                 self._skill_tokens[1] += replaced.completion_tokens
-            expert_answers[req.question_id][req.sample] = ExpertAnswer(
-                **c.model_dump(), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters)
+            run.expert_answers[req.question_id][req.sample] = ExpertAnswer(
+                **_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters)
             )
             if c.error:
-                errors[req.question_id].append(f"expert {group.model} (slot {req.sample}): {c.error}")
+                run.errors(req.question_id).append(f"expert {group.model} (slot {req.sample}): {c.error}")
+            if c.truncated:
+                run.truncated(req.question_id).append(f"expert {group.model} (slot {req.sample})")
 
-        await self._run_group(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive)
+        await self._run_group(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive, stream_of=run.stream_of)
 
-    async def _run_aggregation(self, group, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result, device=None, exclusive=True):
+    async def _run_aggregation(self, group: Group, run: "_Batch", device=None, exclusive=True) -> None:
+        """The aggregation group: one call per question, unless the question is skipped
+        (no expert answered, or, with ``aggregate = "on-disagreement"``, the experts agree)."""
         cfg = self.config
-        if group is None:
-            for qid in by_id:
-                self._finish(qid, None, None, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
-            return
         agent = build_agent(cfg, "aggregator", group.model)
         pdir = cfg.prompts_dir
+        on_disagreement = cfg.aggregate == "on-disagreement"
 
-        def finish(qid: str, agg: AggregatorAnswer | None) -> None:
-            self._finish(qid, group.model, agg, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result)
-
-        def prompt_of(i: int) -> tuple[RenderedPrompt | None, str]:
+        def prompt_of(i: int) -> RenderedPrompt | str:
             qid = group.requests[i].question_id
-            p = by_id[qid]
-            good = [a for a in expert_answers[qid] if a is not None and a.text]
-            if not good:
-                return None, "aggregator skipped: no expert answered"
-            responses = "\n\n".join(f"Response {n}:\n{strip_reasoning(a.text or '').strip()}" for n, a in enumerate(good, 1))
-            return agent.template.render(
-                question=p.question.question, responses=responses, answer_instruction=answer_instruction(p.fmt, p.letters, pdir)
-            ), ""
+            answers = run.expert_answers[qid]
+            if on_disagreement:
+                agreed = consensus([a.extracted if a is not None else None for a in answers], run.k)
+                if agreed is not None:
+                    run.agreed[qid] = agreed
+                    return "skipped-consensus"
+            responses = shown_responses([a.text for a in answers if a is not None])
+            if not responses:
+                return "no-expert-answers"
+            return aggregation_prompt(agent.template, run.by_id[qid], responses, pdir)
+
+        def on_skip(i: int, why: str) -> None:
+            qid = group.requests[i].question_id
+            if why == "no-expert-answers":
+                run.errors(qid).append("aggregator skipped: no expert answered")
+            self._finish(run, qid, group.model, None, why)  # type: ignore[arg-type]
 
         def on_final(i: int, c: Completion) -> None:
             qid = group.requests[i].question_id
-            p = by_id[qid]
+            p = run.by_id[qid]
             if c.error:
-                errors[qid].append(f"aggregator {group.model}: {c.error}")
-            if c.text is None and c.error and (c.error.startswith("aggregator skipped") or c.error.startswith("server unavailable")):
-                finish(qid, None)
-                return
-            finish(qid, AggregatorAnswer(**c.model_dump(), extracted=extract_answer(c.text, p.fmt, p.letters)))
+                run.errors(qid).append(f"aggregator {group.model}: {c.error}")
+            if c.truncated:
+                run.truncated(qid).append(f"aggregator {group.model}")
+            extracted = extract_answer(c.text, p.fmt, p.letters)
+            answer = AggregatorAnswer(**_fields(c), extracted=extracted)
+            self._finish(run, qid, group.model, answer, aggregator_status(c, extracted))
 
-        await self._run_group(group, agent, prompt_of, on_final, device, exclusive=exclusive)
+        await self._run_group(group, agent, prompt_of, on_final, device, exclusive=exclusive, stream_of=run.stream_of, on_skip=on_skip)
 
-    def _finish(self, qid, aggregator, agg, by_id, keywords, skill_texts, routes, expert_answers, errors, results, on_result) -> None:
-        """Assemble one question's record: the aggregator's answer, else the experts' majority."""
-        p = by_id[qid]
-        answers = [a for a in expert_answers[qid] if a is not None]
-        final, source = (agg.extracted, "aggregator") if agg and agg.extracted is not None else (None, None)
-        if final is None:
-            final = majority([a.extracted for a in answers])
-            source = "expert-majority" if final is not None else None
+    def _finish(self, run: "_Batch", qid: str, aggregator: str | None, agg: AggregatorAnswer | None, status: AggregatorStatus | None) -> None:
+        """Assemble one question's record. ``status`` None: the method has no aggregator."""
+        p = run.by_id[qid]
+        answers = [a for a in run.expert_answers[qid] if a is not None]
+        final, source = decide(status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.get(qid))
         gold = p.question.gold_answer
+        route = run.routes[qid]
         result = QuestionResult(
             id=qid, question=p.question.question, answer_format=p.fmt, option_letters=p.letters,
-            category=p.question.category, skills=keywords[qid], skill_samples=skill_texts[qid],
-            routing=routes[qid].method, experts=list(routes[qid].experts), expert_answers=answers,
+            category=p.question.category, skills=run.skills.keywords.get(qid, []), skill_samples=run.skills.texts.get(qid, []),
+            routing=route.method, experts=list(route.experts), expert_answers=answers,
             aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
-            final_answer=final, final_source=source, gold_answer=gold,
+            aggregator_status=status, final_answer=final, final_source=source, gold_answer=gold,
             correct=is_correct(final, gold, p.fmt) if gold is not None else None,
-            errors=errors[qid],
+            errors=run.errors(qid), truncated=run.truncated(qid),
         )  # fmt: skip
-        results[qid] = result
-        if on_result:
-            on_result(result)
+        run.results[qid] = result
+        if run.on_result:
+            run.on_result(result)
 
     def _summary(self, run_began: float, results: list[QuestionResult]) -> RunSummary:
         summary = summarize_events([e for e in self.events.events if e.ts >= run_began])
@@ -635,8 +633,40 @@ class Controller:
             for c in [*r.expert_answers, *([r.aggregator_answer] if r.aggregator_answer else [])]:
                 summary.prompt_tokens += c.prompt_tokens
                 summary.completion_tokens += c.completion_tokens
+            summary.count_outcome(r)
         graded = [r for r in results if r.correct is not None]
         summary.graded = len(graded)
         summary.correct = sum(1 for r in graded if r.correct) if graded else None
         summary.failed_questions = sum(1 for r in results if r.errors)
         return summary
+
+
+def _fields(c: Completion) -> dict:
+    """A completion's stored fields, to build an answer record from (``truncated`` is derived)."""
+    return c.model_dump(exclude={"truncated"})
+
+
+@dataclass
+class _Batch:
+    """What one batch accumulates per question while it runs."""
+
+    by_id: dict[str, Prepared]
+    skills: SkillResults
+    routes: dict[str, routing.Route]
+    k: int
+    on_result: Callable[[QuestionResult], None] | None
+    expert_answers: dict[str, list[ExpertAnswer | None]] = field(default_factory=dict)
+    agreed: dict[str, str] = field(default_factory=dict)
+    results: dict[str, QuestionResult] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.expert_answers = {qid: [None] * self.k for qid in self.by_id}
+
+    def stream_of(self, qid: str) -> str:
+        return self.by_id[qid].stream
+
+    def errors(self, qid: str) -> list[str]:
+        return self.skills.errors.setdefault(qid, [])
+
+    def truncated(self, qid: str) -> list[str]:
+        return self.skills.truncated.setdefault(qid, [])

@@ -11,9 +11,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from .records import QuestionResult
 
 EventKind = Literal[
     "run_start",
@@ -103,10 +106,64 @@ class RunSummary(BaseModel):
     cached_answers: int = 0
     resumed_questions: int = 0
     skipped_inputs: list[str] = []
+    # what became of the aggregator's calls, and of the final answers
+    aggregator_answered: int = 0
+    aggregator_unparsable: int = 0
+    aggregator_failed: int = 0
+    aggregations_skipped: int = 0  # aggregate = "on-disagreement": the experts agreed; one call saved each
+    no_expert_answers: int = 0
+    fallbacks_used: int = 0
+    unanswered: int = 0  # no final answer: scored wrong
+    truncated: dict[str, int] = {}  # calls cut off at max_tokens, by role
 
     @property
     def accuracy(self) -> float | None:
         return None if not self.graded or self.correct is None else self.correct / self.graded
+
+    @property
+    def calls_saved(self) -> int:
+        return self.aggregations_skipped
+
+    def count_outcome(self, r: "QuestionResult") -> None:
+        """Add one finished question's aggregator outcome, final answer and truncations."""
+        status = r.aggregator_status
+        if status == "answered":
+            self.aggregator_answered += 1
+        elif status == "unparsable":
+            self.aggregator_unparsable += 1
+        elif status == "failed":
+            self.aggregator_failed += 1
+        elif status == "skipped-consensus":
+            self.aggregations_skipped += 1
+        elif status == "no-expert-answers":
+            self.no_expert_answers += 1
+        if r.final_source == "fallback-expert-majority":
+            self.fallbacks_used += 1
+        if r.final_answer is None:
+            self.unanswered += 1
+        for call in r.truncated:
+            role = call.split(" ", 1)[0]
+            self.truncated[role] = self.truncated.get(role, 0) + 1
+
+    def outcome_lines(self) -> list[str]:
+        lines = []
+        asked = self.aggregator_answered + self.aggregator_unparsable + self.aggregator_failed
+        if asked or self.aggregations_skipped or self.no_expert_answers:
+            line = (f"aggregator: {self.aggregator_answered} answered, {self.aggregator_unparsable} unparsable, "
+                    f"{self.aggregator_failed} failed")  # fmt: skip
+            if self.no_expert_answers:
+                line += f", {self.no_expert_answers} not asked (no expert answered)"
+            if self.aggregations_skipped:
+                line += f", {self.aggregations_skipped} skipped (experts agreed; {self.calls_saved} calls saved)"
+            lines.append(line)
+        if self.fallbacks_used:
+            lines.append(f"fallback to the experts' majority: {self.fallbacks_used} questions")
+        if self.unanswered:
+            lines.append(f"no final answer: {self.unanswered} questions (scored wrong)")
+        if self.truncated:
+            parts = ", ".join(f"{role} {n}" for role, n in sorted(self.truncated.items()))
+            lines.append(f"cut off at max_tokens: {parts} calls (raise sampling.<role>.max_tokens)")
+        return lines
 
     def render(self) -> str:
         lines = [
@@ -121,6 +178,7 @@ class RunSummary(BaseModel):
             fail = f", {g.failed} failed" if g.failed else ""
             cached = f", {g.cached} cached" if g.cached else ""
             lines.append(f"  {g.group:<32} {g.requests:>5} requests {g.duration_s:>8.1f} s{cached}{fail}")
+        lines += self.outcome_lines()
         if self.accuracy is not None:
             lines.append(f"accuracy: {self.correct}/{self.graded} = {self.accuracy:.1%}")
         if self.failed_questions:

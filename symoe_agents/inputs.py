@@ -15,6 +15,7 @@ from typing import Any
 
 from .errors import InputError, where
 from .formats import AnswerFormat
+from .preparation import format_problem
 from .records import Question
 
 _KNOWN = {"id", "question", "gold_answer", "answer_format", "category"}
@@ -66,6 +67,9 @@ def _to_question(obj: Any, index: int) -> tuple[Question | None, str | None]:
     category = obj.get("category")
     if category is not None and not isinstance(category, str):
         return None, "'category' must be a string"
+    problem = format_problem(q, AnswerFormat(fmt) if fmt is not None else None)
+    if problem:
+        return None, problem
     return (
         Question(
             id=str(qid),

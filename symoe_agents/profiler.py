@@ -7,9 +7,17 @@ raw answer is appended to ``answers.jsonl`` as it arrives, so an interrupted run
 nothing and a re-run sends only what is missing. Profiles are then pure arithmetic over
 those answers (``profiles.build_profiles``).
 
+Questions are prepared and prompted through ``preparation``, exactly as ``solve`` does,
+so a profile measures the models on the prompts they will be routed for. An answer is
+reused only for the prompt it answered (its ``prompt_sha256``): change the prompts or
+the format rules and the affected questions are asked again. Answers are scored when the
+profile is built, with the current extraction, not when they arrived.
+
 pick-aggregator: the synthetic task (1 correct and 2 incorrect validation answers,
-shuffled, seeded); every candidate aggregates every item; the best is recorded in
-``_aggregator.json``, which ``symoe solve --profiles DIR`` then uses as its aggregator.
+shuffled, seeded); every candidate aggregates every item on exactly ``solve``'s
+aggregator prompt (reasoning removed); the best is recorded in ``_aggregator.json``, which
+``symoe solve --profiles DIR`` then uses as its aggregator. Aggregations are reused by the
+content of their prompt, so an item rebuilt from new answers is aggregated again.
 """
 
 from __future__ import annotations
@@ -22,15 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .agents import Agent, build_agent
+from .agents import build_agent
 from .config import Config
-from .controller import Controller, Progress, _Prepared, answer_instruction
+from .controller import Controller, Progress
 from .errors import ProfileError
 from .eval import extract_answer, is_correct
 from .events import EventLog
-from .formats import AnswerFormat, detect_format
+from .formats import AnswerFormat
+from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare, prepare_all, shown_responses
 from .profiles import Profile, build_profiles, synthetic_aggregation_items
-from .prompting import RenderedPrompt
+from .prompting import RenderedPrompt, load_template
 from .records import Completion, Question
 from .schedule import Group, Requests
 from symoe_agents.servers import ServerManager
@@ -77,14 +86,21 @@ class ProfileStore:
     def add_skills(self, record: dict[str, Any]) -> None:
         self._append("skills.jsonl", record)
 
-    def answers(self) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(r["model"], r["id"]): r for r in self._read("answers.jsonl") if not r.get("error")}
+    def answers(self, prompts: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each model's answer to each question, where it answered the question's current
+        prompt (``prompts[id]``, a sha256); a later answer to the same prompt wins."""
+        return {
+            (r["model"], r["id"]): r
+            for r in self._read("answers.jsonl")
+            if not r.get("error") and r.get("prompt_sha256") is not None and r.get("prompt_sha256") == prompts.get(r["id"])
+        }
 
     def add_answer(self, record: dict[str, Any]) -> None:
         self._append("answers.jsonl", record)
 
-    def aggregations(self, seed: int) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(r["model"], r["id"]): r for r in self._read("aggregations.jsonl") if r.get("seed") == seed and not r.get("error")}
+    def aggregations(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Successful aggregations by (model, the sha256 of the prompt they answered)."""
+        return {(r["model"], r["prompt_sha256"]): r for r in self._read("aggregations.jsonl") if not r.get("error") and r.get("prompt_sha256")}
 
     def add_aggregation(self, record: dict[str, Any]) -> None:
         self._append("aggregations.jsonl", record)
@@ -105,11 +121,22 @@ def read_aggregator_choice(directory: Path) -> str | None:
         raise ProfileError(f"{path}: not a valid aggregator choice; re-run `symoe pick-aggregator`") from None
 
 
-def _prepare(q: Question) -> _Prepared:
-    fmt, letters = detect_format(q.question, q.gold_answer)
-    if q.answer_format is not None:
-        fmt = q.answer_format
-    return _Prepared(q, fmt, letters)
+def _prepared_from_skills(rec: dict[str, Any]) -> Prepared:
+    """A validation question as ``profile`` stored it, prepared again by the one path."""
+    declared = rec.get("declared_format")
+    return prepare(Question(id=rec["id"], question=rec["question"], gold_answer=rec["gold_answer"],
+                            answer_format=AnswerFormat(declared) if declared else None))  # fmt: skip
+
+
+def _correct(p: Prepared, text: str | None) -> bool:
+    """Scored now, with the current extraction: never a verdict stored by an older version."""
+    assert p.question.gold_answer is not None
+    return is_correct(extract_answer(text, p.fmt, p.letters), p.question.gold_answer, p.fmt)
+
+
+def _expert_prompts(cfg: Config, prepared: dict[str, Prepared]) -> dict[str, RenderedPrompt]:
+    template = load_template("expert", cfg.prompts_dir)
+    return {qid: expert_prompt(template, p, cfg.prompts_dir) for qid, p in prepared.items()}
 
 
 async def _each_once(
@@ -117,16 +144,17 @@ async def _each_once(
     kind: Literal["expert", "aggregate"],
     model: str,
     ids: list[str],
-    prompt_for: Callable[[Agent, str], RenderedPrompt],
+    prompts: dict[str, RenderedPrompt],
+    streams: dict[str, str],
     keep: Callable[[str, str, Completion], None],
 ) -> None:
-    """``model`` answers each validation id once, as one group (its server loaded once):
-    ``prompt_for(agent, id)`` makes the prompt, ``keep(model, id, completion)`` stores it."""
+    """``model`` answers each validation id once, as one group (its server loaded once),
+    on ``prompts[id]``; ``keep(model, id, completion)`` stores each answer."""
     if not ids:
         return
     agent = build_agent(ctrl.config, "expert" if kind == "expert" else "aggregator", model)
     group = Group(kind, model, ctrl.manager.server_key(model), Requests(ids))
-    await ctrl._run_group(group, agent, lambda i: (prompt_for(agent, ids[i]), ""), lambda i, c: keep(model, ids[i], c))
+    await ctrl._run_group(group, agent, lambda i: prompts[ids[i]], lambda i, c: keep(model, ids[i], c), stream_of=streams.__getitem__)
 
 
 @dataclass
@@ -150,27 +178,27 @@ async def run_profile(
                 f"{out_dir} holds a different question under id {q.id!r}; profile this set into a new folder"
             )
     cfg = config.model_copy(update={"profiles": None})
-    prepared = {q.id: _prepare(q) for q in questions}
+    prepared = {p.question.id: p for p in prepare_all(questions)}
+    prompts = _expert_prompts(cfg, prepared)
+    shas = {qid: pr.sha256 for qid, pr in prompts.items()}
+    streams = {qid: p.stream for qid, p in prepared.items()}
     pool = cfg.roles.experts
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
         todo = [p for qid, p in prepared.items() if qid not in known]
         if todo:
-            keywords, texts, _ = await ctrl.infer_skills(todo)
+            skills = await ctrl.infer_skills(todo)
             for p in todo:
-                rec = {"id": p.question.id, "question": p.question.question, "question_sha": _hash(p.question.question),
-                       "gold_answer": p.question.gold_answer, "answer_format": p.fmt.value, "option_letters": p.letters,
-                       "keywords": keywords[p.question.id], "samples": texts[p.question.id]}  # fmt: skip
+                q = p.question
+                rec = {"id": q.id, "question": q.question, "question_sha": _hash(q.question), "gold_answer": q.gold_answer,
+                       "declared_format": q.answer_format.value if q.answer_format else None,
+                       "answer_format": p.fmt.value, "option_letters": p.letters,
+                       "keywords": skills.keywords[q.id], "samples": skills.texts[q.id]}  # fmt: skip
                 store.add_skills(rec)
-        done = store.answers()
+        done = store.answers(shas)
         skill_server = manager.server_key(cfg.roles.skill_inferencer)
         order = sorted(pool, key=lambda m: (manager.server_key(m) != skill_server, manager.server_key(m) or "", m))
         new = 0
-
-        def expert_prompt(agent: Agent, qid: str) -> RenderedPrompt:
-            p = prepared[qid]
-            instruction = answer_instruction(p.fmt, p.letters, cfg.prompts_dir)
-            return agent.template.render(question=p.question.question, answer_instruction=instruction)
 
         def keep_answer(model: str, qid: str, c: Completion) -> None:
             nonlocal new
@@ -178,21 +206,20 @@ async def run_profile(
             extracted = extract_answer(c.text, p.fmt, p.letters)
             assert p.question.gold_answer is not None
             store.add_answer({
-                "model": model, "id": qid, "text": c.text, "extracted": extracted,
+                "model": model, "id": qid, "prompt_sha256": c.prompt_sha256, "text": c.text, "extracted": extracted,
                 "correct": is_correct(extracted, p.question.gold_answer, p.fmt), "error": c.error,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "latency_s": round(c.latency_s, 3),
+                "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 3),
             })  # fmt: skip
             new += 0 if c.error else 1
 
         for model in order:
             ids = [qid for qid in prepared if (model, qid) not in done]
-            await _each_once(ctrl, "expert", model, ids, expert_prompt, keep_answer)
-    answers = store.answers()
-    skills = store.skills()
-    ids = set(prepared)
-    correct = {m: {qid: bool(r["correct"]) for (mm, qid), r in answers.items() if mm == m and qid in ids} for m in pool}
-    profiles = build_profiles({qid: skills[qid]["keywords"] for qid in ids}, correct, pool)
+            await _each_once(ctrl, "expert", model, ids, prompts, streams, keep_answer)
+    answers = store.answers(shas)
+    skills_by_id = store.skills()
+    correct = {m: {qid: _correct(prepared[qid], r["text"]) for (mm, qid), r in answers.items() if mm == m} for m in pool}
+    profiles = build_profiles({qid: skills_by_id[qid]["keywords"] for qid in prepared}, correct, pool)
     for m, prof in profiles.items():
         store.write_json(f"{m}.json", prof.model_dump())
     reused = sum(len(v) for v in correct.values()) - new
@@ -214,49 +241,42 @@ async def run_pick_aggregator(
     if not skills:
         raise ProfileError(f"{profiles_dir} has no skills.jsonl; run `symoe profile` into it first")
     seed = config.seed if seed is None else seed
+    cfg = config.model_copy(update={"profiles": None})
+    prepared = {qid: _prepared_from_skills(rec) for qid, rec in skills.items()}
+    shas = {qid: pr.sha256 for qid, pr in _expert_prompts(cfg, prepared).items()}
     by_q: dict[str, dict[str, tuple[str, bool]]] = {}
-    for (model, qid), r in store.answers().items():
-        by_q.setdefault(qid, {})[model] = (r["text"] or "", bool(r["correct"]))
+    for (model, qid), r in store.answers(shas).items():
+        by_q.setdefault(qid, {})[model] = (r["text"] or "", _correct(prepared[qid], r["text"]))
     items = synthetic_aggregation_items(by_q, seed)
     if not items:
         raise ProfileError(
-            f"{profiles_dir}: no validation question has 1 correct and 2 incorrect answers among the models; "
-            "profile more questions or more models"
+            f"{profiles_dir}: no validation question has 1 correct and 2 incorrect answers among the models "
+            "(answers to the current prompts); profile more questions or more models"
         )
     candidates = list(dict.fromkeys([*config.roles.experts, config.roles.aggregator]))
-    cfg = config.model_copy(update={"profiles": None})
-    done = store.aggregations(seed)
-    by_id = {it["id"]: it for it in items}
-
-    def aggregation_prompt(agent: Agent, qid: str) -> RenderedPrompt:
-        q = skills[qid]
-        fmt = AnswerFormat(q["answer_format"])
-        responses = "\n\n".join(f"Response {n}:\n{t.strip()}" for n, t in enumerate(by_id[qid]["responses"], 1))
-        return agent.template.render(
-            question=q["question"], responses=responses,
-            answer_instruction=answer_instruction(fmt, q["option_letters"], cfg.prompts_dir),
-        )  # fmt: skip
+    template = load_template("aggregator", cfg.prompts_dir)
+    prompts = {it["id"]: aggregation_prompt(template, prepared[it["id"]], shown_responses(it["responses"]), cfg.prompts_dir) for it in items}
+    streams = {qid: prepared[qid].stream for qid in prompts}
+    done = store.aggregations()
 
     def keep_aggregation(model: str, qid: str, c: Completion) -> None:
-        q = skills[qid]
-        fmt = AnswerFormat(q["answer_format"])
-        extracted = extract_answer(c.text, fmt, q["option_letters"])
+        p = prepared[qid]
+        extracted = extract_answer(c.text, p.fmt, p.letters)
         store.add_aggregation({
-            "model": model, "id": qid, "seed": seed, "text": c.text, "extracted": extracted,
-            "correct": is_correct(extracted, q["gold_answer"], fmt), "error": c.error,
+            "model": model, "id": qid, "seed": seed, "prompt_sha256": c.prompt_sha256, "text": c.text, "extracted": extracted,
+            "correct": _correct(p, c.text), "error": c.error, "finish_reason": c.finish_reason,
         })  # fmt: skip
 
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
         for model in candidates:
-            ids = [it["id"] for it in items if (model, it["id"]) not in done]
-            await _each_once(ctrl, "aggregate", model, ids, aggregation_prompt, keep_aggregation)
-    done = store.aggregations(seed)
-    ids = {it["id"] for it in items}
+            ids = [qid for qid, pr in prompts.items() if (model, pr.sha256) not in done]
+            await _each_once(ctrl, "aggregate", model, ids, prompts, streams, keep_aggregation)
+    done = store.aggregations()
     scores = {}
     for m in candidates:
-        got = [r for (mm, qid), r in done.items() if mm == m and qid in ids]
-        scores[m] = sum(1 for r in got if r["correct"]) / len(items)
+        got = [done[(m, pr.sha256)] for pr in prompts.values() if (m, pr.sha256) in done]
+        scores[m] = sum(1 for r in got if _correct(prepared[r["id"]], r["text"])) / len(items)
     accuracy = {}
     for m in candidates:
         path = Path(profiles_dir) / f"{m}.json"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .formats import AnswerFormat
 
@@ -36,8 +36,15 @@ class Completion(BaseModel):
     latency_s: float = 0.0
     prompt_sha256: str | None = None
     error: str | None = None
+    finish_reason: str | None = Field(default=None, description="the server's: 'stop', 'length' (cut off at max_tokens), ...")
     retryable: bool = Field(default=False, description="the error was transient (connection, timeout, 429, 5xx)")
     cached: bool = Field(default=False, description="reused from the answer cache, not requested in this run")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def truncated(self) -> bool:
+        """Cut off at ``max_tokens``: the answer may be missing, and the budget is the cause."""
+        return self.finish_reason == "length"
 
 
 class ExpertAnswer(Completion):
@@ -47,6 +54,23 @@ class ExpertAnswer(Completion):
 
 class AggregatorAnswer(Completion):
     extracted: str | None = None
+
+
+#: where a record's final answer came from
+FinalSource = Literal[
+    "aggregator",  # the aggregator's parsed answer: the method's answer
+    "consensus",  # aggregate = "on-disagreement": the k experts agreed, the aggregator was not asked
+    "vote",  # a method without an aggregator (majority, single): the experts' majority
+    "fallback-expert-majority",  # the aggregator failed or did not parse, and the config opted into this fallback
+]
+#: what happened to the aggregator's call for a question
+AggregatorStatus = Literal[
+    "answered",  # its answer parsed
+    "unparsable",  # it answered, but no answer of the question's format could be read
+    "failed",  # the call failed (server down, error, timeout)
+    "skipped-consensus",  # not asked: the experts agreed (aggregate = "on-disagreement")
+    "no-expert-answers",  # not asked: no expert answered
+]
 
 
 class QuestionResult(BaseModel):
@@ -63,8 +87,10 @@ class QuestionResult(BaseModel):
     aggregator: str | None = Field(description="None when the method takes a majority vote instead")
     aggregator_response: str | None = None
     aggregator_answer: AggregatorAnswer | None = None
-    final_answer: str | None = None
-    final_source: Literal["aggregator", "expert-majority"] | None = None
+    aggregator_status: AggregatorStatus | None = Field(default=None, description="None when the method has no aggregator")
+    final_answer: str | None = Field(default=None, description="None: no answer, scored wrong")
+    final_source: FinalSource | None = None
+    truncated: list[str] = Field(default=[], description="the calls cut off at max_tokens, e.g. 'expert gemma3 (slot 1)'")
     gold_answer: str | None = None
     correct: bool | None = None
     errors: list[str] = []

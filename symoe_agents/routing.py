@@ -14,8 +14,11 @@ published numbers, rather than the paper's prose:
 5. No keywords (or no candidate): k uniform draws with replacement over the pool.
 
 Seeding: each question's k draws come from a counter-based generator keyed by (seed,
-question id) (blake2b, then splitmix64), so a question's experts do not change when other
-questions are added to or removed from the batch, and a batch draws them all at once.
+the question's draw key) (blake2b, then splitmix64), so a question's experts do not change
+when other questions are added to or removed from the batch, and a batch draws them all at
+once. The controller's draw key is the question's content (``preparation.stream_key``):
+two different questions that happen to share an id never share draws, and the same
+question keeps its experts for the same seed. Without draw keys, the id is the key.
 
 ``route_question`` is the reference, one question at a time; ``route_batch`` routes a
 batch through ``routing_batch`` (numpy), which gives the same routes float for float.
@@ -102,10 +105,10 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
-def question_key(seed: int, question_id: str) -> int:
-    """A question's 64-bit stream key: its draws depend on (seed, id) alone, never on the
-    rest of the batch."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{question_id}".encode(), digest_size=8).digest(), "big")
+def question_key(seed: int, draw_key: str) -> int:
+    """A question's 64-bit stream key: its draws depend on (seed, draw key) alone, never
+    on the rest of the batch."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{draw_key}".encode(), digest_size=8).digest(), "big")
 
 
 def _splitmix64(z: int) -> int:
@@ -114,11 +117,11 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def question_uniforms(seed: int, question_id: str, k: int) -> list[float]:
+def question_uniforms(seed: int, draw_key: str, k: int) -> list[float]:
     """The question's k uniform numbers in [0, 1): splitmix64 over its key, counter-based,
     so that a whole batch can draw them at once with numpy (routing_batch) and get the
     very same floats. (A seeded ``random.Random`` per question cost 5 µs just to seed.)"""
-    key = question_key(seed, question_id)
+    key = question_key(seed, draw_key)
     return [(_splitmix64((key + (i + 1) * _GOLDEN) & _MASK) >> 11) * 2.0**-53 for i in range(k)]
 
 
@@ -148,8 +151,9 @@ def route_question(
     gamma: Mapping[str, float] | None = None,
     align: Aligner = exact_align,
     vocabulary: list[str] | None = None,
+    draw_key: str | None = None,
 ) -> Route:
-    uniforms = question_uniforms(seed, question_id, k)
+    uniforms = question_uniforms(seed, question_id if draw_key is None else draw_key, k)
     if profiles is None:
         return Route(tuple(draw_uniform(uniforms, list(pool))), "uniform-no-profiles", tuple(keywords))
     if vocabulary is None:
@@ -173,17 +177,22 @@ def route_batch(
     profiles: Mapping[str, Mapping[str, float]] | None,
     min_share: float | None = None,
     align: Aligner = exact_align,
+    draw_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Route]:
-    """Route every (question id, keywords) pair; then apply the minimum-share rule if asked."""
+    """Route every (question id, keywords) pair; then apply the minimum-share rule if asked.
+    ``draw_keys[id]`` keys a question's draws (default: its id)."""
     if profiles is None:
-        routes = {qid: route_question(qid, kws, pool, k, seed, None) for qid, kws in questions}
+        routes = {
+            qid: route_question(qid, kws, pool, k, seed, None, draw_key=draw_keys[qid] if draw_keys else None)
+            for qid, kws in questions
+        }
     else:
         from .routing_batch import route_scored  # numpy: the same draws, for a whole batch at once
 
         profiles = {m: profiles[m] for m in pool}
         vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
         mapped = [(qid, align(list(kws), vocabulary)) for qid, kws in questions]
-        routes = route_scored(mapped, list(pool), k, seed, profiles, vocabulary)
+        routes = route_scored(mapped, list(pool), k, seed, profiles, vocabulary, draw_keys)
     if min_share:
         routes = apply_min_share(routes, min_share, seed)
     return routes

@@ -29,9 +29,10 @@ def route_scored(
     seed: int,
     profiles: Mapping[str, Mapping[str, float]],
     vocabulary: Sequence[str],
+    draw_keys: Mapping[str, str] | None = None,
 ) -> dict[str, Route]:
     """Routes for (question id, keywords already mapped onto ``vocabulary``, every keyword
-    of the profiles)."""
+    of the profiles); ``draw_keys[id]`` keys a question's draws (default: its id)."""
     n, m = len(mapped), len(pool)
     if n == 0:
         return {}
@@ -79,7 +80,7 @@ def route_scored(
     last = np.maximum(size - 1, 0)
     draw_total = running[np.arange(n), last] + 0.0
 
-    keys = np.array([question_key(seed, qid) for qid, _ in mapped], dtype=np.uint64)
+    keys = np.array([question_key(seed, draw_keys[qid] if draw_keys else qid) for qid, _ in mapped], dtype=np.uint64)
     uniforms = batch_uniforms(keys, k)
     # bisect(cum, u * total, 0, hi=size-1): how many of the first size-1 running totals are <= x
     x = uniforms * draw_total[:, None]

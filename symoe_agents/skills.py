@@ -8,13 +8,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
+from .reasoning import strip_reasoning
+
 MAX_KEYWORD_CHARS = 20
 MIN_VOTES = 2
 
 
 def parse_keywords(text: str) -> list[str]:
     """One sample's keywords: the text after the last ``Keywords:`` (all of it if absent),
-    split on commas, stripped, lower-cased, dots removed. Empty items are dropped."""
+    split on commas, stripped, lower-cased, dots removed. Empty items are dropped. A
+    reasoning trace is removed first: a thinking model's "Keywords:" drafts inside
+    ``<think>`` are not its answer."""
+    text = strip_reasoning(text)
     marker = "keywords:"
     lowered = text.lower()
     at = lowered.rfind(marker)

@@ -166,12 +166,13 @@ def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
         if i % 50 == 0:
             kws = kws[:1] * 3  # the same keyword three times counts three times
         questions.append((f"q{i}", kws))
-    batch = route_batch(questions, pool, 3, 5, profiles)
+    draw_keys = {qid: f"content of {qid}" for qid, _ in questions}
+    batch = route_batch(questions, pool, 3, 5, profiles, draw_keys=draw_keys)
     gamma = global_competence({m: sum(p.values()) for m, p in profiles.items()})
     known = list(dict.fromkeys(s for p in profiles.values() for s in p))
     methods = set()
     for qid, kws in questions:
-        ref = route_question(qid, kws, pool, 3, 5, profiles, gamma, exact_align, known)
+        ref = route_question(qid, kws, pool, 3, 5, profiles, gamma, exact_align, known, draw_key=draw_keys[qid])
         got = batch[qid]
         assert (got.experts, got.method, got.keywords) == (ref.experts, ref.method, ref.keywords), qid
         assert list(got.probabilities.items()) == list(ref.probabilities.items()), qid
@@ -191,3 +192,18 @@ def test_question_uniforms_are_uniform_and_weighted_draws_follow_the_probabiliti
     picks = [p for i in range(10000) for p in draw_weighted(question_uniforms(1, f"q{i}", 1), ["a", "b"], [0.7, 0.3])]
     assert abs(picks.count("a") / len(picks) - 0.7) < 0.02
     assert question_uniforms(0, "x", 3) == question_uniforms(0, "x", 3) != question_uniforms(1, "x", 3)
+
+
+def test_draws_follow_the_draw_key_not_the_id():
+    """The controller keys draws by a question's content: one id holding different questions
+    (repeated ``moe.solve`` calls) must not repeat one draw, and one question keeps its draw."""
+    from symoe_agents.routing import route_batch
+
+    profiles = {m: {"x": 1.0} for m in "abcdef"}
+    pool = list("abcdef")
+    draws = [route_batch([("1", ["x"])], pool, 3, 0, profiles, draw_keys={"1": f"question {i}"})["1"].experts for i in range(20)]
+    assert len(set(draws)) > 1
+    again = route_batch([("other-id", ["x"])], pool, 3, 0, profiles, draw_keys={"other-id": "question 0"})["other-id"].experts
+    assert again == draws[0]
+    uniform = [route_batch([("1", [])], pool, 3, 0, None, draw_keys={"1": f"question {i}"})["1"].experts for i in range(20)]
+    assert len(set(uniform)) > 1

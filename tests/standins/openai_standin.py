@@ -3,18 +3,29 @@
 An asyncio HTTP server on 127.0.0.1 that answers ``/v1/chat/completions`` from a script of
 status codes: e.g. [429, 503, 200] answers 429, then 503, then a real completion.
 ``hang`` instead of a code sleeps past any client timeout.
+
+``text`` is the completion's content, or a function of the request body giving the
+content, ``(content, finish_reason)``, or an ``int`` status to answer instead: a scripted
+pool of models behind one endpoint. As OpenAI's API does, a completion stopped by
+``max_tokens`` says ``"finish_reason": "length"``. Every request body is kept in
+``requests``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+
+
+Reply = str | Callable[[dict], "str | int | tuple[str, str]"]
 
 
 class ScriptedAPI:
-    def __init__(self, script: list[int | str], text: str = "The answer is (B)"):
+    def __init__(self, script: list[int | str], text: Reply = "The answer is (B)"):
         self.script = list(script)
         self.text = text
+        self.requests: list[dict] = []
         self.calls = 0
         self.auth_headers: list[str] = []
         self._server: asyncio.AbstractServer | None = None
@@ -49,11 +60,16 @@ class ScriptedAPI:
             if step == "hang":
                 await asyncio.sleep(3600)
             code = int(step)
+            req = json.loads(body) if body else {}
+            self.requests.append(req)
+            reply = self.text(req) if callable(self.text) else self.text
+            if isinstance(reply, int):
+                code = reply
+            content, finish = reply if isinstance(reply, tuple) else (reply, "stop")
             if code == 200:
-                req = json.loads(body)
                 payload = {
                     "id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": self.text}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
                 }
             else:
