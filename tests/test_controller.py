@@ -77,4 +77,8 @@ async def test_an_expert_whose_server_fails_is_recorded_and_the_run_goes_on(tmp_
             assert any("server unavailable" in e for e in r.errors)
     assert mixed, "seed 1 should give some question both g2 and a working expert"
     assert any(e.kind == "server_failed" and e.model == "g2" for e in events.events)
-    assert moe.summary.failed_questions >= 1
+    # exactly the questions that recruited the broken expert list an error
+    assert moe.summary.failed_questions == sum(1 for r in results if "g2" in r.experts)
+    for r in results:
+        expected = "no-expert-answers" if set(r.experts) == {"g2"} else "answered"
+        assert r.aggregator_status == expected

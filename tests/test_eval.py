@@ -2,6 +2,7 @@
 the real embedded pool with a report row checked against its own records."""
 
 import json
+import re
 
 import pytest
 
@@ -56,18 +57,30 @@ def test_methods_table():
 
 def test_markdown_has_a_row_per_method():
     rows = [{"method": m, "questions": 2, "accuracy": 0.5, "by_benchmark": {"x": 0.5}, "by_category": {"x": 0.5},
-             "unparsable": 0, "calls_per_question": 4.0, "tokens_per_question": 10, "model_loads": 2, "wall_s": 1.0}
+             "unanswered": 1, "aggregator_unparsable": 2, "aggregator_failed": 3, "fallbacks": 4, "aggregations_skipped": 5,
+             "truncated_calls": 6, "calls_per_question": 4.0, "tokens_per_question": 10, "model_loads": 2, "wall_s": 1.0}
             for m in ("symoe", "single")]  # fmt: skip
     md = markdown(rows)
-    assert "| symoe | 2 | 50.0 | 50.0 | 0 | 4.0 | 10 | 2 | 1.0 |" in md and "| single |" in md
+    assert "| no answer | agg. unparsable | agg. failed | fallbacks | agg. skipped | truncated |" in md
+    assert "| symoe | 2 | 50.0 | 50.0 | 1 | 2 | 3 | 4 | 5 | 6 | 4.0 | 10 | 2 | 1.0 |" in md and "| single |" in md
+
+
+def hand_loads(method: str, recruited: set[str]) -> int:
+    """Server starts of one method on the embedded pool, worked out from the documented plan:
+    smollm2 and smollm2-focused share server S, which also serves the skills and the
+    aggregators; gemma3 has server G; the experts on the skill server run first; one server
+    at a time; MoA runs its proposers twice."""
+    experts = (["S"] if recruited & {"smollm2", "smollm2-focused"} else []) + (["G"] if "gemma3" in recruited else [])
+    skills = ["S"] if method in ("symoe", "majority") else []
+    aggregate = [] if method in ("majority", "single") else ["S"]
+    sequence = skills + experts * (2 if method == "moa" else 1) + aggregate
+    return sum(1 for i, server in enumerate(sequence) if i == 0 or sequence[i - 1] != server)
 
 
 @pytest.mark.servers
 def test_eval_every_method_end_to_end(tmp_path):
     from test_e2e import run_symoe
 
-    if not UPSTREAM.is_dir():
-        pytest.skip("../shared/upstream-data not present")
     from symoe_agents.config import load_config
 
     data = load_config().model_dump(mode="json")
@@ -96,16 +109,31 @@ def test_eval_every_method_end_to_end(tmp_path):
     assert list(rows) == list(METHOD_NAMES)
     expected_calls = {"symoe": 2 + 2 + 1, "majority": 2 + 2, "single": 1, "top-k": 2 + 1, "moa": 2 * 2 + 1,
                       "self-moa": 2 + 1, "random": 2 + 1}  # fmt: skip
+    md = (out / "report.md").read_text()
     for name, row in rows.items():
         records = read_jsonl(out / f"{name}.jsonl")
         assert len(records) == row["questions"] == 2
+        for r in records:  # MMLU-Pro golds are letters: right exactly when the final letter is the gold
+            assert r["correct"] == (r["final_answer"] is not None and r["final_answer"] == r["gold_answer"])
+            if name in ("majority", "single"):
+                assert r["aggregator_status"] is None and r["final_source"] == ("vote" if r["final_answer"] else None)
+            else:
+                assert r["aggregator_status"] in ("answered", "unparsable")
+                assert r["final_source"] == ("aggregator" if r["aggregator_status"] == "answered" else None)
         assert row["accuracy"] == sum(r["correct"] for r in records) / 2
-        assert row["unparsable"] == sum(r["final_answer"] is None for r in records)
+        assert row["unanswered"] == sum(r["final_answer"] is None for r in records)
+        statuses = [r["aggregator_status"] for r in records]
+        assert row["aggregator_unparsable"] == statuses.count("unparsable")
+        assert row["aggregator_failed"] == statuses.count("failed")
+        assert row["fallbacks"] == 0 and row["aggregations_skipped"] == 0  # neither is on in this config
+        assert row["truncated_calls"] == sum(len(r["truncated"]) for r in records)
         assert row["calls_per_question"] == expected_calls[name]
         assert row["model_loads"] == sum(1 for e in read_jsonl(out / f"{name}.events.jsonl") if e["kind"] == "server_start")
+        recruited = {e for r in records for e in r["experts"]}
+        assert row["model_loads"] == hand_loads(name, recruited), (name, recruited)
+        assert re.search(rf"^\| {re.escape(name)} \| 2 \| ", md, re.M)
         assert row["wall_s"] > 0 and row["tokens_per_question"] > 0
         assert set(row["by_benchmark"]) == {"MMLU_Pro_train"}
     assert rows["single"]["model_loads"] == 1  # one fixed model, no skills, no aggregator
     assert all(r["aggregator"] is None for r in read_jsonl(out / "majority.jsonl"))
-    assert (out / "report.md").read_text().count("\n| ") >= 8
     assert (out / "accuracy.png").stat().st_size > 1000

@@ -89,7 +89,10 @@ async def test_server_that_cannot_be_restarted_fails_its_requests_and_the_run_go
     for r in results:
         if any(a.text for a in r.expert_answers):
             assert r.aggregator_answer is not None and r.aggregator_answer.error is None
+            assert r.aggregator_status in ("answered", "unparsable")
         else:
             assert "aggregator skipped: no expert answered" in " ".join(r.errors)
-    assert moe.summary.failed_questions >= 1
+            assert (r.aggregator_status, r.aggregator_answer, r.final_answer) == ("no-expert-answers", None, None)
+    assert moe.summary.failed_questions == sum(1 for r in results if any(a.error for a in r.expert_answers))
+    assert moe.summary.no_expert_answers == sum(1 for r in results if not any(a.text for a in r.expert_answers))
     assert not [e for e in events.events if e.kind == "server_restart"]

@@ -6,8 +6,7 @@ import json
 import pytest
 
 from conftest import UPSTREAM, read_jsonl
-from symoe_agents.profiles import Profile, build_profiles, load_profiles, synthetic_aggregation_items
-from test_e2e import run_symoe
+from symoe_agents.profiles import Profile, build_profiles, load_profiles, synthetic_aggregation_items  # noqa: F401
 
 pytestmark = pytest.mark.servers
 
@@ -35,67 +34,149 @@ def test_synthetic_items_pick_one_right_two_wrong_seeded():
     assert any(synthetic_aggregation_items(answers, seed=s)[0] != it for s in range(1, 20))
 
 
-@pytest.fixture(scope="module")
-def validation(tmp_path_factory):
-    if not UPSTREAM.is_dir():
-        pytest.skip("../shared/upstream-data not present")
-    out = []
-    for name in ("MMLU_Pro_train.json", "GPQA_train.json"):
-        data = json.loads((UPSTREAM / name).read_text())
-        out += [{"id": f"{name[:4].lower()}-{i}", **r} for i, r in enumerate(data[:4])]
-    path = tmp_path_factory.mktemp("val") / "val.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+def _pool_config(tmp_path, api):
+    """The real SmolLM2 server infers skills and is a candidate aggregator; the experts are
+    three scripted STAND-IN hosted models whose correctness is known by construction:
+    ``right`` always answers the gold letter, ``wrong1`` and ``wrong2`` never do."""
+    hosted = "".join(f'[models.{m}]\nbackend = "openai"\nbase_url = "{api.base_url}"\nmodel = "{m}"\n' for m in ("right", "wrong1", "wrong2"))
+    path = tmp_path / "pool.toml"
+    path.write_text(
+        'k = 3\n[models.smollm2]\nbackend = "llamacpp"\nembedded = "smollm2-135m-instruct"\n' + hosted
+        + '[roles]\nskill_inferencer = "smollm2"\nexperts = ["right", "wrong1", "wrong2"]\naggregator = "smollm2"\n'
+        "[sampling.skill_inferencer]\nsamples = 3\nmax_tokens = 24\n[sampling.aggregator]\nmax_tokens = 48\n"
+    )  # fmt: skip
     return path
 
 
-def test_profile_pick_aggregator_and_solve(validation, tmp_path):
+def _scripted(questions: list[dict]):
+    """Replies of the stand-in experts: the question is found in the prompt."""
+
+    def reply(req: dict):
+        prompt = req["messages"][0]["content"]
+        q = next(q for q in questions if q["question"] in prompt)
+        wrong = [x for x in _listed_letters(q["question"]) if x != q["gold_answer"]]
+        return {
+            "right": f"Checked every option. The answer is ({q['gold_answer']})",
+            "wrong1": f"<think>scratch work nobody should see</think>The answer is ({wrong[0]})",
+            "wrong2": f"Hmm. The answer is ({wrong[1]})",
+        }[req["model"]]
+
+    return reply
+
+
+async def _symoe(*args, timeout=900):
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "symoe_agents.cli", *map(str, args),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _listed_letters(question: str) -> list[str]:
+    """The option markers standing alone after the header: enough for these questions."""
+    import re
+
+    return re.findall(r"(?:^|\s)\(([A-Z])\)\s", question.split("The options are:")[1] + " ")
+
+
+def _hand_instruction(letters: list[str]) -> str:
+    """The multiple-choice instruction, written out here rather than rendered by symoe."""
+    return ('Reason step by step first. Then, on the last line, write "The answer is (X)", where X is the single '
+            f"capital letter of the option you choose ({', '.join(letters)}).")  # fmt: skip
+
+
+async def test_profile_pick_aggregator_and_solve(tmp_path):
+    import hashlib
+
+    from conftest import ROOT
+    from standins.openai_standin import ScriptedAPI
+
+    questions = []
+    for name in ("MMLU_Pro_train.json", "GPQA_train.json"):
+        data = json.loads((UPSTREAM / name).read_text())
+        questions += [{"id": f"{name[:4].lower()}-{i}", **r} for i, r in enumerate(data[:3])]
+    validation = tmp_path / "val.jsonl"
+    validation.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    n = len(questions)
     prof = tmp_path / "profiles"
-    first = run_symoe("profile", validation, "-o", prof)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "24 new answers, 0 reused" in first.stdout
+    async with ScriptedAPI([], _scripted(questions)) as api:
+        cfg = _pool_config(tmp_path, api)
+        code, out, err = await _symoe("profile", validation, "-o", prof, "--config", cfg)
+        assert code == 0, err[-2000:]
+        assert f"{3 * n} new answers, 0 reused" in out
 
-    # the profile arithmetic, recomputed from the raw answers that were kept
-    skills = {r["id"]: r["keywords"] for r in read_jsonl(prof / "skills.jsonl")}
-    answers = read_jsonl(prof / "answers.jsonl")
-    assert len(answers) == 8 * 3 and all(a["text"] for a in answers)
-    profiles = load_profiles(prof, ["smollm2", "smollm2-focused", "gemma3"])
-    for model, p in profiles.items():
-        mine = [a for a in answers if a["model"] == model]
-        expected: dict[str, int] = {}
-        for a in mine:
-            for kw in skills[a["id"]]:
-                expected[kw] = expected.get(kw, 0) + (1 if a["correct"] else -1)
-        assert p.skills == expected
-        assert p.validation_accuracy == sum(a["correct"] for a in mine) / len(mine)
+        # every answer is kept with the sha256 of exactly the prompt the model received
+        received = {(r["model"], hashlib.sha256(r["messages"][0]["content"].encode()).hexdigest()) for r in api.requests}
+        answers = read_jsonl(prof / "answers.jsonl")
+        assert len(answers) == 3 * n and {(a["model"], a["prompt_sha256"]) for a in answers} == received
+        # the profile arithmetic, by hand: +1 per keyword of a question answered right, -1 if wrong
+        skills = {r["id"]: r["keywords"] for r in read_jsonl(prof / "skills.jsonl")}
+        profiles = load_profiles(prof, ["right", "wrong1", "wrong2"])
+        for model, sign in (("right", 1), ("wrong1", -1), ("wrong2", -1)):
+            expected: dict[str, int] = {}
+            for kws in skills.values():
+                for kw in kws:
+                    expected[kw] = expected.get(kw, 0) + sign
+            assert profiles[model].skills == expected
+            assert profiles[model].validation_accuracy == (1.0 if sign > 0 else 0.0)
+        assert any(skills.values()), "SmolLM2 named no keyword twice for any question"
 
-    again = run_symoe("profile", validation, "-o", prof)  # resumes: nothing is asked again
-    assert again.returncode == 0 and "0 new answers, 24 reused" in again.stdout
-    assert "starting server" not in again.stderr
+        again_code, again_out, again_err = await _symoe("profile", validation, "-o", prof, "--config", cfg)
+        assert again_code == 0 and f"0 new answers, {3 * n} reused" in again_out
+        assert "starting server" not in again_err
 
-    pick = run_symoe("pick-aggregator", "--profiles", prof)
-    choice = json.loads((prof / "_aggregator.json").read_text()) if pick.returncode == 0 else None
-    if pick.returncode != 0:  # tiny models: possibly no question with 1 right and 2 wrong answers
-        assert "no validation question has 1 correct and 2 incorrect" in pick.stderr
-        (prof / "_aggregator.json").write_text(json.dumps({"aggregator": "gemma3"}))
-        choice = {"aggregator": "gemma3"}
-    else:
-        assert set(choice["scores"]) == {"smollm2", "smollm2-focused", "gemma3"}
-        assert f"chosen aggregator: {choice['aggregator']}" in pick.stdout
+        sent = len(api.requests)
+        code, out, err = await _symoe("pick-aggregator", "--profiles", prof, "--config", cfg)
+        assert code == 0, err[-2000:]
+        choice = json.loads((prof / "_aggregator.json").read_text())
+        assert choice["items"] == n  # each question has exactly 1 right and 2 wrong answers
+        assert choice["aggregator"] == "right" and "chosen aggregator: right" in out
+        assert choice["scores"]["right"] == 1.0 and choice["scores"]["wrong1"] == choice["scores"]["wrong2"] == 0.0
+        assert set(choice["scores"]) == {"right", "wrong1", "wrong2", "smollm2"}
+        aggregations = read_jsonl(prof / "aggregations.jsonl")
+        assert sorted((a["model"], a["id"]) for a in aggregations) == sorted((m, q["id"]) for m in choice["scores"] for q in questions)
+        # the synthetic task is solve's aggregator prompt: built here by hand from the template file
+        template = (ROOT / "prompts" / "aggregator.md").read_text().rstrip("\n")
+        by_question = {}
+        for req in api.requests[sent:]:
+            if req["model"] == "right":
+                prompt = req["messages"][0]["content"]
+                q = next(q for q in questions if f"Question: {q['question']}" in prompt)
+                by_question[q["id"]] = prompt
+        assert sorted(by_question) == sorted(q["id"] for q in questions)
+        for q in questions:
+            prompt = by_question[q["id"]]
+            assert "scratch work" not in prompt and "<think>" not in prompt
+            body = prompt.split("Responses from the models:\n", 1)[1].split(f"\n\nQuestion: {q['question']}", 1)[0]
+            shown = body.split("\n\n")
+            assert [s.split("\n", 1)[0] for s in shown] == ["Response 1:", "Response 2:", "Response 3:"]
+            right = f"Checked every option. The answer is ({q['gold_answer']})"
+            assert sum(s.endswith("\n" + right) for s in shown) == 1  # 1 right and 2 wrong, as shuffled
+            letters = _listed_letters(q["question"])
+            expected = template.replace("{responses}", body).replace("{question}", q["question"])
+            assert prompt == expected.replace("{answer_instruction}", _hand_instruction(letters))
+        agg_sent = len(api.requests)
+        code, _, _ = await _symoe("pick-aggregator", "--profiles", prof, "--config", cfg)
+        assert code == 0 and len(api.requests) == agg_sent  # every aggregation reused: same prompts
 
-    q = tmp_path / "q.jsonl"
-    q.write_text("".join(json.dumps({"id": f"t{i}", "question": r["question"]}) + "\n"
-                         for i, r in enumerate(read_jsonl(validation)[:2])))  # fmt: skip
-    out = tmp_path / "out.jsonl"
-    solved = run_symoe("solve", q, "-o", out, "--profiles", prof, "--events", tmp_path / "ev.jsonl")
-    assert solved.returncode == 0, solved.stderr[-2000:]
+        keyed = [q for q in questions if skills[q["id"]]]
+        qfile = tmp_path / "q.jsonl"
+        qfile.write_text("".join(json.dumps({"id": f"t-{q['id']}", "question": q["question"], "gold_answer": q["gold_answer"]}) + "\n" for q in keyed))
+        out_path = tmp_path / "out.jsonl"
+        code, _, err = await _symoe("solve", qfile, "-o", out_path, "--profiles", prof, "--config", cfg, "--events", tmp_path / "ev.jsonl")
+    assert code == 0, err[-2000:]
     (routing,) = [e for e in read_jsonl(tmp_path / "ev.jsonl") if e["kind"] == "routing"]
-    from symoe_agents.alignment import sentence_transformers_available
-
-    if sentence_transformers_available():
-        assert "MiniLM" in routing["detail"]["alignment"]  # keywords mapped by embeddings
-    for r in read_jsonl(out):
-        assert r["routing"] in ("skills", "uniform-no-keywords")
-        assert r["aggregator"] == choice["aggregator"]
+    assert "MiniLM" in routing["detail"]["alignment"]  # the [embed] extra is part of the test install
+    records = read_jsonl(out_path)
+    assert len(records) == len(keyed)
+    for r in records:
+        # the same question gets the same keywords; only 'right' has positive scores on them
+        assert r["skills"] == skills[r["id"].removeprefix("t-")]
+        assert r["routing"] == "skills" and r["experts"] == ["right", "right", "right"]
+        assert r["aggregator"] == "right" and r["aggregator_status"] == "answered"
+        assert (r["final_answer"], r["final_source"], r["correct"]) == (r["gold_answer"], "aggregator", True)
 
 
 def test_shipped_embedded_profiles_are_the_arithmetic_of_their_raw_answers():
@@ -108,9 +189,29 @@ def test_shipped_embedded_profiles_are_the_arithmetic_of_their_raw_answers():
     validation = read_questions(d.parent / "validation.jsonl")
     skills = {r["id"]: r["keywords"] for r in read_jsonl(d / "skills.jsonl")}
     assert set(skills) == {q.id for q in validation}
+    gold = {q.id: q.gold_answer for q in validation}
+    letters = {q.id for q in validation if q.gold_answer in ("A", "B", "C", "D")}
+    assert len(letters) == 22 and all(gold[q].isdigit() for q in set(gold) - letters)  # 22 letters, 2 integers
+
+    def right(extracted, qid):  # written out here: a letter, or these tiny models' plain integers
+        return extracted == gold[qid] if qid in letters else extracted is not None and extracted.strip() == gold[qid]
+
     answers = read_jsonl(d / "answers.jsonl")
-    correct = {m: {a["id"]: a["correct"] for a in answers if a["model"] == m} for m in cfg.roles.experts}
-    assert all(len(v) == len(validation) for v in correct.values())
-    assert load_profiles(d, cfg.roles.experts) == build_profiles(skills, correct, cfg.roles.experts)
+    assert sorted((a["model"], a["id"]) for a in answers) == sorted((m, q) for m in cfg.roles.experts for q in gold)
+    for a in answers:
+        assert a["error"] is None and a["prompt_sha256"] and a["correct"] == right(a["extracted"], a["id"])
+    profiles = load_profiles(d, cfg.roles.experts)
+    for m in cfg.roles.experts:  # the arithmetic, by hand
+        mine = [a for a in answers if a["model"] == m]
+        expected: dict[str, int] = {}
+        for a in mine:
+            for kw in skills[a["id"]]:
+                expected[kw] = expected.get(kw, 0) + (1 if a["correct"] else -1)
+        assert profiles[m].skills == expected
+        assert profiles[m].validation_accuracy == sum(a["correct"] for a in mine) / len(mine)
     choice = json.loads((d / "_aggregator.json").read_text())
+    aggregations = read_jsonl(d / "aggregations.jsonl")
+    for m, score in choice["scores"].items():
+        mine = [a for a in aggregations if a["model"] == m]
+        assert len(mine) == choice["items"] and score == sum(right(a["extracted"], a["id"]) for a in mine) / choice["items"]
     assert choice["scores"][choice["aggregator"]] == max(choice["scores"].values())  # the best scorer
