@@ -56,8 +56,11 @@ def wait_gone(pids: list[int], within: float = 5.0) -> list[int]:
     return pids_alive(pids)
 
 
-def env_without_keys() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()}
+def require(condition: bool, why: str) -> None:
+    """Skip a test whose precondition is missing on a developer's machine; in CI (which
+    has ../shared and every extra) a missing precondition is a failure, never a skip."""
+    if not condition:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
 
 
 def small_pool_toml(tmp_path: Path, samples: int = 2, max_tokens: int = 64, extra: str = "") -> Path:
@@ -66,6 +69,8 @@ def small_pool_toml(tmp_path: Path, samples: int = 2, max_tokens: int = 64, extr
     from symoe_agents.config import embedded_config_text, load_config
 
     text = embedded_config_text()
+    for old in ('profiles = "embedded-profiles"', "samples = 5", "max_tokens = 200"):
+        assert old in text, f"the embedded pool's TOML changed: {old!r} is gone"
     text = text.replace('profiles = "embedded-profiles"', f'profiles = "{load_config().profiles}"')
     text = text.replace("samples = 5", f"samples = {samples}").replace("max_tokens = 200", f"max_tokens = {max_tokens}")
     path = tmp_path / "pool.toml"

@@ -65,8 +65,14 @@ async def test_sampling_and_seed_are_passed_on():
             reader.readexactly = grab
             await super()._handle(reader, writer)
 
-    async with Capturing([200]) as api, runner(api) as r:
+    async with Capturing([200, 200]) as api, runner(api) as r:
         await r.call(AGENT, PROMPT, "q1", sample=2)
+        await r.call(AGENT, PROMPT, "q1", sample=0)
     body = seen[0]
-    assert body["temperature"] == 0.0 and body["max_tokens"] == 5 and isinstance(body["seed"], int)
+    # the seed of (run seed 0, role, stream "q1", sample 2), worked out here: sha256, first 4 bytes, 31 bits
+    import hashlib
+
+    want = int.from_bytes(hashlib.sha256(b"0\x1fexpert\x1fq1\x1f2").digest()[:4], "big") & 0x7FFFFFFF
+    assert body["temperature"] == 0.0 and body["max_tokens"] == 5 and body["seed"] == want
+    assert seen[1]["seed"] != want  # another sample, another seed
     assert body["messages"] == [{"role": "user", "content": PROMPT.text}]

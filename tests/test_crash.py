@@ -19,13 +19,17 @@ pytestmark = pytest.mark.servers
 QUESTIONS = EXAMPLES / "questions.jsonl"
 
 
-def cache_rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
+def cache_rows(path: Path, strict: bool = True) -> dict[str, dict]:
+    """The cache's answers. ``strict=False`` only while polling a live run, where the file
+    or its table may not exist yet; after a kill every read must succeed."""
+    if not path.exists() and not strict:
         return {}
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         return {k: {"role": r, "completion": json.loads(c)} for k, r, c in db.execute("SELECT key, role, completion FROM answers")}
     except sqlite3.OperationalError:  # not created yet
+        if strict:
+            raise
         return {}
     finally:
         db.close()
@@ -57,11 +61,12 @@ def test_sigkill_mid_run_takes_the_servers_and_the_rerun_resumes(tmp_path):
     # 1. killed in the middle of the expert phase: some expert answers are cached, no question is finished
     run1 = start(args, tmp_path / "run1.log")
     spawned = kill_when(
-        run1, lambda: sum(r["role"] == "expert" for r in cache_rows(cache).values()) >= 2, "two expert answers"
+        run1, lambda: sum(r["role"] == "expert" for r in cache_rows(cache, strict=False).values()) >= 2, "two expert answers"
     )
     assert spawned, "symoe had no server running when it was killed"
     assert wait_gone(spawned) == [], "symoe's servers or watchdogs outlived it"
     after1 = cache_rows(cache)
+    assert sum(r["role"] == "expert" for r in after1.values()) >= 2
     assert not out.exists() or out.read_text() == ""
 
     # 2. killed again once the first questions are written
@@ -70,14 +75,16 @@ def test_sigkill_mid_run_takes_the_servers_and_the_rerun_resumes(tmp_path):
     assert wait_gone(spawned) == []
     written2 = out.read_bytes()
     after2 = cache_rows(cache)
+    assert len(after2) >= len(after1)
 
     # 3. runs to the end
     run3 = subprocess.run([*symoe_cmd(), *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert run3.returncode in (0, 1), run3.stderr[-3000:]
+    assert run3.returncode == 0, run3.stderr[-3000:]
     assert "resuming" in run3.stderr
 
     records = read_jsonl(out)
     ids = [r["id"] for r in records]
+    assert all(r["errors"] == [] for r in records)
     assert sorted(ids) == sorted(q["id"] for q in read_jsonl(QUESTIONS))  # each question exactly once
     assert out.read_bytes().startswith(written2)  # finished questions were not touched
     final = cache_rows(cache)

@@ -73,8 +73,12 @@ def test_several_gpus_take_the_largest_groups_first():
 def test_tp_slices_are_devices():
     s = schedule([("A", "B", "B")])
     p = place(s, [Device((0, 1), 160), Device((2, 3), 160)])
-    names = {ln.device.name for st in p.stages for ln in st.lanes}
-    assert names <= {"gpu0+1", "gpu2+3"}
+    layout = [[(ln.device.name, [g.name for g in ln.groups]) for ln in st.lanes] for st in p.stages]
+    assert layout == [
+        [("gpu0+1", ["skills:S"])],
+        [("gpu0+1", ["expert:B"]), ("gpu2+3", ["expert:A"])],  # the larger group first, on the first slice
+        [("gpu0+1", ["aggregate:S"])],
+    ]
 
 
 @pytest.mark.parametrize(

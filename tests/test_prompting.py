@@ -43,3 +43,15 @@ def test_prompts_dir_override(tmp_path):
     assert load_template("skills", tmp_path).render(question="Q").text == "Name skills for: Q"
     with pytest.raises(PromptError, match="expert.md"):
         load_template("expert", tmp_path)
+
+
+def test_the_aggregator_prompt_is_pinned():
+    """The method's synthesis instruction (method.md section 5), then the responses, then the
+    question and the answer instruction, written out here in full."""
+    text = load_template("aggregator").render(question="Q?", responses="Response 1:\nR1\n\nResponse 2:\nR2", answer_instruction="I.").text
+    assert text == (
+        "Several models have answered the question below; their responses follow. Synthesise them into a single "
+        "answer of high quality. Evaluate them critically, since some of them may be biased or wrong. Do not simply "
+        "copy one response: write a refined, accurate and complete answer of your own.\n\n"
+        "Responses from the models:\nResponse 1:\nR1\n\nResponse 2:\nR2\n\nQuestion: Q?\n\nI."
+    )
