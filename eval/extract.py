@@ -9,10 +9,15 @@ Multiple choice, over the question's own letters:
 1. a stated answer: "the answer is (X)", "The correct answer is X.", "Answer: X",
    "Final answer: **X**", "answer is option X", a boxed letter ``\\boxed{X}``; the last
    one stated wins, so chatter after the answer does not change it;
-2. otherwise the last "(X)" or "X)" anywhere in the response (the reference's rule);
-3. never a bare capital letter on its own: the reference falls back to the last capital
+2. otherwise a choice said in other words: "I choose (X)", "I'd go with option X", "X is
+   correct", "Option X is the right one" (the last one said);
+3. otherwise the last "(X)" or "X)" anywhere in the response (the reference's rule);
+4. never a bare capital letter on its own: the reference falls back to the last capital
    letter in range, which misfires ("The answer is B. I think" gives "I"). Such a
    response is unparsable (``None``), never guessed.
+
+The tiers keep chatter after a stated answer harmless: "The answer is (C). (A) is correct
+only for acids." is C.
 
 A letter written bare after "answer is" counts only when nothing but punctuation, a line
 end or a connective ("because", "since", ...) follows it, so "the answer is I think" and
@@ -52,6 +57,14 @@ _LETTER = (
     r"(?:\(\s*([A-Z])\s*\)|([A-Z])(?=\s*\)|\s*\}|\s*\$|\s*[.,;:!?\]]|[ \t]*(?:\n|$)|\s+(?i:because|since|as|which|with|for|and\s+not)\b|\s+[-\u2013\u2014(]))"
 )
 _STATED = re.compile(_STATED_PREFIX + _LETTER)
+_CHOSEN = re.compile(
+    r"(?i:\bI(?:'d|\s+would|\s+will)?\s+(?:choose|pick|select|go\s+with)|\b(?:choose|pick|select)\s*:)"
+    r"[\s:]*(?i:(?:option|choice|answer)\s+)?" + _LETTER
+)
+_IS_CORRECT = re.compile(
+    r"(?<![A-Za-z0-9])(?i:(?:option|choice)\s+)?(?:\(([A-Z])\)|([A-Z]))"
+    r"\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)\b)"
+)
 _BOXED_LETTER = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\(?\s*([A-Z])\s*\)?\s*\}")
 # "(X)" or "X)" not glued to a word, and not a stereo-descriptor "(E)-"; "X)" closing a
 # list of letters ("(A, B, C, D)") is not a choice either
@@ -81,6 +94,10 @@ def extract_choice(text: str, letters: list[str]) -> str | None:
     stated = sorted((at, x) for at, x in stated if x in allowed)
     if stated:
         return stated[-1][1]
+    chosen = [(m.start(), m.group(1) or m.group(2)) for pattern in (_CHOSEN, _IS_CORRECT) for m in pattern.finditer(text)]
+    chosen = sorted((at, x) for at, x in chosen if x in allowed)
+    if chosen:
+        return chosen[-1][1]
     marked = [m.group(1) or m.group(2) for m in _PAREN.finditer(text)]
     marked = [x for x in marked if x in allowed]
     return marked[-1] if marked else None

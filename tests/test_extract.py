@@ -57,6 +57,15 @@ CHOICES = [
     # a bare pronoun or article after "answer is" is no letter
     ("I'd say the answer is I think unclear", A_TO_J, None),
     ("The answer is A bit more subtle than it looks; I lean to (C).", ABCD, "C"),
+    # a choice said in other words, when nothing is stated as "the answer"
+    ("After checking each option, I choose (C).", ABCD, "C"),
+    ("I'd go with option D, since the others fail.", ABCD, "D"),
+    ("B is correct.", ABCD, "B"),
+    ("Looking at the choices, I believe B is best.", ABCD, "B"),
+    ("(A) fails on units. Option C is the right one.", ABCD, "C"),
+    ("A is incorrect and B is not correct either; D is the best.", ABCD, "D"),
+    # ...and never over a stated answer
+    ("The answer is (C). Option A is correct only for acids.", ABCD, "C"),
     # no stated answer: the last "(X)" / "X)" among the question's letters
     ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
     ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
@@ -64,7 +73,8 @@ CHOICES = [
     ("Working...\n(D)", ABCD, "D"),
     # never a bare capital letter on its own
     ("B", ABCD, None),
-    ("Looking at the choices, I believe B is best.", ABCD, None),
+    ("Looking at the choices, B stands out to me.", ABCD, None),
+    ("A bit of algebra gives 42. I think so.", ABCD, None),
     # letters that are not the question's, or not capitals
     ("The answer is (E)", ABCD, None),
     ("the answer is (b)", ABCD, None),
