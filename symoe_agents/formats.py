@@ -5,16 +5,20 @@ final answer is extracted and scored. It is detected from the question (and its 
 answer, when there is one) unless a record names it.
 
 Options. The paper's benchmarks put the options after a header, "The options are: (A) ...
-(B) ...". When a question has such a header, its letters are read from the text after the
-last header only; otherwise from the whole question, with figure code (``[asy]`` blocks)
-removed. Either way the letters are the run A, B, C, ... of option markers in order of
-appearance: a marker counts only when it is the next letter of the run, and a later "(A)"
-does not restart it. A marker is "(X)", or "X)" / "X." at the start of a line; "(X)" glued
-to a word ("poly(A)", "P(R)", "O(D)") or followed by a hyphen (the stereo-descriptors
-"(E)-", "(R)-", "(S)-" of chemistry) is not a marker. Fewer than two letters means none.
+(B) ...". When a question has such a header followed by an option A, its letters are read
+from the text after the last such header only (a header inside an option's text, "(C)
+Options: calls", does not count); otherwise from the whole question, with figure code
+(``[asy]`` blocks) removed. Either way the letters are the run A, B, C, ... of option
+markers in order of appearance: a marker counts only when it is the next letter of the
+run, and a later "(A)" does not restart it. A marker is "(X)", or "X)" / "X." at the start
+of a line (or anywhere after a header: "The options are: A. 4 B. 7"); "(X)" glued to a
+word ("poly(A)", "P(R)", "O(D)") or followed by a hyphen (the stereo-descriptors "(E)-",
+"(R)-", "(S)-" of chemistry) is not a marker. Fewer than two letters means none.
 
 A question is multiple choice only when it lists options and its gold answer, if any, is a
 letter: a numeric gold answer that is not one of the letters is never scored as a letter.
+Without a gold answer and without LaTeX, a math question in words ("Find the number of
+...") is free text: declare ``answer_format`` for such sets.
 """
 
 from __future__ import annotations
@@ -36,33 +40,49 @@ _FIGURE = re.compile(r"\[asy\].*?(?:\[/asy\]|\Z)", re.DOTALL | re.IGNORECASE)
 _PAREN_MARKER = re.compile(r"(?<![A-Za-z0-9(\[])\(([A-Z])\)(?![-\u2010-\u2014])")
 # "X)" or "X." opening a line: "A) 5", "B. Paris"
 _LINE_MARKER = re.compile(r"^[ \t]*([A-Z])[.)][ \t]", re.MULTILINE)
+_INLINE_MARKER = re.compile(r"(?<![A-Za-z0-9(])([A-Z])[.)](?=\s)")
 _LATEX = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\frac|\\sqrt|\\boxed|\\cdot|\\times")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
-_REMARK = re.compile(r"\s*\([^()]*\)\s*$")  # "080 or 081 (both were accepted)"
+_REMARK = re.compile(r"\s+\((?=[^()]*[A-Za-z]{3})[^()]*\)\s*$")  # "080 or 081 (both were accepted)", not "(a-b)(a+b)"
 _OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 
 
+def _run(markers: list[tuple[int, str]]) -> list[str]:
+    """The run A, B, C, ... of markers in order of appearance."""
+    run: list[str] = []
+    for _, letter in sorted(markers):
+        if letter == chr(ord("A") + len(run)):
+            run.append(letter)
+    return run if len(run) >= 2 else []
+
+
+def _markers(text: str, inline: bool) -> list[str]:
+    found = [(m.start(), m.group(1)) for m in _PAREN_MARKER.finditer(text)]
+    found += [(m.start(1), m.group(1)) for m in _LINE_MARKER.finditer(text)]
+    run = _run(found)
+    if not run and inline:  # "The options are: A. 4 B. 7 C. 9"
+        run = _run([(m.start(), m.group(1)) for m in _INLINE_MARKER.finditer(text)])
+    return run
+
+
+def _options(question: str) -> tuple[str, bool]:
+    """(the text that lists the options, whether it follows a header)."""
+    for header in reversed(list(_HEADER.finditer(question))):
+        if _markers(question[header.end():], inline=True):
+            return question[header.end():], True
+    return _FIGURE.sub(" ", question), False
+
+
 def options_text(question: str) -> str:
-    """The part of the question that lists its options: after the last options header,
-    else the whole question without figure code."""
-    headers = list(_HEADER.finditer(question))
-    if headers:
-        return question[headers[-1].end():]
-    return _FIGURE.sub(" ", question)
+    """The part of the question that lists its options: after the last options header
+    that an option list follows, else the whole question without figure code."""
+    return _options(question)[0]
 
 
 def option_letters(question: str) -> list[str]:
     """The option letters a question offers: the run A, B, C, ... of its option markers."""
-    text = options_text(question)
-    markers = sorted(
-        [(m.start(), m.group(1)) for m in _PAREN_MARKER.finditer(text)]
-        + [(m.start(1), m.group(1)) for m in _LINE_MARKER.finditer(text)]
-    )
-    run: list[str] = []
-    for _, letter in markers:
-        if letter == chr(ord("A") + len(run)):
-            run.append(letter)
-    return run if len(run) >= 2 else []
+    text, after_header = _options(question)
+    return _markers(text, inline=after_header)
 
 
 def gold_letter(gold: str | None) -> str | None:
@@ -89,7 +109,7 @@ def detect_format(question: str, gold_answer: str | None = None) -> tuple[Answer
     """The answer format of a question, with its option letters for multiple choice.
 
     Multiple choice: it lists options and its gold answer, if given, is a letter (one
-    outside the options is still a letter: a data problem that inputs report). Otherwise
+    outside the options is still a letter, and never matches the answer). Otherwise
     math, when the question holds LaTeX or the gold answer is a number; else free text.
     A record can always state its format instead.
     """
