@@ -7,17 +7,17 @@ placeholder and letter list are no answer.
 
 Multiple choice, over the question's own letters:
 1. a stated answer: "the answer is (X)", "The correct answer is X.", "Answer: X",
-   "Final answer: **X**", "answer is option X", a boxed letter ``\\boxed{X}``; the last
-   one stated wins, so chatter after the answer does not change it;
-2. otherwise a choice said in other words: "I choose (X)", "I'd go with option X", "X is
-   correct", "Option X is the right one" (the last one said);
-3. otherwise the last "(X)" or "X)" anywhere in the response (the reference's rule);
-4. never a bare capital letter on its own: the reference falls back to the last capital
+   "Final answer: **X**", "answer is option X", a boxed letter ``\\boxed{X}``, or a
+   verdict in parentheses, "Therefore, (X)." / "(X) is correct" (not after "if",
+   "suppose", "not", ...); the last one stated wins, so chatter after the answer does
+   not change it, and an aggregator's "Response 1 says the answer is (A), but ...
+   therefore (B) is correct" is B. A statement naming several letters ("Answer: (B) and
+   (C)") states none;
+2. otherwise the last "(X)" or "X)" anywhere in the response (the reference's rule), once
+   a verbatim echo of the question's options is removed;
+3. never a bare capital letter on its own: the reference falls back to the last capital
    letter in range, which misfires ("The answer is B. I think" gives "I"). Such a
    response is unparsable (``None``), never guessed.
-
-The tiers keep chatter after a stated answer harmless: "The answer is (C). (A) is correct
-only for acids." is C.
 
 A letter written bare after "answer is" counts only when nothing but punctuation, a line
 end or a connective ("because", "since", ...) follows it, so "the answer is I think" and
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-from symoe_agents.formats import AnswerFormat
+from symoe_agents.formats import AnswerFormat, options_text
 from symoe_agents.reasoning import strip_reasoning
 
 __all__ = ["extract_answer", "extract_boxed", "extract_choice", "extract_free", "extract_math", "strip_reasoning"]
@@ -57,24 +57,26 @@ _LETTER = (
     r"(?:\(\s*([A-Z])\s*\)|([A-Z])(?=\s*\)|\s*\}|\s*\$|\s*[.,;:!?\]]|[ \t]*(?:\n|$)|\s+(?i:because|since|as|which|with|for|and\s+not)\b|\s+[-\u2013\u2014(]))"
 )
 _STATED = re.compile(_STATED_PREFIX + _LETTER)
-_CHOSEN = re.compile(
-    r"(?i:\bI(?:'d|\s+would|\s+will)?\s+(?:choose|pick|select|go\s+with)|\b(?:choose|pick|select)\s*:)"
-    r"[\s:]*(?i:(?:option|choice|answer)\s+)?" + _LETTER
-)
-_IS_CORRECT = re.compile(
-    r"(?<![A-Za-z0-9])(?i:(?:option|choice)\s+)?(?:\(([A-Z])\)|([A-Z]))"
-    r"\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)\b)"
-)
 _BOXED_LETTER = re.compile(r"\\(?:boxed|fbox)\s*\{\s*\(?\s*([A-Z])\s*\)?\s*\}")
-# "(X)" or "X)" not glued to a word, and not a stereo-descriptor "(E)-"; "X)" closing a
-# list of letters ("(A, B, C, D)") is not a choice either
-_PAREN = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)(?![-\u2010-\u2014])|(?<![A-Za-z0-9(,])(?<!,\s)([A-Z])\)")
+# verdicts: a letter in parentheses after a conclusion word, or said to be correct
+_CONCLUSION = re.compile(
+    r"(?i:\b(?:therefore|thus|hence|so)\b)[\s,:]*(?i:(?:the\s+answer\s+is|it\s+is|it's)\s*)?"
+    r"\(([A-Z])\)(?=\s*(?:[.!]|$|\n|(?i:is\s+(?:the\s+)?(?:correct|right|best))\b))"
+)
+_VERDICT = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)\b)")
+_HYPOTHETICAL = re.compile(r"(?i:\b(?:if|suppose|supposing|assume|assuming|whether|not|that|think|thinks|unless)\W*)$")
+# a statement that names more letters right after its own ("(B) and (C)", "A, B or C")
+_MORE_LETTERS = re.compile(r"\s*(?:,|/|&|(?i:and|or))\s*(?i:option\s+)?\(?[A-Z]\)?(?![A-Za-z0-9])")
+# "(X)" or "X)" not glued to a word, and not a stereo-descriptor "(E)-"
+_PAREN = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)(?![-\u2010\u2011])|(?<![A-Za-z0-9(])([A-Z])\)")
+# "X)" closing a list of letters, "(A, B, C, D)" or "(A, B, or C)": no choice
+_LETTER_LIST = re.compile(r"\((?:\s*[A-Z]\s*,)+\s*(?i:(?:or|and)\s+)?$")
 # an echoed instruction: its quoted template, if any, then "where X is ..." to the sentence's end
 _ECHO = re.compile(r"(?:\"[^\"\n]*\"\s*,?\s*)?\b[Ww]here X is\b[^.\n]*")
 PLACEHOLDER = "X"
 
 _STATED_FREE = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
-_STATED_VALUE = re.compile(r"(?i:\banswer\s*(?:is|:|=))[\s:*]*(.+)")
+_STATED_VALUE = re.compile(r"(?i:\banswer\s*(?:is|:|=))[ \t:*]*(.+)")  # on the same line: not a list below a heading
 _MATH_VALUE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?(?:/\d+)?|\\[a-z]+\{[^$]*\}[^\s$]*|\d[^\s$]*)")
 
 
@@ -85,20 +87,41 @@ def _plain(text: str) -> str:
     return text
 
 
-def extract_choice(text: str, letters: list[str]) -> str | None:
-    """The chosen option letter, or ``None`` when the text states no valid choice."""
-    text = _plain(strip_reasoning(text))
+def _without_echo(text: str, question: str | None) -> str:
+    """The response without a verbatim copy of the question or of its options, which small
+    models often repeat before answering: an echoed option list names every letter."""
+    if not question:
+        return text
+    for echo in (question.strip(), options_text(question).strip()):
+        if len(echo) >= 12:
+            text = text.replace(echo, " ")
+    return text
+
+
+def extract_choice(text: str, letters: list[str], question: str | None = None) -> str | None:
+    """The chosen option letter, or ``None`` when the text states no valid choice.
+    ``question``: its verbatim echo in the response is ignored."""
+    text = _plain(_without_echo(strip_reasoning(text), question))
     allowed = set(letters)
-    stated = [(m.start(), m.group(1) or m.group(2)) for m in _STATED.finditer(text)]
-    stated += [(m.start(), m.group(1)) for m in _BOXED_LETTER.finditer(text)]
-    stated = sorted((at, x) for at, x in stated if x in allowed)
+    stated: list[tuple[int, str, bool]] = []  # (where, letter, names more letters)
+    for m in _STATED.finditer(text):
+        stated.append((m.start(), m.group(1) or m.group(2), bool(_MORE_LETTERS.match(text, m.end()))))
+    stated += [(m.start(), m.group(1), False) for m in _BOXED_LETTER.finditer(text)]
+    stated += [(m.start(), m.group(1), False) for m in _CONCLUSION.finditer(text)]
+    stated += [
+        (m.start(), m.group(1), False)
+        for m in _VERDICT.finditer(text)
+        if not _HYPOTHETICAL.search(text, max(0, m.start() - 40), m.start())
+    ]
+    stated = sorted(st for st in stated if st[1] in allowed)
     if stated:
-        return stated[-1][1]
-    chosen = [(m.start(), m.group(1) or m.group(2)) for pattern in (_CHOSEN, _IS_CORRECT) for m in pattern.finditer(text)]
-    chosen = sorted((at, x) for at, x in chosen if x in allowed)
-    if chosen:
-        return chosen[-1][1]
-    marked = [m.group(1) or m.group(2) for m in _PAREN.finditer(text)]
+        _, letter, ambiguous = stated[-1]
+        return None if ambiguous else letter
+    marked = [
+        m.group(1) or m.group(2)
+        for m in _PAREN.finditer(text)
+        if m.group(1) or not _LETTER_LIST.search(text, max(0, m.start() - 40), m.start())
+    ]
     marked = [x for x in marked if x in allowed]
     return marked[-1] if marked else None
 
@@ -136,6 +159,8 @@ def extract_math(text: str) -> str | None:
         else:
             value = value.split()[0] if value.split() else ""
         value = value.strip().rstrip(".,;").strip()
+        if value.count(")") > value.count("("):  # "1) compute": a list item, not a value
+            continue
         if value and _MATH_VALUE.fullmatch(value):
             return value
     return None
@@ -152,11 +177,12 @@ def extract_free(text: str) -> str | None:
     return lines[-1] if lines else None
 
 
-def extract_answer(text: str | None, fmt: AnswerFormat, letters: list[str] | None = None) -> str | None:
+def extract_answer(text: str | None, fmt: AnswerFormat, letters: list[str] | None = None, question: str | None = None) -> str | None:
+    """``question``: the question asked, so that its verbatim echo is not read as an answer."""
     if not text:
         return None
     if fmt is AnswerFormat.MULTIPLE_CHOICE:
-        return extract_choice(text, letters or [])
+        return extract_choice(text, letters or [], question)
     if fmt is AnswerFormat.MATH:
         return extract_math(text)
     return extract_free(text)

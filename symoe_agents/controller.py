@@ -40,6 +40,7 @@ from .config import Config, OpenAIModel
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
+from .formats import AnswerFormat
 from .placement import Device, Lane, Placement, Stage, place
 from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses
 from .profiles import Profile, load_profiles
@@ -47,7 +48,7 @@ from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
-from symoe_agents.eval import extract_answer, is_correct
+from symoe_agents.eval import extract_answer, is_correct, normalize_math
 from symoe_agents.servers import ServerManager
 from symoe_agents.servers.gpu import MemoryShare
 
@@ -344,9 +345,14 @@ class Controller:
         if self.cache is None:
             return None
         req = group.requests[i]
-        params = sampling_params(agent, self.config.seed, stream_of(req.question_id), req.sample)
+        return self.call_key(agent, group.model, stream_of(req.question_id), req.sample, prompt)
+
+    def call_key(self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt) -> str:
+        """What determines one call's answer, hashed: the model's identity, the prompt, the
+        sampling settings, the request seed and the sample (the answer cache's key)."""
+        params = sampling_params(agent, self.config.seed, stream, sample)
         seed = int(params.pop("seed"))  # type: ignore[call-overload]
-        return CallIdentity(self.manager.identity(group.model), prompt.sha256, tuple(sorted(params.items())), seed, req.sample).key
+        return CallIdentity(self.manager.identity(model), prompt.sha256, tuple(sorted(params.items())), seed, sample).key
 
     # -- stages ------------------------------------------------------------------------
 
@@ -556,12 +562,16 @@ class Controller:
                 self._skill_tokens[0] += replaced.prompt_tokens
                 self._skill_tokens[1] += replaced.completion_tokens
             run.expert_answers[req.question_id][req.sample] = ExpertAnswer(
-                **_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters)
+                **_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters, p.question.question)
             )
+            label = f"expert {group.model} (slot {req.sample})"
+            if previous is not None:  # the slot's earlier layer is replaced: so are its failures and cut-offs
+                for notes in (run.errors(req.question_id), run.truncated(req.question_id)):
+                    notes[:] = [n for n in notes if not n.startswith(label)]
             if c.error:
-                run.errors(req.question_id).append(f"expert {group.model} (slot {req.sample}): {c.error}")
+                run.errors(req.question_id).append(f"{label}: {c.error}")
             if c.truncated:
-                run.truncated(req.question_id).append(f"expert {group.model} (slot {req.sample})")
+                run.truncated(req.question_id).append(label)
 
         await self._run_group(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive, stream_of=run.stream_of)
 
@@ -577,7 +587,7 @@ class Controller:
             qid = group.requests[i].question_id
             answers = run.expert_answers[qid]
             if on_disagreement:
-                agreed = consensus([a.extracted if a is not None else None for a in answers], run.k)
+                agreed = consensus([a.extracted if a is not None else None for a in answers], run.k, _same_as(run.by_id[qid]))
                 if agreed is not None:
                     run.agreed[qid] = agreed
                     return "skipped-consensus"
@@ -599,7 +609,7 @@ class Controller:
                 run.errors(qid).append(f"aggregator {group.model}: {c.error}")
             if c.truncated:
                 run.truncated(qid).append(f"aggregator {group.model}")
-            extracted = extract_answer(c.text, p.fmt, p.letters)
+            extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
             answer = AggregatorAnswer(**_fields(c), extracted=extracted)
             self._finish(run, qid, group.model, answer, aggregator_status(c, extracted))
 
@@ -609,7 +619,9 @@ class Controller:
         """Assemble one question's record. ``status`` None: the method has no aggregator."""
         p = run.by_id[qid]
         answers = [a for a in run.expert_answers[qid] if a is not None]
-        final, source = decide(status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.get(qid))
+        final, source = decide(
+            status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.get(qid), _same_as(p)
+        )
         gold = p.question.gold_answer
         route = run.routes[qid]
         result = QuestionResult(
@@ -639,6 +651,12 @@ class Controller:
         summary.correct = sum(1 for r in graded if r.correct) if graded else None
         summary.failed_questions = sum(1 for r in results if r.errors)
         return summary
+
+
+def _same_as(p: Prepared) -> Callable[[str], str]:
+    """When two extracted answers are one vote: math answers by their normal form ("033"
+    and "33"), letters and free text as written."""
+    return normalize_math if p.fmt is AnswerFormat.MATH else str
 
 
 def _fields(c: Completion) -> dict:

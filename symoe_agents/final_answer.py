@@ -13,27 +13,36 @@ aggregator (the majority and single baselines) take the experts' majority ("vote
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .config import Fallback
 from .records import AggregatorStatus, Completion, FinalSource
 
 
-def majority(answers: Sequence[str | None]) -> str | None:
-    """Most frequent extracted answer; ties go to the one seen first; None if none parsed."""
-    votes = Counter(a for a in answers if a is not None)
+#: the form under which two answers count as the same vote ("033" and "33" for math)
+SameAs = Callable[[str], str]
+
+
+def _same(a: str) -> str:
+    return a
+
+
+def majority(answers: Sequence[str | None], same: SameAs = _same) -> str | None:
+    """Most frequent extracted answer, answers equal under ``same`` voting together; ties
+    go to the one seen first; None if none parsed."""
+    votes = Counter(same(a) for a in answers if a is not None)
     if not votes:
         return None
     best = max(votes.values())
-    return next(a for a in answers if a is not None and votes[a] == best)
+    return next(a for a in answers if a is not None and votes[same(a)] == best)
 
 
-def consensus(answers: Sequence[str | None], k: int) -> str | None:
+def consensus(answers: Sequence[str | None], k: int, same: SameAs = _same) -> str | None:
     """The answer all ``k`` experts gave, when every one of them gave a parsable answer
-    and they are the same string; otherwise None (the aggregator decides)."""
+    and they are equal under ``same``; otherwise None (the aggregator decides)."""
     if k < 1 or len(answers) != k or any(a is None for a in answers):
         return None
-    return answers[0] if len(set(answers)) == 1 else None
+    return answers[0] if len({same(a) for a in answers if a is not None}) == 1 else None
 
 
 def aggregator_status(call: Completion | None, extracted: str | None) -> AggregatorStatus:
@@ -49,17 +58,18 @@ def decide(
     expert_answers: Sequence[str | None],
     fallback: Fallback = "none",
     agreed: str | None = None,
+    same: SameAs = _same,
 ) -> tuple[str | None, FinalSource | None]:
     """The final answer and its source. ``status`` None: the method has no aggregator."""
     if status is None:
-        vote = majority(expert_answers)
+        vote = majority(expert_answers, same)
         return vote, "vote" if vote is not None else None
     if status == "answered":
         return aggregator_answer, "aggregator"
     if status == "skipped-consensus":
         return agreed, "consensus"
     if fallback == "expert-majority":
-        vote = majority(expert_answers)
+        vote = majority(expert_answers, same)
         if vote is not None:
             return vote, "fallback-expert-majority"
     return None, None

@@ -57,16 +57,33 @@ CHOICES = [
     # a bare pronoun or article after "answer is" is no letter
     ("I'd say the answer is I think unclear", A_TO_J, None),
     ("The answer is A bit more subtle than it looks; I lean to (C).", ABCD, "C"),
-    # a choice said in other words, when nothing is stated as "the answer"
-    ("After checking each option, I choose (C).", ABCD, "C"),
-    ("I'd go with option D, since the others fail.", ABCD, "D"),
-    ("B is correct.", ABCD, "B"),
-    ("Looking at the choices, I believe B is best.", ABCD, "B"),
-    ("(A) fails on units. Option C is the right one.", ABCD, "C"),
-    ("A is incorrect and B is not correct either; D is the best.", ABCD, "D"),
-    # ...and never over a stated answer
+    # verdicts in parentheses count as statements; hypotheses do not
+    ("Response 1 concludes the answer is (A), but it overlooks the boundary case. Therefore, **(B)** is correct.", ABCD, "B"),
+    ("Some might think the answer is (A). However, on closer inspection, (D) is correct.", ABCD, "D"),
+    ("If A is correct, the rate would double; it does not. Hence (C).", ABCD, "C"),
+    ("If (A) is correct, the rate would double; it does not. The answer is (C).", ABCD, "C"),
+    ("It is not true that (A) is correct. (C)", ABCD, "C"),
+    ("Suppose B is correct. Then x = 3, a contradiction. So the choice is clear: (D)", ABCD, "D"),
+    ("Statement I is correct and statement II is false, which matches (C).", A_TO_J, "C"),
+    ("Vitamin C is the best-known antioxidant, but the question asks about (B).", ABCD, "B"),
+    ("Hepatitis B is the correct diagnosis here, matching option (D).", ABCD, "D"),
+    ("Many students think A is correct, but the right option is actually (C).", ABCD, "C"),
+    ("At first I'd pick (A), but on reflection (C) is better.", ABCD, "C"),
+    ("Group A is the right control; the correct choice here is (B)", ABCD, "B"),
     ("The answer is (C). Option A is correct only for acids.", ABCD, "C"),
+    # a statement naming several letters states none
+    ("Answer: (B) and (C)", ABCD, None),
+    ("The answer is (B) or (C).", ABCD, None),
+    ("The answer is A, B or C, I can't decide.", ABCD, None),
+    ("The answer is (A), (B), (C), or (D)?", ABCD, None),
+    # a bare letter said in words is still a bare letter
+    ("I'd go with option D, since the others fail.", ABCD, None),
+    ("B is correct.", ABCD, None),
     # no stated answer: the last "(X)" / "X)" among the question's letters
+    ("After checking each option, I choose (C).", ABCD, "C"),
+    ("So A) is wrong, B) is wrong, C) is right.", ABCD, "C"),
+    ("Options A) and B) fail, C) works.", ABCD, "C"),
+    ("(A) fails. Therefore (C)\u2014the electron.", ABCD, "C"),
     ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
     ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
     ("Only the (E)-isomer forms, which is choice (C).", A_TO_J, "C"),
@@ -127,6 +144,11 @@ MATHS = [
     ("no box and no stated value", None),
     ('write "The answer is" at the end:\n3^4 = 81', None),  # an echoed instruction
     ("the answer is indeed: 9", None),
+    # a stated value is on the answer's own line: a list below an "Answer" heading is no value
+    ("**Answer:**\n\n1. First, we compute the sum", None),
+    ("The answer is:\n\n1. First", None),
+    ("Final answer:\n2 cases to consider", None),
+    ("Answer: 1) compute the sum", None),
     # the instruction's placeholder is no answer, echoed or "answered"
     ("[...] Now we subtract this from $2^{5}$ [...] So, the final answer is $\\boxed{X}$.", None),  # real SmolLM2 output
     ('The answer is \\boxed{49}.\n(Format: write "The answer is \\boxed{X}", where X is your final answer.)', "49"),
@@ -138,6 +160,14 @@ MATHS = [
 @pytest.mark.parametrize("text, letters, expected", CHOICES)
 def test_extract_choice(text, letters, expected):
     assert extract_choice(text, letters) == expected
+
+
+def test_a_verbatim_echo_of_the_question_is_no_answer():
+    question = "What is 15 + 27? The options are: (A) 32 (B) 42 (C) 52 (D) 43"
+    echo = f"Question: {question}\n\nLet me think about this."
+    assert extract_choice(echo, ABCD) == "D"  # without the question, the reference's rule reads its last marker
+    assert extract_choice(echo, ABCD, question) is None
+    assert extract_answer(echo + "\nThe answer is (B)", MC, ABCD, question) == "B"
 
 
 @pytest.mark.parametrize("text, expected", REAL_CHOICES)
@@ -275,6 +305,12 @@ def test_math_scores_the_same_on_any_thread():
         # options as lines, without a header
         ("Which is prime?\nA) 4\nB) 6\nC) 7", list("ABC")),
         ("Which is prime?\nA. 4\nB. 7", list("AB")),
+        # a header inside an option's text is not the options' header
+        ("Which is a derivative? The options are: (A) Stocks (B) Bonds (C) Options: calls and puts (D) Cash", ABCD),
+        # inline "X." / "X)" markers, after a header only
+        ("Pick one. The options are: A. 4 B. 7 C. 9", list("ABC")),
+        ("Pick one. Options: A) 4 B) 7 C) 9", list("ABC")),
+        ("Take vitamin C. B. subtilis grows. A. niger too.", []),
         # figure code names points (A), (B): not options
         ("Find the area. [asy] draw((A)--(B)); label(\"(A)\", (0,0)); label(\"(B)\", (1,0)); [/asy]", []),
     ],

@@ -278,3 +278,30 @@ async def test_a_second_moa_layer_shows_each_proposer_the_first_layers_responses
     assert [a.text for a in r.expert_answers] == ["e1 layer 2. The answer is (A)", "e2 layer 2. The answer is (A)"]
     (final_prompt,) = agg_prompts(api)
     assert "layer 2" in final_prompt and "layer 1" not in final_prompt
+
+
+async def test_a_moa_slot_that_recovers_in_the_second_layer_keeps_no_first_layer_failure():
+    def reply(req):
+        prompt = req["messages"][0]["content"]
+        if req["model"] == "agg":
+            return "The answer is (B)"
+        if "Response 1:" not in prompt:  # the first layer
+            return 400 if req["model"] == "e1" else ("The answer is (B) because", "length")
+        return "Second look. The answer is (B)"
+
+    method = Method("moa", "fixed", 2, fixed=("e1", "e2"), layers=2)
+    async with ScriptedAPI([], reply) as api:
+        async with SymbolicMoE(config(api)) as moe:
+            (r,) = await moe.solve_batch([{"id": "q", "question": QUESTION}], method=method)
+            summary = moe.summary
+    assert [a.text for a in r.expert_answers] == ["Second look. The answer is (B)"] * 2
+    assert (r.errors, r.truncated, summary.failed_questions) == ([], [], 0)
+
+
+def test_equivalent_math_answers_vote_together():
+    from symoe_agents.eval import normalize_math
+
+    assert majority(["34", "33", "033"]) == "34"  # as strings, three different votes
+    assert majority(["34", "33", "033"], normalize_math) == "33"
+    assert consensus(["33", "033", "\\frac{66}{2}"], 3, normalize_math) == "33"
+    assert decide("failed", None, ["7", "034", "34"], "expert-majority", same=normalize_math) == ("034", "fallback-expert-majority")

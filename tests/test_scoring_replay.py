@@ -20,7 +20,7 @@ from standins.openai_standin import ScriptedAPI
 
 PER_SET = 15
 
-# {x}: the chosen letter, {y}: another of the question's letters
+# {x}: the chosen letter, {y}: another of the question's letters, {q}: the question, echoed
 CHOICE_PHRASINGS = [
     "Let me reason step by step. The options differ in one detail.\nThe answer is ({x})",
     "The answer is ({x}).\n\nNote that ({y}) is a common trap here; I would not pick it.",
@@ -35,7 +35,12 @@ CHOICE_PHRASINGS = [
     "I compared ({y}) and ({x}); ({x}) fits best.",
     "The answer is option {x}, since the others fail.",
     "After checking each option, I choose ({x}).",
-    "{x} is correct.",
+    "({x}) is correct.",
+    "Some might think the answer is ({y}). However, on closer inspection, ({x}) is correct.",
+    "The answer is not ({y}); it is ({x}).",
+    "If ({y}) were correct, the units would not match. Hence ({x}).",
+    "Question: {q}\n\nLet me think about it. Therefore, ({x}).",
+    "Response 2 says the answer is ({y}), but it misreads the question. The correct answer is ({x}).",
     "The best choice is {x}.",
     "Answer: {x}) as explained above",
     "The answer is ({x}) because it matches the definition. ({y}) would need more evidence.",
@@ -67,7 +72,7 @@ def _plan(qid: str, question: dict, n: int) -> tuple[str, bool]:
         others = [x for x in letters if x != gold]
         x = gold if right else others[h % len(others)]
         y = others[(h // 7) % len(others)] if right else gold
-        return CHOICE_PHRASINGS[n % len(CHOICE_PHRASINGS)].format(x=x, y=y), right
+        return CHOICE_PHRASINGS[n % len(CHOICE_PHRASINGS)].format(x=x, y=y, q=question["question"]), right
     value = int(gold.split()[0])  # "080 or 081 (both were accepted)": 80 is right too
     given = value if right else value + 1
     # equivalent forms of the same value: zero-padded, a fraction
