@@ -86,21 +86,24 @@ class ProfileStore:
     def add_skills(self, record: dict[str, Any]) -> None:
         self._append("skills.jsonl", record)
 
-    def answers(self, prompts: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Each model's answer to each question, where it answered the question's current
-        prompt (``prompts[id]``, a sha256); a later answer to the same prompt wins."""
+    def _current(self, name: str, calls: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """The successful records of (model, id) whose call is the one it would be now:
+        ``calls[(model, id)]`` is that call's key (model identity, prompt, sampling, seed);
+        a later record of the same call wins."""
         return {
             (r["model"], r["id"]): r
-            for r in self._read("answers.jsonl")
-            if not r.get("error") and r.get("prompt_sha256") is not None and r.get("prompt_sha256") == prompts.get(r["id"])
+            for r in self._read(name)
+            if not r.get("error") and r.get("call_key") is not None and r.get("call_key") == calls.get((r["model"], r["id"]))
         }
+
+    def answers(self, calls: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]]:
+        return self._current("answers.jsonl", calls)
 
     def add_answer(self, record: dict[str, Any]) -> None:
         self._append("answers.jsonl", record)
 
-    def aggregations(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Successful aggregations by (model, the sha256 of the prompt they answered)."""
-        return {(r["model"], r["prompt_sha256"]): r for r in self._read("aggregations.jsonl") if not r.get("error") and r.get("prompt_sha256")}
+    def aggregations(self, calls: dict[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any]]:
+        return self._current("aggregations.jsonl", calls)
 
     def add_aggregation(self, record: dict[str, Any]) -> None:
         self._append("aggregations.jsonl", record)
@@ -131,12 +134,26 @@ def _prepared_from_skills(rec: dict[str, Any]) -> Prepared:
 def _correct(p: Prepared, text: str | None) -> bool:
     """Scored now, with the current extraction: never a verdict stored by an older version."""
     assert p.question.gold_answer is not None
-    return is_correct(extract_answer(text, p.fmt, p.letters), p.question.gold_answer, p.fmt)
+    return is_correct(extract_answer(text, p.fmt, p.letters, p.question.question), p.question.gold_answer, p.fmt)
 
 
 def _expert_prompts(cfg: Config, prepared: dict[str, Prepared]) -> dict[str, RenderedPrompt]:
     template = load_template("expert", cfg.prompts_dir)
     return {qid: expert_prompt(template, p, cfg.prompts_dir) for qid, p in prepared.items()}
+
+
+def _call_keys(
+    ctrl: Controller, role: Literal["expert", "aggregator"], models: list[str], prompts: dict[str, RenderedPrompt], streams: dict[str, str]
+) -> dict[tuple[str, str], str]:
+    """Each (model, id)'s call key as it would be sent now: a stored answer is reused only
+    for the very same call, so a new prompt, sampling setting, seed or model (other weights
+    under the same name) is asked again."""
+    keys = {}
+    for model in models:
+        agent = build_agent(ctrl.config, role, model)
+        for qid, prompt in prompts.items():
+            keys[(model, qid)] = ctrl.call_key(agent, model, streams[qid], 0, prompt)
+    return keys
 
 
 async def _each_once(
@@ -180,11 +197,11 @@ async def run_profile(
     cfg = config.model_copy(update={"profiles": None})
     prepared = {p.question.id: p for p in prepare_all(questions)}
     prompts = _expert_prompts(cfg, prepared)
-    shas = {qid: pr.sha256 for qid, pr in prompts.items()}
     streams = {qid: p.stream for qid, p in prepared.items()}
     pool = cfg.roles.experts
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
+        calls = _call_keys(ctrl, "expert", pool, prompts, streams)
         todo = [p for qid, p in prepared.items() if qid not in known]
         if todo:
             skills = await ctrl.infer_skills(todo)
@@ -195,7 +212,7 @@ async def run_profile(
                        "answer_format": p.fmt.value, "option_letters": p.letters,
                        "keywords": skills.keywords[q.id], "samples": skills.texts[q.id]}  # fmt: skip
                 store.add_skills(rec)
-        done = store.answers(shas)
+        done = store.answers(calls)
         skill_server = manager.server_key(cfg.roles.skill_inferencer)
         order = sorted(pool, key=lambda m: (manager.server_key(m) != skill_server, manager.server_key(m) or "", m))
         new = 0
@@ -203,10 +220,11 @@ async def run_profile(
         def keep_answer(model: str, qid: str, c: Completion) -> None:
             nonlocal new
             p = prepared[qid]
-            extracted = extract_answer(c.text, p.fmt, p.letters)
+            extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
             assert p.question.gold_answer is not None
             store.add_answer({
-                "model": model, "id": qid, "prompt_sha256": c.prompt_sha256, "text": c.text, "extracted": extracted,
+                "model": model, "id": qid, "call_key": calls[(model, qid)], "prompt_sha256": c.prompt_sha256,
+                "text": c.text, "extracted": extracted,
                 "correct": is_correct(extracted, p.question.gold_answer, p.fmt), "error": c.error,
                 "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 3),
@@ -216,7 +234,7 @@ async def run_profile(
         for model in order:
             ids = [qid for qid in prepared if (model, qid) not in done]
             await _each_once(ctrl, "expert", model, ids, prompts, streams, keep_answer)
-    answers = store.answers(shas)
+    answers = store.answers(calls)
     skills_by_id = store.skills()
     correct = {m: {qid: _correct(prepared[qid], r["text"]) for (mm, qid), r in answers.items() if mm == m} for m in pool}
     profiles = build_profiles({qid: skills_by_id[qid]["keywords"] for qid in prepared}, correct, pool)
@@ -243,39 +261,43 @@ async def run_pick_aggregator(
     seed = config.seed if seed is None else seed
     cfg = config.model_copy(update={"profiles": None})
     prepared = {qid: _prepared_from_skills(rec) for qid, rec in skills.items()}
-    shas = {qid: pr.sha256 for qid, pr in _expert_prompts(cfg, prepared).items()}
-    by_q: dict[str, dict[str, tuple[str, bool]]] = {}
-    for (model, qid), r in store.answers(shas).items():
-        by_q.setdefault(qid, {})[model] = (r["text"] or "", _correct(prepared[qid], r["text"]))
-    items = synthetic_aggregation_items(by_q, seed)
-    if not items:
-        raise ProfileError(
-            f"{profiles_dir}: no validation question has 1 correct and 2 incorrect answers among the models "
-            "(answers to the current prompts); profile more questions or more models"
-        )
+    expert_prompts = _expert_prompts(cfg, prepared)
+    all_streams = {qid: p.stream for qid, p in prepared.items()}
     candidates = list(dict.fromkeys([*config.roles.experts, config.roles.aggregator]))
     template = load_template("aggregator", cfg.prompts_dir)
-    prompts = {it["id"]: aggregation_prompt(template, prepared[it["id"]], shown_responses(it["responses"]), cfg.prompts_dir) for it in items}
-    streams = {qid: prepared[qid].stream for qid in prompts}
-    done = store.aggregations()
-
-    def keep_aggregation(model: str, qid: str, c: Completion) -> None:
-        p = prepared[qid]
-        extracted = extract_answer(c.text, p.fmt, p.letters)
-        store.add_aggregation({
-            "model": model, "id": qid, "seed": seed, "prompt_sha256": c.prompt_sha256, "text": c.text, "extracted": extracted,
-            "correct": _correct(p, c.text), "error": c.error, "finish_reason": c.finish_reason,
-        })  # fmt: skip
-
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
+        by_q: dict[str, dict[str, tuple[str, bool]]] = {}
+        answered = store.answers(_call_keys(ctrl, "expert", config.roles.experts, expert_prompts, all_streams))
+        for (model, qid), r in answered.items():
+            by_q.setdefault(qid, {})[model] = (r["text"] or "", _correct(prepared[qid], r["text"]))
+        items = synthetic_aggregation_items(by_q, seed)
+        if not items:
+            raise ProfileError(
+                f"{profiles_dir}: no validation question has 1 correct and 2 incorrect answers among the models "
+                "(answers to the current prompts and settings); profile more questions or more models"
+            )
+        prompts = {it["id"]: aggregation_prompt(template, prepared[it["id"]], shown_responses(it["responses"]), cfg.prompts_dir) for it in items}
+        streams = {qid: all_streams[qid] for qid in prompts}
+        calls = _call_keys(ctrl, "aggregator", candidates, prompts, streams)
+        done = store.aggregations(calls)
+
+        def keep_aggregation(model: str, qid: str, c: Completion) -> None:
+            p = prepared[qid]
+            extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
+            store.add_aggregation({
+                "model": model, "id": qid, "seed": seed, "call_key": calls[(model, qid)], "prompt_sha256": c.prompt_sha256,
+                "text": c.text, "extracted": extracted, "correct": _correct(p, c.text), "error": c.error,
+                "finish_reason": c.finish_reason,
+            })  # fmt: skip
+
         for model in candidates:
-            ids = [qid for qid, pr in prompts.items() if (model, pr.sha256) not in done]
+            ids = [qid for qid in prompts if (model, qid) not in done]
             await _each_once(ctrl, "aggregate", model, ids, prompts, streams, keep_aggregation)
-    done = store.aggregations()
+    done = store.aggregations(calls)
     scores = {}
     for m in candidates:
-        got = [done[(m, pr.sha256)] for pr in prompts.values() if (m, pr.sha256) in done]
+        got = [done[(m, qid)] for qid in prompts if (m, qid) in done]
         scores[m] = sum(1 for r in got if _correct(prepared[r["id"]], r["text"])) / len(items)
     accuracy = {}
     for m in candidates:

@@ -126,6 +126,12 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
         again_code, again_out, again_err = await _symoe("profile", validation, "-o", prof, "--config", cfg)
         assert again_code == 0 and f"0 new answers, {3 * n} reused" in again_out
         assert "starting server" not in again_err
+        # another sampling setting is another call: asked again (the keywords are the same calls: kept)
+        other = tmp_path / "other.toml"
+        other.write_text(cfg.read_text() + "[sampling.expert]\nmax_tokens = 77\n")
+        code, out, err = await _symoe("profile", validation, "-o", prof, "--config", other)
+        assert code == 0 and f"{3 * n} new answers, 0 reused" in out and "starting server" not in err
+        assert all(r["max_tokens"] == 77 for r in api.requests[-3 * n :])
 
         sent = len(api.requests)
         code, out, err = await _symoe("pick-aggregator", "--profiles", prof, "--config", cfg)
