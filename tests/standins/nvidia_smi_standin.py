@@ -3,7 +3,10 @@
 Reports GPUs from $STANDIN_GPUS (count, default 2, 81920 MiB each) and, as compute apps, the
 server stand-ins that registered memory in $STANDIN_GPU_DIR: a live process holds its
 memory; after it exits, the memory shows as held for its release_s more seconds, as a
-driver can take a moment to free it. Supports -L, --query-gpu and --query-compute-apps.
+driver can take a moment to free it. Supports -L, --query-gpu and --query-compute-apps with
+``--format=csv,noheader,nounits``: as nvidia-smi does, it prints the requested fields in the
+order asked, and refuses a field it does not know ('Field "x" is not a valid field to
+query.', exit code 2) or a query without a csv ``--format``.
 """
 
 import json
@@ -48,15 +51,29 @@ def main():
             print(f"GPU {i}: NVIDIA Stand-in (UUID: GPU-standin-{i})")
         return
     query = next((a for a in args if a.startswith("--query")), "")
+    if not query:
+        sys.exit("stand-in nvidia-smi: only -L and --query-* are implemented")
+    if not any(a.startswith("--format=") and "csv" in a for a in args):
+        print("ERROR: --format=csv is required with --query-*", file=sys.stderr)
+        sys.exit(2)
+    kind, _, fields = query.partition("=")
     held = holders()
-    if query.startswith("--query-gpu"):
+    if kind == "--query-gpu":
         used = sum(held.values())
-        for i in range(n):
-            u = used if i == 0 else 0
-            print(f"{i}, {total}, {u}, {total - u}")
-    elif query.startswith("--query-compute-apps"):
-        for pid, mib in held.items():
-            print(f"{pid}, {mib}")
+        rows = [{"index": i, "memory.total": total, "memory.used": used if i == 0 else 0,
+                 "memory.free": total - (used if i == 0 else 0)} for i in range(n)]  # fmt: skip
+    elif kind == "--query-compute-apps":
+        rows = [{"pid": pid, "used_memory": mib} for pid, mib in held.items()]
+    else:
+        sys.exit(f"stand-in nvidia-smi: unknown option {kind}")
+    known = {"index", "memory.total", "memory.used", "memory.free"} if kind == "--query-gpu" else {"pid", "used_memory"}
+    wanted = [f.strip() for f in fields.split(",") if f.strip()]
+    for f in wanted:
+        if f not in known:
+            print(f'Field "{f}" is not a valid field to query.', file=sys.stderr)
+            sys.exit(2)
+    for row in rows:
+        print(", ".join(str(row[f]) for f in wanted))
 
 
 if __name__ == "__main__":
