@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from functools import lru_cache
 
 
 class AnswerFormat(str, Enum):
@@ -41,9 +42,11 @@ _PAREN_MARKER = re.compile(r"(?<![A-Za-z0-9(\[])\(([A-Z])\)(?![-\u2010-\u2014])"
 # "X)" or "X." opening a line: "A) 5", "B. Paris"
 _LINE_MARKER = re.compile(r"^[ \t]*([A-Z])[.)][ \t]", re.MULTILINE)
 _INLINE_MARKER = re.compile(r"(?<![A-Za-z0-9(])([A-Z])[.)](?=\s)")
+_FIRST_INLINE = re.compile(r"\s*A[.)]\s")  # inline options start right after their header
 _LATEX = re.compile(r"\$[^$]+\$|\\\(|\\\[|\\frac|\\sqrt|\\boxed|\\cdot|\\times")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
-_REMARK = re.compile(r"\s+\((?=[^()]*[A-Za-z]{3})[^()]*\)\s*$")  # "080 or 081 (both were accepted)", not "(a-b)(a+b)"
+# a remark after the value: "080 or 081 (both were accepted)", "12 (cm)"; not "(a-b)(a+b)", "x (a+b)"
+_REMARK = re.compile(r"\s+\((?![^()]*[-+*/^=\\])[^()]*\)\s*$")
 _OR = re.compile(r"\s+or\s+", re.IGNORECASE)
 
 
@@ -60,14 +63,16 @@ def _markers(text: str, inline: bool) -> list[str]:
     found = [(m.start(), m.group(1)) for m in _PAREN_MARKER.finditer(text)]
     found += [(m.start(1), m.group(1)) for m in _LINE_MARKER.finditer(text)]
     run = _run(found)
-    if not run and inline:  # "The options are: A. 4 B. 7 C. 9"
+    if not run and inline and _FIRST_INLINE.match(text):  # "The options are: A. 4 B. 7 C. 9"
         run = _run([(m.start(), m.group(1)) for m in _INLINE_MARKER.finditer(text)])
     return run
 
 
+@lru_cache(maxsize=4096)  # every extraction of a response reads its question's options
 def _options(question: str) -> tuple[str, bool]:
-    """(the text that lists the options, whether it follows a header)."""
-    for header in reversed(list(_HEADER.finditer(question))):
+    """(the text that lists the options, whether it follows a header). Only the last few
+    headers are tried: a question made of thousands of "Options:" must not cost seconds."""
+    for header in list(_HEADER.finditer(question))[-3:][::-1]:
         if _markers(question[header.end():], inline=True):
             return question[header.end():], True
     return _FIGURE.sub(" ", question), False

@@ -71,6 +71,19 @@ CHOICES = [
     ("At first I'd pick (A), but on reflection (C) is better.", ABCD, "C"),
     ("Group A is the right control; the correct choice here is (B)", ABCD, "B"),
     ("The answer is (C). Option A is correct only for acids.", ABCD, "C"),
+    # a verdict after a statement overrules it only when it says so ("however", "therefore", ...)
+    ("The answer is (B).\n\nNote: Response 2 claimed (C) is correct, but it ignored friction.", ABCD, "B"),
+    ("The answer is (B). Students often believe (A) is correct, but it is a trap.", ABCD, "B"),
+    ("We conclude that (B) is correct, since (A) and (C) fail.", ABCD, "B"),
+    ("It is clear that (B) is correct; (D) is a distractor.", ABCD, "B"),
+    ("I think (B) is correct, not (C).", ABCD, "B"),
+    ("Let us test whether answer (A) is correct. It is not. (C) fits.", ABCD, "C"),
+    # a letter after a statement that begins a new clause, or is no option, is not a second answer
+    ("The answer is (C), I am confident.", ABCD, "C"),
+    ("The answer is (B), I think.", A_TO_J, "B"),
+    ("The answer is (B) and (C) is wrong.", ABCD, "B"),
+    ("The answer is (B), (C) being a distractor.", ABCD, "B"),
+    ("Answer: C, A being a distractor", ABCD, "C"),
     # a statement naming several letters states none
     ("Answer: (B) and (C)", ABCD, None),
     ("The answer is (B) or (C).", ABCD, None),
@@ -84,6 +97,12 @@ CHOICES = [
     ("So A) is wrong, B) is wrong, C) is right.", ABCD, "C"),
     ("Options A) and B) fail, C) works.", ABCD, "C"),
     ("(A) fails. Therefore (C)\u2014the electron.", ABCD, "C"),
+    # ranges and lists of letters are no choice
+    ("Let's examine each option (A-D).\nOption A fails. Option B fits.", ABCD, None),
+    ("None of the options (A, B, C and D) is obviously wrong; B is closest.", ABCD, None),
+    ("Options (A)\u2013(D) all mention ATP; B is closest.", ABCD, None),
+    ("I'll go through options (A/B/C/D) one by one.", ABCD, None),
+    ("Among (A)-(J), only B works.", A_TO_J, None),
     ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
     ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
     ("Only the (E)-isomer forms, which is choice (C).", A_TO_J, "C"),
@@ -149,6 +168,10 @@ MATHS = [
     ("The answer is:\n\n1. First", None),
     ("Final answer:\n2 cases to consider", None),
     ("Answer: 1) compute the sum", None),
+    # ...but a value alone on the line after "Answer:" is one
+    ("The answer is:\n\n49", "49"),
+    ("**Final Answer:**\n\n$49$", "49"),
+    ("The answer is\n$\\frac{1}{2}$.", "\\frac{1}{2}"),
     # the instruction's placeholder is no answer, echoed or "answered"
     ("[...] Now we subtract this from $2^{5}$ [...] So, the final answer is $\\boxed{X}$.", None),  # real SmolLM2 output
     ('The answer is \\boxed{49}.\n(Format: write "The answer is \\boxed{X}", where X is your final answer.)', "49"),
@@ -311,6 +334,8 @@ def test_math_scores_the_same_on_any_thread():
         ("Pick one. The options are: A. 4 B. 7 C. 9", list("ABC")),
         ("Pick one. Options: A) 4 B) 7 C) 9", list("ABC")),
         ("Take vitamin C. B. subtilis grows. A. niger too.", []),
+        ("Which vitamin? The choices are: (a) Vitamin A. (b) Vitamin B. (c) Vitamin C. (d) none", []),
+        ("Find x such that f(x)=0. Choices: $x^2$, $x^3$. Point A. B. C. are collinear.", []),
         # figure code names points (A), (B): not options
         ("Find the area. [asy] draw((A)--(B)); label(\"(A)\", (0,0)); label(\"(B)\", (1,0)); [/asy]", []),
     ],
@@ -342,6 +367,13 @@ def test_gold_alternatives():
     assert gold_alternatives("080 or 081 (both were accepted)") == ["080", "081"]
     assert gold_alternatives("33") == ["33"]
     assert gold_alternatives("\\frac{1}{2}") == ["\\frac{1}{2}"]
+    assert gold_alternatives("12 (cm)") == ["12"]
+    assert gold_alternatives("(a-b)(a+b)") == ["(a-b)(a+b)"]
+
+
+def test_a_question_of_many_headers_has_no_options():
+    # only the last headers are tried (trying each one made these take a minute)
+    assert option_letters("Options: " * 20000) == [] and option_letters("options: (A) " * 15000) == []
 
 
 UPSTREAM_SETS = [("GPQA_train.json", MC, 249), ("MMLU_Pro_train.json", MC, 350),
@@ -367,3 +399,27 @@ def test_format_detection_on_the_upstream_sets_is_exact(name, fmt, n):
             assert r["gold_answer"] in letters, (name, i)
         else:
             assert letters == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x^2+y^2", "2^2 \\cdot 3^2", "3^{2^2}", "2^{100000}", "10000!", "\\binom{1000}{500}", "(x+1)^{100}", "x^{n+1}",
+     "x^{-1}", "(1+n)!", "\\frac{1}{n+1}\\binom{2n}{n}", "2x^{2024}", "(-1)^{2024}", "\\left(\\frac{1}{2}\\right)^{200}"],
+)  # fmt: skip
+def test_ordinary_answers_are_compared_symbolically(value):
+    from symoe_agents.eval.score import symbolic_checkable
+
+    assert symbolic_checkable(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["9^9^9", "9^{9^{9}}", "10^{1000000}", "(10^9)!", "\\left(10^{9}\\right)!", "\\Gamma(10^{9})", "100001!", "3^{12!}",
+     "3^{999999999/1}", "3^{99999 \\cdot 99999}", "3^{-999999999}", "(x+y+z)^{100}", "(a+b+c+d)^{30}", "(x+1)^{999}"],
+)  # fmt: skip
+def test_answers_sympy_cannot_finish_are_left_to_the_normaliser(value):
+    """Each of these kept math-verify (timeouts off) busy for minutes or for ever here."""
+    from symoe_agents.eval.score import symbolic_checkable
+
+    assert not symbolic_checkable(value)
+    assert is_correct(value, value, MATH)  # the normaliser still finds a thing equal to itself
