@@ -64,19 +64,33 @@ _CONCLUSION = re.compile(
     r"\(([A-Z])\)(?=\s*(?:[.!]|$|\n|(?i:is\s+(?:the\s+)?(?:correct|right|best))\b))"
 )
 _VERDICT = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)\b)")
-_HYPOTHETICAL = re.compile(r"(?i:\b(?:if|suppose|supposing|assume|assuming|whether|not|that|think|thinks|unless)\W*)$")
-# a statement that names more letters right after its own ("(B) and (C)", "A, B or C")
-_MORE_LETTERS = re.compile(r"\s*(?:,|/|&|(?i:and|or))\s*(?i:option\s+)?\(?[A-Z]\)?(?![A-Za-z0-9])")
+# a verdict under a hypothesis, in the same clause: "If (A) is correct", "whether answer (A) is correct"
+_HYPOTHETICAL = re.compile(
+    r"(?i:\b(?:if|suppose|supposing|assume|assuming|whether|unless|not|not\s+(?:true|the\s+case)\s+that)\b[^.;!?\n]{0,25})$"
+)
+# a verdict that overrules an earlier statement must say so: "However, ... (D) is correct"
+_CONTRAST = re.compile(r"(?i:\b(?:however|but|actually|instead|rather|therefore|thus|hence|so|inspection|conclude|clearly)\b)")
+# a statement that names another of the letters right after its own ("(B) and (C)", "A, B or
+# C"), where that letter is not the subject of a new clause ("(B), (C) being a distractor")
+_MORE_LETTERS = re.compile(
+    r"\s*(?:,|/|&|(?i:and|or))\s*(?i:option\s+)?(?:\(([A-Z])\)|([A-Z])(?![A-Za-z0-9)]))"
+    r"(?!\s*(?i:is|are|was|were|being|would|seems?|think|believe|guess|am|'m|hope|fails?)\b)"
+)
 # "(X)" or "X)" not glued to a word, and not a stereo-descriptor "(E)-"
 _PAREN = re.compile(r"(?<![A-Za-z0-9])\(([A-Z])\)(?![-\u2010\u2011])|(?<![A-Za-z0-9(])([A-Z])\)")
-# "X)" closing a list of letters, "(A, B, C, D)" or "(A, B, or C)": no choice
-_LETTER_LIST = re.compile(r"\((?:\s*[A-Z]\s*,)+\s*(?i:(?:or|and)\s+)?$")
+# "X)" closing a list or range of letters, "(A, B, C, D)", "(A, B or C)", "(A-D)", "(A/B/C/D)": no choice
+_LETTER_LIST = re.compile(r"\((?:\s*[A-Z]\s*(?:,|/|&|-|\u2013|(?i:and|or|to)\b))+\s*$")
+# "(A)" opening or "(D)" closing a range "(A)-(D)", "(A) to (J)": no choice
+_RANGE_AFTER = re.compile(r"\s*(?:-|\u2013|\u2014|(?i:to)\b)\s*\([A-Z]\)")
+_RANGE_BEFORE = re.compile(r"\([A-Z]\)\s*(?:-|\u2013|\u2014|(?i:to))\s*$")
 # an echoed instruction: its quoted template, if any, then "where X is ..." to the sentence's end
 _ECHO = re.compile(r"(?:\"[^\"\n]*\"\s*,?\s*)?\b[Ww]here X is\b[^.\n]*")
 PLACEHOLDER = "X"
 
 _STATED_FREE = re.compile(r"answer is\s*:?\s*(.+)", re.IGNORECASE)
 _STATED_VALUE = re.compile(r"(?i:\banswer\s*(?:is|:|=))[ \t:*]*(.+)")  # on the same line: not a list below a heading
+# "Answer:" ending its line, and a value alone on the next non-empty line
+_STATED_ALONE = re.compile(r"(?i:\banswer\s*(?:is|:|=))[ \t:*]*\n\s*(\$[^$\n]+\$|[^\s$]+)[ \t.]*(?:\n|$)")
 _MATH_VALUE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?(?:/\d+)?|\\[a-z]+\{[^$]*\}[^\s$]*|\d[^\s$]*)")
 
 
@@ -105,22 +119,30 @@ def extract_choice(text: str, letters: list[str], question: str | None = None) -
     allowed = set(letters)
     stated: list[tuple[int, str, bool]] = []  # (where, letter, names more letters)
     for m in _STATED.finditer(text):
-        stated.append((m.start(), m.group(1) or m.group(2), bool(_MORE_LETTERS.match(text, m.end()))))
+        more = _MORE_LETTERS.match(text, m.end())
+        stated.append((m.start(), m.group(1) or m.group(2), more is not None and (more.group(1) or more.group(2)) in allowed))
     stated += [(m.start(), m.group(1), False) for m in _BOXED_LETTER.finditer(text)]
     stated += [(m.start(), m.group(1), False) for m in _CONCLUSION.finditer(text)]
-    stated += [
+    stated = [st for st in stated if st[1] in allowed]
+    verdicts = [
         (m.start(), m.group(1), False)
         for m in _VERDICT.finditer(text)
-        if not _HYPOTHETICAL.search(text, max(0, m.start() - 40), m.start())
+        if m.group(1) in allowed and not _HYPOTHETICAL.search(text, max(0, m.start() - 60), m.start())
     ]
-    stated = sorted(st for st in stated if st[1] in allowed)
+    # "(X) is correct" decides when nothing is stated; after a statement only when it overrules
+    # it in so many words, so chatter after an answer ("(A) is correct only for acids") is chatter
+    stated = sorted(stated + [v for v in verdicts if _CONTRAST.search(text, max(0, v[0] - 40), v[0])]) or verdicts
     if stated:
         _, letter, ambiguous = stated[-1]
         return None if ambiguous else letter
     marked = [
         m.group(1) or m.group(2)
         for m in _PAREN.finditer(text)
-        if m.group(1) or not _LETTER_LIST.search(text, max(0, m.start() - 40), m.start())
+        if (
+            not _LETTER_LIST.search(text, max(0, m.start() - 40), m.start())
+            if m.group(2)
+            else not (_RANGE_AFTER.match(text, m.end()) or _RANGE_BEFORE.search(text, max(0, m.start() - 20), m.start()))
+        )
     ]
     marked = [x for x in marked if x in allowed]
     return marked[-1] if marked else None
@@ -152,7 +174,9 @@ def extract_math(text: str) -> str | None:
         return None if _plain(boxed).strip(" $") == PLACEHOLDER else boxed  # \\boxed{X}, \\boxed{\\textrm{X}}
     # "The answer is 49." / "Answer: $\frac{1}{2}$" - a value, not prose; echoed
     # instructions ('write "The answer is" at the end') must not count
-    for raw in reversed(_STATED_VALUE.findall(_EMPHASIS.sub("", text))):
+    plain = _EMPHASIS.sub("", text)
+    found = [(m.start(), m.group(1)) for pattern in (_STATED_VALUE, _STATED_ALONE) for m in pattern.finditer(plain)]
+    for _, raw in sorted(found, reverse=True):
         value = raw.strip()
         if value.startswith("$") and value.count("$") >= 2:
             value = value[1 : value.index("$", 1)]
