@@ -565,9 +565,11 @@ class Controller:
                 **_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters, p.question.question)
             )
             label = f"expert {group.model} (slot {req.sample})"
-            if previous is not None:  # the slot's earlier layer is replaced: so are its failures and cut-offs
-                for notes in (run.errors(req.question_id), run.truncated(req.question_id)):
-                    notes[:] = [n for n in notes if not n.startswith(label)]
+            if previous is not None:  # the slot's earlier layer is replaced: its failure no longer stands,
+                errors = run.errors(req.question_id)  # but a cut-off call was still made (and its tokens counted)
+                errors[:] = [n for n in errors if not n.startswith(label)]
+                cut = run.truncated(req.question_id)
+                cut[:] = [f"{n}, an earlier layer" if n == label else n for n in cut]
             if c.error:
                 run.errors(req.question_id).append(f"{label}: {c.error}")
             if c.truncated:

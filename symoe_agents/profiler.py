@@ -156,6 +156,21 @@ def _call_keys(
     return keys
 
 
+def _skill_keys(ctrl: Controller, prepared: list[Prepared]) -> dict[str, str]:
+    """Each question's keywords as they would be inferred now (the skill inferencer's
+    identity, prompt, sampling, seed and number of samples), and its declared format: stored
+    keywords are reused only for the same, so a profile never mixes in another inferencer's."""
+    cfg = ctrl.config
+    model = cfg.roles.skill_inferencer
+    agent = build_agent(cfg, "skill_inferencer", model)
+    keys = {}
+    for p in prepared:
+        first = ctrl.call_key(agent, model, p.stream, 0, agent.template.render(question=p.question.question))
+        declared = p.question.answer_format.value if p.question.answer_format else None
+        keys[p.question.id] = _hash(json.dumps([first, cfg.sampling.skill_inferencer.samples, declared]))
+    return keys
+
+
 async def _each_once(
     ctrl: Controller,
     kind: Literal["expert", "aggregate"],
@@ -202,12 +217,14 @@ async def run_profile(
     async with ServerManager(cfg, events) as manager:
         ctrl = Controller(cfg, manager, events, progress)
         calls = _call_keys(ctrl, "expert", pool, prompts, streams)
-        todo = [p for qid, p in prepared.items() if qid not in known]
+        skill_keys = _skill_keys(ctrl, list(prepared.values()))
+        todo = [p for qid, p in prepared.items() if known.get(qid, {}).get("skill_key") != skill_keys[qid]]
         if todo:
             skills = await ctrl.infer_skills(todo)
             for p in todo:
                 q = p.question
-                rec = {"id": q.id, "question": q.question, "question_sha": _hash(q.question), "gold_answer": q.gold_answer,
+                rec = {"id": q.id, "skill_key": skill_keys[q.id], "question": q.question, "question_sha": _hash(q.question),
+                       "gold_answer": q.gold_answer,
                        "declared_format": q.answer_format.value if q.answer_format else None,
                        "answer_format": p.fmt.value, "option_letters": p.letters,
                        "keywords": skills.keywords[q.id], "samples": skills.texts[q.id]}  # fmt: skip

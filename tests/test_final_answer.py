@@ -295,7 +295,8 @@ async def test_a_moa_slot_that_recovers_in_the_second_layer_keeps_no_first_layer
             (r,) = await moe.solve_batch([{"id": "q", "question": QUESTION}], method=method)
             summary = moe.summary
     assert [a.text for a in r.expert_answers] == ["Second look. The answer is (B)"] * 2
-    assert (r.errors, r.truncated, summary.failed_questions) == ([], [], 0)
+    assert (r.errors, summary.failed_questions) == ([], 0)
+    assert r.truncated == ["expert e2 (slot 1), an earlier layer"] and summary.truncated == {"expert": 1}
 
 
 def test_equivalent_math_answers_vote_together():

@@ -172,6 +172,13 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
         qfile.write_text("".join(json.dumps({"id": f"t-{q['id']}", "question": q["question"], "gold_answer": q["gold_answer"]}) + "\n" for q in keyed))
         out_path = tmp_path / "out.jsonl"
         code, _, err = await _symoe("solve", qfile, "-o", out_path, "--profiles", prof, "--config", cfg, "--events", tmp_path / "ev.jsonl")
+        # another skill inferencer setting: the keywords are inferred again; the experts' answers, the same calls, are kept
+        fewer = tmp_path / "fewer.toml"
+        fewer.write_text(cfg.read_text().replace("samples = 3", "samples = 2"))
+        again = await _symoe("profile", validation, "-o", prof, "--config", fewer)
+    assert again[0] == 0 and "starting server for 'smollm2'" in again[2] and f"0 new answers, {3 * n} reused" in again[1]
+    latest = {r["id"]: r for r in read_jsonl(prof / "skills.jsonl")}
+    assert all(len(r["samples"]) == 2 for r in latest.values()) and len(read_jsonl(prof / "skills.jsonl")) == 2 * n
     assert code == 0, err[-2000:]
     (routing,) = [e for e in read_jsonl(tmp_path / "ev.jsonl") if e["kind"] == "routing"]
     assert "MiniLM" in routing["detail"]["alignment"]  # the [embed] extra is part of the test install
