@@ -302,9 +302,11 @@ async def run_pick_aggregator(
         def keep_aggregation(model: str, qid: str, c: Completion) -> None:
             p = prepared[qid]
             extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
+            assert p.question.gold_answer is not None  # profile refuses questions without one
             store.add_aggregation({
                 "model": model, "id": qid, "seed": seed, "call_key": calls[(model, qid)], "prompt_sha256": c.prompt_sha256,
-                "text": c.text, "extracted": extracted, "correct": _correct(p, c.text), "error": c.error,
+                "text": c.text, "extracted": extracted, "correct": is_correct(extracted, p.question.gold_answer, p.fmt),
+                "error": c.error,
                 "finish_reason": c.finish_reason,
             })  # fmt: skip
 

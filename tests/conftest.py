@@ -56,6 +56,40 @@ def wait_gone(pids: list[int], within: float = 5.0) -> list[int]:
     return pids_alive(pids)
 
 
+def listed_letters(question: str) -> list[str]:
+    """The options of an upstream-format question, read by a simpler rule than symoe's that
+    fits the reference data: the "(X)" markers standing alone after "The options are:"."""
+    import re
+
+    return re.findall(r"(?:^|\s)\(([A-Z])\)\s", question[question.rindex("The options are:") :] + " ")
+
+
+#: the answer instructions, written out here rather than rendered by symoe
+HAND_INSTRUCTIONS = {
+    "multiple_choice": 'Reason step by step first. Then, on the last line, write "The answer is (X)", where X is the '
+    "single capital letter of the option you choose ({letters}).",
+    "math": 'Reason step by step first. Then, on the last line, write "The answer is \\boxed{{X}}", where X is your final answer.',
+    "free": 'Reason step by step first. Then, on the last line, write "The answer is: X", where X is your final answer in a few words.',
+}
+
+
+def hand_instruction(fmt: str, letters: list[str] | None = None) -> str:
+    return HAND_INSTRUCTIONS[fmt].format(letters=", ".join(letters or []))
+
+
+async def symoe_async(*args, env: dict[str, str] | None = None, timeout: float = 900) -> tuple[int, str, str]:
+    """``symoe ARGS`` as a subprocess awaited in the test's event loop (where a stand-in
+    API may be serving): (exit code, stdout, stderr)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        *symoe_cmd(), *map(str, args), env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def require(condition: bool, why: str) -> None:
     """Skip a test whose precondition is missing on a developer's machine; in CI (which
     has ../shared and every extra) a missing precondition is a failure, never a skip."""

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import EXAMPLES, pids_alive, read_jsonl, symoe_cmd, wait_gone
+from conftest import EXAMPLES, hand_instruction, pids_alive, read_jsonl, symoe_cmd, wait_gone
 from symoe_agents.config import load_config
 
 pytestmark = pytest.mark.servers
@@ -34,12 +34,6 @@ def no_llamacpp_server_on(ports):
 
 EXAMPLE_FORMATS = {"arith-1": "multiple_choice", "geo-1": "multiple_choice", "chem-1": "multiple_choice",
                    "bio-1": "multiple_choice", "math-1": "math", "free-1": "free"}  # fmt: skip
-HAND_INSTRUCTIONS = {  # the answer instructions, written out here rather than rendered by symoe
-    "multiple_choice": 'Reason step by step first. Then, on the last line, write "The answer is (X)", where X is the '
-    "single capital letter of the option you choose (A, B, C, D).",
-    "math": 'Reason step by step first. Then, on the last line, write "The answer is \\boxed{X}", where X is your final answer.',
-    "free": 'Reason step by step first. Then, on the last line, write "The answer is: X", where X is your final answer in a few words.',
-}
 
 
 def test_solve_example_set(tmp_path):
@@ -90,7 +84,7 @@ def test_solve_example_set(tmp_path):
         shown = [t for t in (strip_reasoning(a["text"]).strip() for a in answers) if t]
         body = "\n\n".join(f"Response {n}:\n{t}" for n, t in enumerate(shown, 1))
         text = template.replace("{responses}", body).replace("{question}", r["question"])
-        text = text.replace("{answer_instruction}", HAND_INSTRUCTIONS[r["answer_format"]])
+        text = text.replace("{answer_instruction}", hand_instruction(r["answer_format"], r["option_letters"]))
         assert agg["prompt_sha256"] == hashlib.sha256(text.encode()).hexdigest()
         # the aggregator's answer is the method's answer: no answer if it does not parse
         status = "answered" if agg["extracted"] is not None else "unparsable"

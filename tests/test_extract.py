@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import UPSTREAM
+from conftest import UPSTREAM, listed_letters
 from symoe_agents.eval import extract_answer, extract_boxed, extract_choice, extract_free, extract_math, is_correct
 from symoe_agents.formats import AnswerFormat, detect_format, gold_alternatives, option_letters
 from symoe_agents.reasoning import strip_reasoning
@@ -97,16 +97,16 @@ CHOICES = [
     ("So A) is wrong, B) is wrong, C) is right.", ABCD, "C"),
     ("Options A) and B) fail, C) works.", ABCD, "C"),
     ("(A) fails. Therefore (C)\u2014the electron.", ABCD, "C"),
+    ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
+    ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
+    ("Only the (E)-isomer forms, which is choice (C).", A_TO_J, "C"),
+    ("Working...\n(D)", ABCD, "D"),
     # ranges and lists of letters are no choice
     ("Let's examine each option (A-D).\nOption A fails. Option B fits.", ABCD, None),
     ("None of the options (A, B, C and D) is obviously wrong; B is closest.", ABCD, None),
     ("Options (A)\u2013(D) all mention ATP; B is closest.", ABCD, None),
     ("I'll go through options (A/B/C/D) one by one.", ABCD, None),
     ("Among (A)-(J), only B works.", A_TO_J, None),
-    ("Options (A) 1, (B) 2, (C) 3 and (D) 4 all look plausible; hard to say.", ABCD, "D"),
-    ("poly(A) tails are not involved here, so D) R-loops", ABCD, "D"),
-    ("Only the (E)-isomer forms, which is choice (C).", A_TO_J, "C"),
-    ("Working...\n(D)", ABCD, "D"),
     # never a bare capital letter on its own
     ("B", ABCD, None),
     ("Looking at the choices, B stands out to me.", ABCD, None),
@@ -385,7 +385,6 @@ def test_format_detection_on_the_upstream_sets_is_exact(name, fmt, n):
     """Every question of the four reference validation sets: its format, and for multiple
     choice the gold letter among the detected letters, which are exactly the block's
     "(X) " markers A, B, C, ... in order."""
-    import re
 
     records = json.loads((UPSTREAM / name).read_text())
     assert len(records) == n
@@ -393,9 +392,7 @@ def test_format_detection_on_the_upstream_sets_is_exact(name, fmt, n):
         detected, letters = detect_format(r["question"], r["gold_answer"])
         assert detected is fmt, (name, i)
         if fmt is MC:
-            block = r["question"][r["question"].rindex("The options are:") :]
-            listed = re.findall(r"(?:^|\s)\(([A-Z])\)\s", block + " ")  # markers standing alone
-            assert letters == [chr(ord("A") + j) for j in range(len(letters))] == listed, (name, i)
+            assert letters == [chr(ord("A") + j) for j in range(len(letters))] == listed_letters(r["question"]), (name, i)
             assert r["gold_answer"] in letters, (name, i)
         else:
             assert letters == []

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import UPSTREAM, read_jsonl
+from conftest import UPSTREAM, hand_instruction, listed_letters, read_jsonl, symoe_async
 from symoe_agents.profiles import Profile, build_profiles, load_profiles, synthetic_aggregation_items  # noqa: F401
 
 pytestmark = pytest.mark.servers
@@ -54,7 +54,7 @@ def _scripted(questions: list[dict]):
     def reply(req: dict):
         prompt = req["messages"][0]["content"]
         q = next(q for q in questions if q["question"] in prompt)
-        wrong = [x for x in _listed_letters(q["question"]) if x != q["gold_answer"]]
+        wrong = [x for x in listed_letters(q["question"]) if x != q["gold_answer"]]
         return {
             "right": f"Checked every option. The answer is ({q['gold_answer']})",
             "wrong1": f"<think>scratch work nobody should see</think>The answer is ({wrong[0]})",
@@ -62,29 +62,6 @@ def _scripted(questions: list[dict]):
         }[req["model"]]
 
     return reply
-
-
-async def _symoe(*args, timeout=900):
-    import asyncio
-    import sys
-
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "symoe_agents.cli", *map(str, args),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out.decode(), err.decode()
-
-
-def _listed_letters(question: str) -> list[str]:
-    """The option markers standing alone after the header: enough for these questions."""
-    import re
-
-    return re.findall(r"(?:^|\s)\(([A-Z])\)\s", question.split("The options are:")[1] + " ")
-
-
-def _hand_instruction(letters: list[str]) -> str:
-    """The multiple-choice instruction, written out here rather than rendered by symoe."""
-    return ('Reason step by step first. Then, on the last line, write "The answer is (X)", where X is the single '
-            f"capital letter of the option you choose ({', '.join(letters)}).")  # fmt: skip
 
 
 async def test_profile_pick_aggregator_and_solve(tmp_path):
@@ -103,7 +80,7 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
     prof = tmp_path / "profiles"
     async with ScriptedAPI([], _scripted(questions)) as api:
         cfg = _pool_config(tmp_path, api)
-        code, out, err = await _symoe("profile", validation, "-o", prof, "--config", cfg)
+        code, out, err = await symoe_async("profile", validation, "-o", prof, "--config", cfg)
         assert code == 0, err[-2000:]
         assert f"{3 * n} new answers, 0 reused" in out
 
@@ -123,18 +100,18 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
             assert profiles[model].validation_accuracy == (1.0 if sign > 0 else 0.0)
         assert any(skills.values()), "SmolLM2 named no keyword twice for any question"
 
-        again_code, again_out, again_err = await _symoe("profile", validation, "-o", prof, "--config", cfg)
+        again_code, again_out, again_err = await symoe_async("profile", validation, "-o", prof, "--config", cfg)
         assert again_code == 0 and f"0 new answers, {3 * n} reused" in again_out
         assert "starting server" not in again_err
         # another sampling setting is another call: asked again (the keywords are the same calls: kept)
         other = tmp_path / "other.toml"
         other.write_text(cfg.read_text() + "[sampling.expert]\nmax_tokens = 77\n")
-        code, out, err = await _symoe("profile", validation, "-o", prof, "--config", other)
+        code, out, err = await symoe_async("profile", validation, "-o", prof, "--config", other)
         assert code == 0 and f"{3 * n} new answers, 0 reused" in out and "starting server" not in err
         assert all(r["max_tokens"] == 77 for r in api.requests[-3 * n :])
 
         sent = len(api.requests)
-        code, out, err = await _symoe("pick-aggregator", "--profiles", prof, "--config", cfg)
+        code, out, err = await symoe_async("pick-aggregator", "--profiles", prof, "--config", cfg)
         assert code == 0, err[-2000:]
         choice = json.loads((prof / "_aggregator.json").read_text())
         assert choice["items"] == n  # each question has exactly 1 right and 2 wrong answers
@@ -160,22 +137,22 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
             assert [s.split("\n", 1)[0] for s in shown] == ["Response 1:", "Response 2:", "Response 3:"]
             right = f"Checked every option. The answer is ({q['gold_answer']})"
             assert sum(s.endswith("\n" + right) for s in shown) == 1  # 1 right and 2 wrong, as shuffled
-            letters = _listed_letters(q["question"])
+            letters = listed_letters(q["question"])
             expected = template.replace("{responses}", body).replace("{question}", q["question"])
-            assert prompt == expected.replace("{answer_instruction}", _hand_instruction(letters))
+            assert prompt == expected.replace("{answer_instruction}", hand_instruction("multiple_choice", letters))
         agg_sent = len(api.requests)
-        code, _, _ = await _symoe("pick-aggregator", "--profiles", prof, "--config", cfg)
+        code, _, _ = await symoe_async("pick-aggregator", "--profiles", prof, "--config", cfg)
         assert code == 0 and len(api.requests) == agg_sent  # every aggregation reused: same prompts
 
         keyed = [q for q in questions if skills[q["id"]]]
         qfile = tmp_path / "q.jsonl"
         qfile.write_text("".join(json.dumps({"id": f"t-{q['id']}", "question": q["question"], "gold_answer": q["gold_answer"]}) + "\n" for q in keyed))
         out_path = tmp_path / "out.jsonl"
-        code, _, err = await _symoe("solve", qfile, "-o", out_path, "--profiles", prof, "--config", cfg, "--events", tmp_path / "ev.jsonl")
+        code, _, err = await symoe_async("solve", qfile, "-o", out_path, "--profiles", prof, "--config", cfg, "--events", tmp_path / "ev.jsonl")
         # another skill inferencer setting: the keywords are inferred again; the experts' answers, the same calls, are kept
         fewer = tmp_path / "fewer.toml"
         fewer.write_text(cfg.read_text().replace("samples = 3", "samples = 2"))
-        again = await _symoe("profile", validation, "-o", prof, "--config", fewer)
+        again = await symoe_async("profile", validation, "-o", prof, "--config", fewer)
     assert again[0] == 0 and "starting server for 'smollm2'" in again[2] and f"0 new answers, {3 * n} reused" in again[1]
     latest = {r["id"]: r for r in read_jsonl(prof / "skills.jsonl")}
     assert all(len(r["samples"]) == 2 for r in latest.values()) and len(read_jsonl(prof / "skills.jsonl")) == 2 * n

@@ -8,14 +8,10 @@ data, not by symoe's code.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
-import re
-import sys
 
-from conftest import UPSTREAM, read_jsonl
+from conftest import UPSTREAM, listed_letters, read_jsonl, symoe_async
 from standins.openai_standin import ScriptedAPI
 
 PER_SET = 15
@@ -56,11 +52,6 @@ MATH_PHRASINGS = [
 ]
 
 
-def _letters(question: str) -> list[str]:
-    """The options listed after the header, read here with a simpler rule that fits this data."""
-    return re.findall(r"(?:^|\s)\(([A-Z])\)\s", question.split("The options are:")[1] + " ")
-
-
 def _plan(qid: str, question: dict, n: int) -> tuple[str, bool]:
     """The aggregator's reply for the ``n``-th question of its kind, and whether it is right:
     the phrasings are taken in turn, so each is used; right or wrong is fixed per question."""
@@ -68,7 +59,7 @@ def _plan(qid: str, question: dict, n: int) -> tuple[str, bool]:
     right = h % 3 != 0
     gold = question["gold_answer"]
     if "The options are:" in question["question"]:
-        letters = _letters(question["question"])
+        letters = listed_letters(question["question"])
         others = [x for x in letters if x != gold]
         x = gold if right else others[h % len(others)]
         y = others[(h // 7) % len(others)] if right else gold
@@ -111,12 +102,8 @@ async def test_answers_of_known_truth_are_scored_as_the_truth_says(tmp_path):
             + '[roles]\nskill_inferencer = "skills"\nexperts = ["e1", "e2"]\naggregator = "agg"\n[sampling.skill_inferencer]\nsamples = 2\n'
         )  # fmt: skip
         out = tmp_path / "out.jsonl"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "symoe_agents.cli", "solve", str(qfile), "--config", str(cfg), "-o", str(out),
-            env={**os.environ}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        _, err = await asyncio.wait_for(proc.communicate(), 600)
-    assert proc.returncode == 0, err.decode()[-3000:]
+        code, _, err = await symoe_async("solve", qfile, "--config", cfg, "-o", out, timeout=600)
+    assert code == 0, err[-3000:]
     records = {r["id"]: r for r in read_jsonl(out)}
     assert len(records) == len(questions) == 4 * PER_SET
     wrong = []
@@ -127,7 +114,7 @@ async def test_answers_of_known_truth_are_scored_as_the_truth_says(tmp_path):
         if (r["answer_format"], r["final_source"], r["correct"]) != (expected_format, "aggregator", right):
             wrong.append((q["id"], r["answer_format"], r["final_answer"], r["correct"], right, reply_text))
     assert wrong == []
-    summary = err.decode()
+    summary = err
     truth = sum(right for _, right in plan.values())
     assert f"accuracy: {truth}/{len(questions)}" in summary
     assert 0 < truth < len(questions)  # both outcomes are exercised
