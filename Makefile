@@ -1,4 +1,5 @@
-# Two commands: `make example` and `make test`. Both set up .venv first (once).
+# Two commands: `make example` and `make test`. Both set up .venv first (once): the Python
+# packages, and llama.cpp's llama-server built for this machine (servers/llama_build.py).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,8 +7,12 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q "torch==2.13.0"  # CPU build on these machines, before [embed] asks for any torch
-	$(BIN)/python -m pip install -q -e ".[cpu,embed,eval,test]"
+	@# llama-server compiles (about 5 min on 2 cores) while pip installs the rest
+	$(BIN)/python servers/llama_build.py --dest $(BIN) > $(VENV)/llama-build.log 2>&1 & build=$$!; \
+	$(BIN)/python -m pip install -q "torch==2.13.0" && \
+	$(BIN)/python -m pip install -q -e ".[cpu,embed,eval,test]"; pip_rc=$$?; \
+	wait $$build; build_rc=$$?; cat $(VENV)/llama-build.log; \
+	test $$pip_rc -eq 0 -a $$build_rc -eq 0
 	touch $@
 
 .PHONY: setup example test

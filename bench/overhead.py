@@ -3,7 +3,7 @@
     python bench/overhead.py [--requests 24] [--rounds 3] [--instant-requests 2000] [--concurrency 64]
 
 1. A real llama.cpp server (the embedded SmolLM2): --requests expert prompts at the
-   config's concurrency (4 in flight), greedy, 64 tokens each. Once with ``AsyncOpenAI``
+   model's concurrency (llama-server's 8 slots), greedy, 64 tokens each. Once with ``AsyncOpenAI``
    and a semaphore, once as a symoe expert group (``Controller._run_group``: the agent
    runner's semaphore, throttle, timeout, tenacity and the record keeping). The two
    alternate for --rounds rounds on the same server; the table gives the median tokens
@@ -94,7 +94,7 @@ async def real_server(args) -> list[str]:
         controller = Controller(cfg, manager, events)
         await direct(endpoint, agent, rendered[:4], cfg.seed, 4, 300)  # warm-up
         for r in range(args.rounds):
-            wall, tok, _ = await direct(endpoint, agent, rendered, cfg.seed, cfg.concurrency.max_in_flight, cfg.concurrency.request_timeout_s)
+            wall, tok, _ = await direct(endpoint, agent, rendered, cfg.seed, cfg.in_flight("smollm2"), cfg.concurrency.request_timeout_s)
             d_rates.append(tok / wall)
             wall, tok, _, failed = await through_symoe(controller, "smollm2", agent, rendered)
             assert failed == 0
@@ -102,7 +102,7 @@ async def real_server(args) -> list[str]:
             print(f"[overhead] llama.cpp round {r + 1}: direct {d_rates[-1]:.1f} tok/s, symoe {s_rates[-1]:.1f} tok/s", file=sys.stderr, flush=True)
     d, s = statistics.median(d_rates), statistics.median(s_rates)
     return [
-        f"| llama.cpp SmolLM2, {args.requests} requests x {args.rounds} rounds, {cfg.concurrency.max_in_flight} in flight | "
+        f"| llama.cpp SmolLM2, {args.requests} requests x {args.rounds} rounds, {cfg.in_flight('smollm2')} in flight | "
         f"{d:.1f} tok/s | {s:.1f} tok/s | {100 * s / d:.1f}% (goal >= 97%: {'met' if s / d >= 0.97 else 'NOT met'}) |",
         f"| per round (direct / symoe tok/s) | {' '.join(f'{x:.1f}' for x in d_rates)} | {' '.join(f'{x:.1f}' for x in s_rates)} | |",
     ]

@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_MARKERS = ("llama_cpp.server", "watchdog.py", "launcher.py")
+SERVER_MARKERS = ("llama-server", "llama_cpp.server", "watchdog.py", "launcher.py")
 
 
 def make_questions(n: int, seed: int) -> list[dict]:
@@ -81,7 +81,8 @@ def servers_of(proc: psutil.Process) -> list[psutil.Process]:
     found = []
     for k in kids:
         try:
-            if "llama_cpp.server" in " ".join(k.cmdline()):
+            cmd = " ".join(k.cmdline())
+            if ("llama-server" in cmd or "llama_cpp.server" in cmd) and "launcher.py" not in cmd:
                 found.append(k)
         except psutil.Error:
             pass

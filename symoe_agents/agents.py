@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from symoe_agents.servers import Endpoint
 
-from .config import Concurrency, Config, Sampling
+from .config import SERIAL_IN_FLIGHT, Concurrency, Config, Sampling
 from .prompting import PromptTemplate, RenderedPrompt, load_template
 from .records import Completion
 
@@ -52,6 +52,35 @@ def build_agent(config: Config, role: Role, model: str) -> Agent:
 
 class _NotSent(Exception):
     """The caller said not to send (its server is dead): fail at once, retryably."""
+
+
+def _pooled_client(max_in_flight: int):
+    """An HTTP client whose connection pool holds ``max_in_flight`` open requests: beyond the
+    client's default pool (1000), a request would wait for a connection, not the server."""
+    _room_for_sockets(max_in_flight)
+    if max_in_flight <= 900:
+        return None
+    try:
+        import httpx2 as httpx  # the openai client's transport since openai 3
+    except ModuleNotFoundError:
+        import httpx  # type: ignore[no-redef]
+    limits = httpx.Limits(max_connections=max_in_flight + 16, max_keepalive_connections=max_in_flight + 16)
+    return openai.DefaultAsyncHttpxClient(limits=limits)
+
+
+def _room_for_sockets(n: int) -> None:
+    """Raise this process's open-file limit (often 1024) so ``n`` sockets fit beside the
+    files a run holds; best effort, up to the hard limit."""
+    try:
+        import resource
+    except ModuleNotFoundError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 512
+    if soft != resource.RLIM_INFINITY and soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -107,20 +136,27 @@ def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
 
 
 class AgentRunner:
-    """Sends one group's calls to one endpoint under the run's concurrency bounds."""
+    """Sends one group's calls to one endpoint under the run's concurrency bounds:
+    ``max_in_flight`` requests open at once (the model's limit, ``Config.in_flight``), the
+    rate limit, a timeout per attempt and retries with backoff. A request waiting out its
+    backoff gives its slot back, so a retry never keeps another request from the server."""
 
-    def __init__(self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int):
+    def __init__(self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None):
         self.endpoint = endpoint
         self.concurrency = concurrency
         self.run_seed = run_seed
+        self.max_in_flight = max_in_flight or concurrency.max_in_flight or SERIAL_IN_FLIGHT
         self._client = openai.AsyncOpenAI(
             base_url=endpoint.base_url,
             api_key=endpoint.api_key,
             max_retries=0,  # tenacity owns retries
             timeout=concurrency.request_timeout_s,
+            http_client=_pooled_client(self.max_in_flight),
         )
-        self._slots = asyncio.Semaphore(concurrency.max_in_flight)
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         self.calls_sent = 0  # HTTP attempts, retries included: proves what was (not) sent twice
+        self.peak_in_flight = 0  # the most requests open at once, for the group's event
+        self._open = 0
         rps = concurrency.requests_per_second
         self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
 
@@ -153,40 +189,46 @@ class AgentRunner:
     ) -> Completion:
         """One call, retried on transient errors. ``proceed()`` is asked before every HTTP
         attempt: False (the server is known dead) returns a retryable "not sent" failure
-        instead of spending the attempt, so a dead server costs no more sends than needed."""
+        instead of spending the attempt, so a dead server costs no more sends than needed.
+        ``on_admitted()`` runs once, when the first attempt gets its slot."""
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
             **sampling_params(agent, self.run_seed, stream, sample),
         }
-        started = time.monotonic()
+        started: float | None = None
         try:
-            async with self._admitted():
-                if proceed is not None and not proceed():
-                    raise _NotSent()
-                if on_admitted is not None:
-                    on_admitted()
-                started = time.monotonic()
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(_retryable),
-                    stop=stop_after_attempt(self.concurrency.retries + 1),
-                    wait=wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5),  # backoff plus jitter
-                    reraise=True,
-                ):
-                    with attempt:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_retryable),
+                stop=stop_after_attempt(self.concurrency.retries + 1),
+                wait=wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5),  # backoff plus jitter, slot released
+                reraise=True,
+            ):
+                with attempt:
+                    async with self._admitted():
                         if proceed is not None and not proceed():
                             raise _NotSent()
+                        if started is None:
+                            started = time.monotonic()
+                            if on_admitted is not None:
+                                on_admitted()
                         self.calls_sent += 1
-                        async with asyncio.timeout(self.concurrency.request_timeout_s):
-                            response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+                        self._open += 1
+                        self.peak_in_flight = max(self.peak_in_flight, self._open)
+                        try:
+                            async with asyncio.timeout(self.concurrency.request_timeout_s):
+                                response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+                        finally:
+                            self._open -= 1
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group
             return Completion(
                 model=agent.model,
-                latency_s=time.monotonic() - started,
+                latency_s=time.monotonic() - started if started is not None else 0.0,
                 prompt_sha256=prompt.sha256,
                 error="not sent: the server is down" if isinstance(exc, _NotSent) else describe_error(exc, agent.model, self.endpoint),
                 retryable=isinstance(exc, _NotSent) or _retryable(exc),
             )
+        assert started is not None
         usage = response.usage
         choice = response.choices[0] if response.choices else None
         text = choice.message.content if choice else None

@@ -157,7 +157,15 @@ class Aligner:
         self.vocabulary = vocabulary
         self.embedder = embedder
         self._vocab_vectors: np.ndarray | None = None  # unit rows, embedded once
+        self._vocab_lock = asyncio.Lock()
         self.method = embedder.name if embedder else "exact"
+
+    async def prepare(self) -> None:
+        """Embed the vocabulary (loading the embedder: seconds) now, once; the controller runs
+        this while the skill group decodes, so routing does not wait for it."""
+        async with self._vocab_lock:
+            if self._vocab_vectors is None and self.embedder is not None and self.vocabulary:
+                self._vocab_vectors = unit_rows(await self.embedder.embed(self.vocabulary))
 
     async def mapping(self, keywords: set[str]) -> dict[str, str]:
         """keyword -> nearest vocabulary keyword (exact: only keywords already in it)."""
@@ -166,8 +174,8 @@ class Aligner:
         rest = sorted(k for k in keywords if k not in known)
         if not rest or self.embedder is None or not self.vocabulary:
             return out
-        if self._vocab_vectors is None:
-            self._vocab_vectors = unit_rows(await self.embedder.embed(self.vocabulary))
+        await self.prepare()
+        assert self._vocab_vectors is not None
         vectors = await self.embedder.embed(rest)
         for k, i in zip(rest, nearest(vectors, self._vocab_vectors)):
             out[k] = self.vocabulary[i]

@@ -58,9 +58,12 @@ def up(
 
 
 async def _up(cfg, names: list[str]) -> int:
-    from symoe_agents.servers import ServerManager
+    from symoe_agents.servers import ServerManager, backend_for
+    from symoe_agents.servers.cpu import cpu_server_keys
 
-    async with ServerManager(cfg, EventLog()) as manager:
+    # every server stays up at once: their threads divide the cores
+    at_once = len(cpu_server_keys(cfg, lambda name: backend_for(cfg.model(name)).server_key(), names))
+    async with ServerManager(cfg, EventLog(), cpu_servers_at_once=at_once) as manager:
         seen: set[str | None] = set()
         try:
             for name in names:

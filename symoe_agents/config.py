@@ -33,6 +33,12 @@ Fallback = Literal["none", "expert-majority"]
 #: when the aggregator is asked: always (the paper), or only when the k experts disagree
 AggregateWhen = Literal["always", "on-disagreement"]
 BACKENDS = ("llamacpp", "sglang", "vllm", "command", "openai")
+#: the llama.cpp servers the ``llamacpp`` backend can run
+LlamaServerKind = Literal["llama-server", "llama-cpp-python"]
+#: llama-server's slots unless set: 8 reach 88-97% of the CPU engine's batch limit (docs/performance.md)
+DEFAULT_SLOTS = 8
+#: requests one group may hold open to one server at most (each is a socket)
+MAX_IN_FLIGHT = 4096
 
 
 class _Strict(BaseModel):
@@ -62,6 +68,14 @@ class SkillSampling(Sampling):
 class _ModelBase(_Strict):
     description: str = ""
     sampling: Sampling = Sampling()
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_IN_FLIGHT,
+        description="requests open at once to this model; default: concurrency.max_in_flight, else the backend's "
+        "(the whole group, up to 1024, for continuous-batching servers; the slots for llama-server; 4 for servers "
+        "that answer one at a time; 8 for hosted APIs)",
+    )
 
 
 class _LocalModel(_ModelBase):
@@ -83,22 +97,46 @@ _PLACEHOLDERS = {"host", "port", "model", "api_key"}
 
 
 class LlamaCppModel(_LocalModel):
-    """llama-cpp-python's OpenAI server (the embedded CPU default)."""
+    """A GGUF model on a local llama.cpp server (the embedded CPU default).
+
+    ``server = "llama-server"`` (default) runs llama.cpp's own server, which batches the
+    requests of its ``parallel`` slots continuously; ``"llama-cpp-python"`` runs
+    llama-cpp-python's server, which answers one request at a time (``pip install
+    "symoe-agents[llama-cpp-python]"``).
+    """
 
     backend: Literal["llamacpp"]
     model_path: Path | None = None
     embedded: EmbeddedModel | None = None
-    n_ctx: int = Field(default=4096, ge=256)
-    chat_format: str | None = None
-    n_threads: int | None = Field(default=None, ge=1)
-    python: str | None = Field(default=None, description="python executable; default: symoe's own")
+    server: LlamaServerKind = "llama-server"
+    executable: str | None = Field(
+        default=None,
+        description="llama-server: the binary; default: the one beside symoe's python (make setup builds it), else PATH",
+    )
+    parallel: int | None = Field(default=None, ge=1, le=256, description="llama-server: slots decoded together (default 8)")
+    n_ctx: int = Field(default=4096, ge=256, description="context per request (llama-server: per slot)")
+    chat_format: str | None = Field(
+        default=None,
+        description="a built-in chat template for a GGUF without one (llama-server: --chat-template with jinja off)",
+    )
+    n_threads: int | None = Field(default=None, ge=1, description="default: the cores divided by the servers that run at once")
+    python: str | None = Field(default=None, description="llama-cpp-python: the python executable; default: symoe's own")
     extra_args: list[str] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> "LlamaCppModel":
         if (self.model_path is None) == (self.embedded is None):
             raise ValueError("set exactly one of 'model_path' (a .gguf file) or 'embedded'")
+        if self.server == "llama-server" and self.python is not None:
+            raise ValueError("'python' applies to server = 'llama-cpp-python'; for llama-server set 'executable'")
+        if self.server == "llama-cpp-python" and (self.executable is not None or self.parallel is not None):
+            raise ValueError("'executable' and 'parallel' apply to server = 'llama-server' (llama-cpp-python answers one request at a time)")
         return self
+
+    @property
+    def slots(self) -> int:
+        """Requests the server decodes together: llama-server's slots, 1 for llama-cpp-python."""
+        return (self.parallel or DEFAULT_SLOTS) if self.server == "llama-server" else 1
 
 
 class SGLangModel(_LocalModel):
@@ -161,6 +199,9 @@ class CommandModel(_LocalModel):
     backend: Literal["command"]
     command: list[str] = Field(min_length=1)
     served_model_name: str
+    continuous_batching: bool = Field(
+        default=False, description="the server batches concurrent requests: send it the whole group (up to max_in_flight)"
+    )
     health_path: str = "/health"
     ready_status: list[int] = [200]
     require_model_listed: bool = False
@@ -250,10 +291,51 @@ class RoleSampling(_Strict):
 class Concurrency(_Strict):
     """Bounds on what is sent to one server at a time."""
 
-    max_in_flight: int = Field(default=8, ge=1, description="requests open at once per group")
+    max_in_flight: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_IN_FLIGHT,
+        description="requests open at once per group, for every model without its own max_in_flight; "
+        "default: per backend (see in_flight_limit)",
+    )
     requests_per_second: float | None = Field(default=None, gt=0, description="rate limit per group")
-    request_timeout_s: float = Field(default=600.0, gt=0)
+    request_timeout_s: float = Field(
+        default=600.0, gt=0, description="per attempt, from sending: includes the time a request waits in the server's queue"
+    )
     retries: int = Field(default=3, ge=0, description="extra attempts on transient errors")
+
+
+#: requests in flight per group for servers that batch continuously (SGLang, vLLM, command
+#: servers that say so): the whole group, up to this many. The server's own scheduler bounds
+#: what decodes at once; the rest waits in its queue, where waiting costs nothing.
+BATCHING_IN_FLIGHT = 1024
+#: for servers that answer one request at a time: one decoding, a few ready behind it
+SERIAL_IN_FLIGHT = 4
+#: for hosted APIs, whose rate limits are the account's
+HOSTED_IN_FLIGHT = 8
+
+
+def batches_requests(model: "AnyModel") -> bool:
+    """Whether the model's server decodes concurrent requests together (continuous batching)."""
+    if isinstance(model, LlamaCppModel):
+        return model.server == "llama-server"
+    if isinstance(model, CommandModel):
+        return model.continuous_batching
+    return isinstance(model, SGLangModel | VLLMModel)
+
+
+def in_flight_limit(model: "AnyModel", concurrency: Concurrency) -> int:
+    """Requests one group keeps open to ``model``'s server: the model's own setting, else the
+    run's, else the backend's default."""
+    if model.max_in_flight is not None:
+        return model.max_in_flight
+    if concurrency.max_in_flight is not None:
+        return concurrency.max_in_flight
+    if isinstance(model, LlamaCppModel):
+        return model.slots if model.server == "llama-server" else SERIAL_IN_FLIGHT
+    if isinstance(model, OpenAIModel):
+        return HOSTED_IN_FLIGHT
+    return BATCHING_IN_FLIGHT if batches_requests(model) else SERIAL_IN_FLIGHT
 
 
 class ServerSettings(_Strict):
@@ -326,6 +408,10 @@ class Config(_Strict):
 
     def model(self, name: str) -> AnyModel:
         return self.models[name]
+
+    def in_flight(self, name: str) -> int:
+        """Requests one group keeps open to model ``name`` (see ``in_flight_limit``)."""
+        return in_flight_limit(self.models[name], self.concurrency)
 
     def with_overrides(self, **changes: Any) -> "Config":
         """A copy with top-level fields replaced (CLI flags such as --k, --seed), re-validated."""

@@ -36,7 +36,7 @@ from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, OpenAIModel
+from .config import Config, OpenAIModel, batches_requests
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
@@ -46,6 +46,7 @@ from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_al
 from .profiles import Profile, load_profiles
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
+from .dispatch import dispatch
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct, normalize_math
@@ -228,7 +229,7 @@ class Controller:
         began = time.monotonic()
         hosted = isinstance(self.config.model(group.model), OpenAIModel)
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
-        failed = restarts = calls = resent = cached = skipped = 0
+        failed = restarts = calls = resent = cached = skipped = peak = 0
         finished: set[int] = set()
 
         def final(i: int, c: Completion) -> None:
@@ -279,6 +280,8 @@ class Controller:
             except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
+            in_flight = self.config.in_flight(group.model)
+            batching = batches_requests(self.config.model(group.model))
             pending = sorted(prompts)
             while pending:
                 retry: list[tuple[int, Completion]] = []
@@ -287,7 +290,7 @@ class Controller:
                 def proceed() -> bool:  # a local server seen dead: stop sending it requests
                     return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
 
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed) as runner:
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
 
                     async def one(i: int) -> None:  # proceed() keeps it from a server already seen dead
                         prompt, key = prompts[i]
@@ -310,10 +313,11 @@ class Controller:
                             return
                         final(i, c)
 
-                    async with asyncio.TaskGroup() as tg:
-                        for i in pending:
-                            tg.create_task(one(i))
+                    # twice the slots in workers: a request backing off before a retry has given
+                    # its slot back, and another worker's request takes it
+                    await dispatch(pending, one, lambda i: group.requests[i].question_id, min(len(pending), 2 * in_flight), gated=batching)
                     calls += runner.calls_sent
+                    peak = max(peak, runner.peak_in_flight)
                 if not retry:
                     break
                 if await self.manager.healthy(group.model):
@@ -338,7 +342,8 @@ class Controller:
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n,
                 duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached, "skipped": skipped},
+                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached, "skipped": skipped,
+                        "peak_in_flight": peak},
             )  # fmt: skip
 
     def _cache_key(self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf) -> str | None:
@@ -436,6 +441,13 @@ class Controller:
         out.keywords = {qid: infer_keywords(t) for qid, t in out.texts.items()}
         return out
 
+    def aligner(self, profiles: dict[str, dict[str, float]]) -> Aligner:
+        if self._aligner is None:
+            embedder, warning = make_embedder(self.config.alignment)
+            self._aligner = Aligner(list(dict.fromkeys(s for p in profiles.values() for s in p)), embedder)
+            self.alignment_warning = warning
+        return self._aligner
+
     async def route(self, keywords: dict[str, list[str]], streams: dict[str, str] | None = None) -> dict[str, routing.Route]:
         """Experts per question; ``streams[id]`` keys a question's draws (its content)."""
         cfg = self.config
@@ -443,11 +455,7 @@ class Controller:
         detail: dict[str, object] = {"method": "profiles" if profiles else "uniform-no-profiles"}
         align = routing.exact_align
         if profiles is not None:
-            if self._aligner is None:
-                embedder, warning = make_embedder(cfg.alignment)
-                self._aligner = Aligner(list(dict.fromkeys(s for p in profiles.values() for s in p)), embedder)
-                self.alignment_warning = warning
-            mapping = await self._aligner.mapping({k for kws in keywords.values() for k in kws})
+            mapping = await self.aligner(profiles).mapping({k for kws in keywords.values() for k in kws})
             detail["alignment"] = self._aligner.method
             if self.alignment_warning:
                 detail["warning"] = self.alignment_warning
@@ -487,7 +495,18 @@ class Controller:
         m = self.method
         streams = {p.question.id: p.stream for p in prepared}
         if m.needs_skills:
-            skills = await self.infer_skills(prepared)
+            warm = None
+            if self.profiles:  # load the embedder while the skill group decodes, not after it
+                warm = asyncio.ensure_future(self.aligner({m: p.skills for m, p in self.profiles.items()}).prepare())
+            try:
+                skills = await self.infer_skills(prepared)
+            except BaseException:
+                if warm is not None:
+                    warm.cancel()
+                    await asyncio.gather(warm, return_exceptions=True)
+                raise
+            if warm is not None:
+                await warm
             routes = await self.route(skills.keywords, streams)
             if m.k != self.config.k:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}

@@ -97,6 +97,22 @@ def require(condition: bool, why: str) -> None:
         (pytest.fail if os.environ.get("CI") else pytest.skip)(why)
 
 
+def llama_server() -> str:
+    """The llama-server binary symoe runs (make setup builds it beside the venv's python)."""
+    from symoe_agents.servers.llamacpp import find_llama_server
+
+    exe = find_llama_server(None)
+    assert exe is not None, "llama-server is missing: run python -m symoe_agents.servers.llama_build"
+    return exe
+
+
+def llama_server_argv(model: Path, port: int | str, alias: str, *extra: str) -> list[str]:
+    """A real llama-server on 127.0.0.1 for tests that start their own server (its key goes
+    in LLAMA_API_KEY, or in ``extra``)."""
+    return [llama_server(), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "4096", "-np", "2",
+            "--threads", "1", "--alias", alias, *extra]  # fmt: skip
+
+
 def small_pool_toml(tmp_path: Path, samples: int = 2, max_tokens: int = 64, extra: str = "") -> Path:
     """The embedded pool with smaller budgets (fewer skill samples, shorter answers), as a
     TOML file: the same real servers, in less time. ``extra`` is appended verbatim."""

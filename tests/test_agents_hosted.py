@@ -76,3 +76,39 @@ async def test_sampling_and_seed_are_passed_on():
     assert body["temperature"] == 0.0 and body["max_tokens"] == 5 and body["seed"] == want
     assert seen[1]["seed"] != want  # another sample, another seed
     assert body["messages"] == [{"role": "user", "content": PROMPT.text}]
+
+
+async def test_a_request_waiting_out_its_backoff_gives_its_slot_to_the_next():
+    """One slot, two requests: the first gets a 503 and backs off (at least 0.5 s); the
+    second is sent in that time, not after the first's retry."""
+    import asyncio
+
+    async with ScriptedAPI([503, 200, 200], text=lambda req: req["messages"][0]["content"][-2:]) as api, runner(api, max_in_flight=1) as r:
+        first = load_template("skills").render(question="Q1")
+        second = load_template("skills").render(question="Q2")
+        a, b = await asyncio.gather(r.call(AGENT, first, "q1"), r.call(AGENT, second, "q2"))
+    assert a.error is None and b.error is None and api.calls == 3
+    sent = [m["messages"][0]["content"] for m in api.requests]
+    assert sent == [first.text, second.text, first.text]  # the retry went last
+    assert r.peak_in_flight == 1
+
+
+async def test_the_runner_keeps_at_most_its_limit_in_flight():
+    import asyncio
+
+    open_now = {"n": 0, "peak": 0}
+
+    class Slow(ScriptedAPI):
+        async def _handle(self, reader, writer):
+            open_now["n"] += 1
+            open_now["peak"] = max(open_now["peak"], open_now["n"])
+            await asyncio.sleep(0.2)
+            open_now["n"] -= 1
+            await super()._handle(reader, writer)
+
+    async with Slow([]) as api:
+        ep = Endpoint(base_url=api.base_url, served_model="gpt-x", api_key="k")
+        async with AgentRunner(ep, Concurrency(request_timeout_s=5), run_seed=0, max_in_flight=5) as r:
+            done = await asyncio.gather(*(r.call(AGENT, PROMPT, f"q{i}") for i in range(12)))
+    assert all(c.error is None for c in done) and api.calls == 12
+    assert open_now["peak"] == 5 and r.peak_in_flight == 5

@@ -3,7 +3,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import pids_alive
+from conftest import llama_server_argv, pids_alive
 from symoe_agents.alignment import (
     FALLBACK_WARNING,
     Aligner,
@@ -68,10 +68,8 @@ async def test_openai_compatible_embeddings_endpoint_on_a_real_llamacpp_server(t
     port = free_port()
     proc = ServerProcess(
         "embed",
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path("smollm2-135m-instruct")),
-         "--host", "127.0.0.1", "--port", str(port), "--embedding", "true", "--model_alias", "emb",
-         "--api_key", "k-emb", "--logits_all", "false"],
-        port, tmp_path / "log",
+        llama_server_argv(embedded_model_path("smollm2-135m-instruct"), port, "emb", "--embeddings", "--pooling", "mean"),
+        port, tmp_path / "log", env={"LLAMA_API_KEY": "k-emb"},
     )  # fmt: skip
     proc.spawn()
     try:
@@ -88,7 +86,7 @@ async def test_openai_compatible_embeddings_endpoint_on_a_real_llamacpp_server(t
         mapped = await al.mapping({"algebra", "cells"})
         assert set(mapped) == {"algebra", "cells"}  # "cells" is mapped through the endpoint's vectors
         # embedded as the aligner does (the vocabulary in one request, the new keyword in another):
-        # llama-cpp-python's vectors for a model without a pooling layer depend on the request's batch
+        # the vocabulary in one request and the keyword in another, as the aligner sends them
         a, b = (np.array(v) for v in await emb.embed(["algebra", "biology"]))
         (c,) = (np.array(v) for v in await emb.embed(["cells"]))
 

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import EXAMPLES, hand_instruction, pids_alive, read_jsonl, symoe_cmd, wait_gone
+from conftest import EXAMPLES, hand_instruction, llama_server_argv, pids_alive, read_jsonl, symoe_cmd, wait_gone
 from symoe_agents.config import load_config
 
 pytestmark = pytest.mark.servers
@@ -27,7 +27,7 @@ def server_pids(events):
 def no_llamacpp_server_on(ports):
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "llama_cpp.server" in cmd and any(f"--port {port}" in cmd for port in ports):
+        if ("llama-server" in cmd or "llama_cpp.server" in cmd) and any(f"--port {port}" in cmd for port in ports):
             return False
     return True
 
@@ -220,11 +220,8 @@ async def test_hosted_role_inside_the_callers_event_loop(tmp_path, monkeypatch):
     key = "hosted-key-" + os.urandom(6).hex()
     port = free_port()
     hosted = ServerProcess(
-        "hosted",
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path("smollm2-135m-instruct")),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--logits_all", "false",
-         "--interrupt_requests", "false", "--model_alias", "remote-smol", "--api_key", key],
-        port, tmp_path / "hosted.log",
+        "hosted", llama_server_argv(embedded_model_path("smollm2-135m-instruct"), port, "remote-smol"),
+        port, tmp_path / "hosted.log", env={"LLAMA_API_KEY": key},
     )  # fmt: skip
     hosted.spawn()
     try:

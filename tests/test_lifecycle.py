@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import ROOT, pids_alive
+from conftest import ROOT, llama_server_argv, pids_alive
 from symoe_agents import EventLog, SymbolicMoE
 from symoe_agents.config import parse_config
 from symoe_agents.servers import ServerManager
@@ -209,10 +209,10 @@ async def test_next_server_waits_for_gpu_memory_release_and_peak_is_recorded(tmp
 
 
 async def test_command_backend_runs_a_real_llamacpp_server():
-    """The generic backend: any OpenAI-compatible server from a template (here llama.cpp)."""
+    """The generic backend: any OpenAI-compatible server from a template (here llama.cpp's
+    llama-server, with the key on its command line, which symoe redacts from its events)."""
     model = embedded_model_path("smollm2-135m-instruct")
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "{host}", "--port", "{port}",
-           "--api_key", "{api_key}", "--model_alias", "{model}", "--logits_all", "false", "--interrupt_requests", "false"]  # fmt: skip
+    cmd = llama_server_argv(model, "{port}", "{model}", "--api-key", "{api_key}")
     cfg = parse_config({
         "k": 1,
         "models": {"c": {"backend": "command", "command": cmd, "served_model_name": "smol", "health_path": "/v1/models",

@@ -161,10 +161,14 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
     assert "MiniLM" in routing["detail"]["alignment"]  # the [embed] extra is part of the test install
     records = read_jsonl(out_path)
     assert len(records) == len(keyed)
-    for r in records:
-        # the same question gets the same keywords; only 'right' has positive scores on them
-        assert r["skills"] == skills[r["id"].removeprefix("t-")]
+    # llama-server decodes its slots as one batch and, like SGLang and vLLM, is not
+    # batch-invariant: the same seed may give other keywords in another batch. Any keyword
+    # aligns to the profiles' vocabulary, on which only 'right' scores above zero.
+    routed = [r for r in records if r["skills"]]
+    assert routed, "SmolLM2 named no keyword twice for any question in solve"
+    for r in routed:
         assert r["routing"] == "skills" and r["experts"] == ["right", "right", "right"]
+    for r in records:
         assert r["aggregator"] == "right" and r["aggregator_status"] == "answered"
         assert (r["final_answer"], r["final_source"], r["correct"]) == (r["gold_answer"], "aggregator", True)
 

@@ -68,3 +68,4 @@ def test_describe_lists_every_group_and_the_load_count():
     for name in ("skills:S", "expert:S", "expert:X", "expert:Y", "aggregate:A"):
         assert name in text
     assert "model loads: 4" in text
+
