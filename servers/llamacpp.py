@@ -63,13 +63,15 @@ class LlamaCppBackend(NoSleep):
         return 0
 
     def server_key(self) -> str:
-        # what changes the answers, and what a process serves: not the slots or threads
+        # every launch option: two model names share a process only if it serves both as set
         c = self.cfg
         opts = {
             "model": c.embedded or str(c.model_path),
             "server": c.server,
             "n_ctx": c.n_ctx,
+            "slots": c.slots,
             "chat_format": c.chat_format,
+            "n_threads": c.n_threads,
             "program": c.executable if c.server == "llama-server" else c.python,
             "extra": c.extra_args,
         }

@@ -92,12 +92,9 @@ class ServerManager:
         self._api_key = "sk-symoe-" + secrets.token_hex(20)
         self._backends = {name: backend_for(m) for name, m in config.models.items()}
         self._keys: dict[str, str | None] = {}
-        if cpu_servers_at_once is None:
-            cpu_servers_at_once = cpu.cpu_servers_at_once(config, len(cpu.cpu_server_keys(config, self.server_key)))
-        self.cpu_threads = cpu.threads_per_server(cpu.available_cores(), cpu_servers_at_once)
-        for backend in self._backends.values():
-            if isinstance(backend, LlamaCppBackend):
-                backend.threads = self.cpu_threads
+        self._cpu_at_once_given = cpu_servers_at_once is not None
+        self.cpu_threads = 0
+        self.divide_cores(devices=1, at_once=cpu_servers_at_once)
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
         self._serial = 0
@@ -106,6 +103,19 @@ class ServerManager:
         self.gpu: GpuMonitor | None = GpuMonitor.detect() if gpu_monitor is True else (gpu_monitor or None)
         self._log_dir: Path | None = Path(config.servers.log_dir) if config.servers.log_dir else None
         self._own_log_dir = config.servers.log_dir is None
+
+    def divide_cores(self, devices: int, at_once: int | None = None) -> None:
+        """Threads per CPU server: the cores divided by the CPU servers that may run at once
+        (``at_once``, else what the schedule allows on ``devices`` devices). The controller
+        calls it again once it knows the devices, before any server starts."""
+        if at_once is None:
+            if self._cpu_at_once_given:
+                return
+            at_once = cpu.cpu_servers_at_once(self.config, len(cpu.cpu_server_keys(self.config, self.server_key)), devices)
+        self.cpu_threads = cpu.threads_per_server(cpu.available_cores(), at_once)
+        for backend in self._backends.values():
+            if isinstance(backend, LlamaCppBackend):
+                backend.threads = self.cpu_threads
 
     # -- identity --------------------------------------------------------------------
 

@@ -324,6 +324,17 @@ def batches_requests(model: "AnyModel") -> bool:
     return isinstance(model, SGLangModel | VLLMModel)
 
 
+def uses_cpu(model: "AnyModel") -> bool:
+    """Whether the model's server computes on this machine's CPU."""
+    return isinstance(model, LlamaCppModel) or (isinstance(model, CommandModel) and model.gpus == 0)
+
+
+def slot_prompt_cache(model: "AnyModel") -> bool:
+    """Whether a prompt is reused only by the slot that processed it (llama-server), so the
+    samples of one prompt are best sent one after another (see ``dispatch``)."""
+    return isinstance(model, LlamaCppModel) and model.server == "llama-server"
+
+
 def in_flight_limit(model: "AnyModel", concurrency: Concurrency) -> int:
     """Requests one group keeps open to ``model``'s server: the model's own setting, else the
     run's, else the backend's default."""

@@ -36,7 +36,7 @@ from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, OpenAIModel, batches_requests
+from .config import Config, OpenAIModel, slot_prompt_cache, uses_cpu
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
@@ -178,6 +178,7 @@ class Controller:
             Device(s, cfg.schedule.device_memory_gib or (min(total[i] for i in s) if all(i in total for i in s) else None))
             for s in slices
         ]
+        self.manager.divide_cores(len(self._devices))  # lanes on several devices run side by side
         return self._devices
 
     def memory_by_server(self) -> dict[str, float | None]:
@@ -281,7 +282,7 @@ class Controller:
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
             in_flight = self.config.in_flight(group.model)
-            batching = batches_requests(self.config.model(group.model))
+            per_slot_cache = slot_prompt_cache(self.config.model(group.model))
             pending = sorted(prompts)
             while pending:
                 retry: list[tuple[int, Completion]] = []
@@ -313,9 +314,15 @@ class Controller:
                             return
                         final(i, c)
 
-                    # twice the slots in workers: a request backing off before a retry has given
-                    # its slot back, and another worker's request takes it
-                    await dispatch(pending, one, lambda i: group.requests[i].question_id, min(len(pending), 2 * in_flight), gated=batching)
+                    question_of = lambda i: group.requests[i].question_id  # noqa: E731
+                    per_key = None
+                    if per_slot_cache:  # a question's samples share the slots left over by the other questions
+                        per_key = -(-in_flight // max(1, len({question_of(i) for i in pending})))
+                    # without per_key: twice the slots in workers, so that a request backing off
+                    # before a retry, its slot given back, does not keep another from taking it;
+                    # with it: the slots, so that a sample's next one goes straight to the freed slot
+                    workers = in_flight if per_key else 2 * in_flight
+                    await dispatch(pending, one, question_of, min(len(pending), workers), per_key)
                     calls += runner.calls_sent
                     peak = max(peak, runner.peak_in_flight)
                 if not retry:
@@ -496,7 +503,10 @@ class Controller:
         streams = {p.question.id: p.stream for p in prepared}
         if m.needs_skills:
             warm = None
-            if self.profiles:  # load the embedder while the skill group decodes, not after it
+            # load the embedder while the skill group decodes, not after it; not beside a CPU
+            # server, which has every core (two busy jobs on its cores slow it more than the load)
+            skill_model = self.config.model(self.config.roles.skill_inferencer)
+            if self.profiles and not uses_cpu(skill_model):
                 warm = asyncio.ensure_future(self.aligner({m: p.skills for m, p in self.profiles.items()}).prepare())
             try:
                 skills = await self.infer_skills(prepared)
@@ -505,8 +515,8 @@ class Controller:
                     warm.cancel()
                     await asyncio.gather(warm, return_exceptions=True)
                 raise
-            if warm is not None:
-                await warm
+            if warm is not None:  # a failure here is raised by routing, if it needs the embedder
+                await asyncio.gather(warm, return_exceptions=True)
             routes = await self.route(skills.keywords, streams)
             if m.k != self.config.k:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}

@@ -99,6 +99,8 @@ def test_threads_divide_the_cores_among_the_cpu_servers_that_run_at_once():
     assert cpu_servers_at_once(config(cpu_only, schedule={"overlap": True}), 4) == 2
     assert cpu_servers_at_once(config(cpu_only, schedule={"co_residency": True}), 4) == 4
     assert cpu_servers_at_once(config(cpu_only, schedule={"co_residency": True}), 0) == 1
+    # lanes on several devices (GPU slices) run side by side, a CPU server possibly in each
+    assert cpu_servers_at_once(config(cpu_only), 4, devices=2) == 2 and cpu_servers_at_once(config(cpu_only), 1, devices=4) == 1
     assert [threads_per_server(2, n) for n in (1, 2, 3)] == [2, 1, 1]  # never more threads than cores
     assert threads_per_server(16, 3) == 5
 
@@ -114,5 +116,10 @@ def test_the_manager_gives_each_llama_server_its_share(monkeypatch):
     side_by_side = ServerManager(config(two, schedule={"co_residency": True}), EventLog(), gpu_monitor=None)
     told = ServerManager(config(two), EventLog(), gpu_monitor=None, cpu_servers_at_once=4)
     assert (alone.cpu_threads, side_by_side.cpu_threads, told.cpu_threads) == (8, 4, 2)
+    alone.divide_cores(devices=2)  # the controller found two GPU slices: two lanes at once
+    told.divide_cores(devices=2)  # an explicit count (servers up) stands
+    assert (alone.cpu_threads, told.cpu_threads) == (4, 2)
+    argv = alone._backends["b"].launch("127.0.0.1", 1, "k").argv
+    assert argv[argv.index("--threads") + 1] == "4"
     argv = side_by_side._backends["a"].launch("127.0.0.1", 1, "k").argv
     assert argv[argv.index("--threads") + 1] == "4"

@@ -116,6 +116,10 @@ def test_solve_example_set(tmp_path):
     assert kinds.count("server_start") == kinds.count("server_ready") == kinds.count("server_stop")
     groups = [e for e in events if e["kind"] == "group_start"]
     assert groups[0]["group"].startswith("skills:") and groups[-1]["group"].startswith("aggregate:")
+    # llama-server got the group up to its 8 slots at once: 6 questions x 5 samples, at most
+    # 2 samples of a question at a time (8 slots over 6 questions), is 12 ready for 8 slots
+    skills_end = next(e for e in events if e["kind"] == "group_end" and e["group"].startswith("skills:"))
+    assert skills_end["requests"] == 6 * 5 and skills_end["detail"]["peak_in_flight"] == 8
     # the loads, from what is known of the pool: smollm2 and smollm2-focused share one server, which
     # also serves the skills and the chosen aggregator; gemma3 needs its own, once, between them
     assert chosen_aggregator in ("smollm2", "smollm2-focused")

@@ -35,14 +35,15 @@ def test_synthetic_items_pick_one_right_two_wrong_seeded():
 
 
 def _pool_config(tmp_path, api):
-    """The real SmolLM2 server infers skills and is a candidate aggregator; the experts are
-    three scripted STAND-IN hosted models whose correctness is known by construction:
-    ``right`` always answers the gold letter, ``wrong1`` and ``wrong2`` never do."""
-    hosted = "".join(f'[models.{m}]\nbackend = "openai"\nbase_url = "{api.base_url}"\nmodel = "{m}"\n' for m in ("right", "wrong1", "wrong2"))
+    """The real SmolLM2 server is a candidate aggregator; the skill inferencer and the
+    experts are scripted STAND-IN hosted models whose answers are known by construction:
+    ``skiller`` names two keywords per question, ``right`` always answers the gold letter,
+    ``wrong1`` and ``wrong2`` never do."""
+    hosted = "".join(f'[models.{m}]\nbackend = "openai"\nbase_url = "{api.base_url}"\nmodel = "{m}"\n' for m in ("right", "wrong1", "wrong2", "skiller"))
     path = tmp_path / "pool.toml"
     path.write_text(
         'k = 3\n[models.smollm2]\nbackend = "llamacpp"\nembedded = "smollm2-135m-instruct"\n' + hosted
-        + '[roles]\nskill_inferencer = "smollm2"\nexperts = ["right", "wrong1", "wrong2"]\naggregator = "smollm2"\n'
+        + '[roles]\nskill_inferencer = "skiller"\nexperts = ["right", "wrong1", "wrong2"]\naggregator = "smollm2"\n'
         "[sampling.skill_inferencer]\nsamples = 3\nmax_tokens = 24\n[sampling.aggregator]\nmax_tokens = 48\n"
     )  # fmt: skip
     return path
@@ -56,6 +57,9 @@ def _scripted(questions: list[dict]):
         q = next(q for q in questions if q["question"] in prompt)
         wrong = [x for x in listed_letters(q["question"]) if x != q["gold_answer"]]
         return {
+            # scripted, so that profile and solve name the same keywords: a real server that
+            # batches (llama-server) may give other texts for the same seed in another batch
+            "skiller": f"Keywords: subject {q['id']}, careful reading",
             "right": f"Checked every option. The answer is ({q['gold_answer']})",
             "wrong1": f"<think>scratch work nobody should see</think>The answer is ({wrong[0]})",
             "wrong2": f"Hmm. The answer is ({wrong[1]})",
@@ -85,7 +89,7 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
         assert f"{3 * n} new answers, 0 reused" in out
 
         # every answer is kept with the sha256 of exactly the prompt the model received
-        received = {(r["model"], hashlib.sha256(r["messages"][0]["content"].encode()).hexdigest()) for r in api.requests}
+        received = {(r["model"], hashlib.sha256(r["messages"][0]["content"].encode()).hexdigest()) for r in api.requests if r["model"] != "skiller"}
         answers = read_jsonl(prof / "answers.jsonl")
         assert len(answers) == 3 * n and {(a["model"], a["prompt_sha256"]) for a in answers} == received
         # the profile arithmetic, by hand: +1 per keyword of a question answered right, -1 if wrong
@@ -98,7 +102,7 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
                     expected[kw] = expected.get(kw, 0) + sign
             assert profiles[model].skills == expected
             assert profiles[model].validation_accuracy == (1.0 if sign > 0 else 0.0)
-        assert any(skills.values()), "SmolLM2 named no keyword twice for any question"
+        assert all(sorted(skills[q["id"]]) == ["careful reading", f"subject {q['id']}"] for q in questions)  # named 3 times each
 
         again_code, again_out, again_err = await symoe_async("profile", validation, "-o", prof, "--config", cfg)
         assert again_code == 0 and f"0 new answers, {3 * n} reused" in again_out
@@ -152,8 +156,10 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
         # another skill inferencer setting: the keywords are inferred again; the experts' answers, the same calls, are kept
         fewer = tmp_path / "fewer.toml"
         fewer.write_text(cfg.read_text().replace("samples = 3", "samples = 2"))
+        asked_before_fewer = len(api.requests)
         again = await symoe_async("profile", validation, "-o", prof, "--config", fewer)
-    assert again[0] == 0 and "starting server for 'smollm2'" in again[2] and f"0 new answers, {3 * n} reused" in again[1]
+    assert again[0] == 0 and f"0 new answers, {3 * n} reused" in again[1]
+    assert [r["model"] for r in api.requests[asked_before_fewer:]].count("skiller") == 2 * n  # asked again, 2 samples each
     latest = {r["id"]: r for r in read_jsonl(prof / "skills.jsonl")}
     assert all(len(r["samples"]) == 2 for r in latest.values()) and len(read_jsonl(prof / "skills.jsonl")) == 2 * n
     assert code == 0, err[-2000:]
@@ -161,14 +167,10 @@ async def test_profile_pick_aggregator_and_solve(tmp_path):
     assert "MiniLM" in routing["detail"]["alignment"]  # the [embed] extra is part of the test install
     records = read_jsonl(out_path)
     assert len(records) == len(keyed)
-    # llama-server decodes its slots as one batch and, like SGLang and vLLM, is not
-    # batch-invariant: the same seed may give other keywords in another batch. Any keyword
-    # aligns to the profiles' vocabulary, on which only 'right' scores above zero.
-    routed = [r for r in records if r["skills"]]
-    assert routed, "SmolLM2 named no keyword twice for any question in solve"
-    for r in routed:
-        assert r["routing"] == "skills" and r["experts"] == ["right", "right", "right"]
     for r in records:
+        # the same question gets the same keywords; only 'right' has positive scores on them
+        assert r["skills"] == skills[r["id"].removeprefix("t-")]
+        assert r["routing"] == "skills" and r["experts"] == ["right", "right", "right"]
         assert r["aggregator"] == "right" and r["aggregator_status"] == "answered"
         assert (r["final_answer"], r["final_source"], r["correct"]) == (r["gold_answer"], "aggregator", True)
 

@@ -44,6 +44,14 @@ async def test_llamacpp_start_ready_answer_stop():
         proc = psutil.Process(pid)
         listening = [c.laddr for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert listening and all(a.ip == "127.0.0.1" for a in listening)  # loopback only
+        # llama-server with 8 slots of the model's context and every core (one server at a time);
+        # the key only in its environment
+        from symoe_agents.servers.cpu import available_cores
+
+        cmd = proc.cmdline()
+        assert cmd[0].endswith("llama-server") and cmd[cmd.index("-np") + 1] == "8" and cmd[cmd.index("-c") + 1] == str(8 * 4096)
+        assert cmd[cmd.index("--threads") + 1] == str(available_cores())
+        assert ep.api_key not in " ".join(cmd) and proc.environ().get("LLAMA_API_KEY") == ep.api_key
         client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
         r = await client.chat.completions.create(
             model=ep.served_model, messages=[{"role": "user", "content": "Say hi"}], max_tokens=8
