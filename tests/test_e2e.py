@@ -290,7 +290,7 @@ def test_servers_up_prints_endpoints_and_ctrl_c_stops_them(tmp_path):
 
     import openai
 
-    proc = subprocess.Popen([*symoe_cmd(), "servers", "up", "smollm2", "smollm2-focused"],
+    proc = subprocess.Popen([*symoe_cmd(), "servers", "up", "smollm2", "smollm2-focused", "gemma3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     lines = []
     deadline = time.monotonic() + 120
@@ -308,7 +308,17 @@ def test_servers_up_prints_endpoints_and_ctrl_c_stops_them(tmp_path):
     assert reply.usage.completion_tokens > 0
     client.close()
     port = int(url.rsplit(":", 1)[1].split("/")[0])
+    gemma_port = int(re.search(r"gemma3 +http://127\.0\.0\.1:(\d+)/v1", text).group(1))
+    # two llama-servers stay up side by side: the cores are divided between them
+    from symoe_agents.servers.cpu import available_cores
+
+    threads = []
+    for p in psutil.Process(proc.pid).children(recursive=True):
+        cmd = p.cmdline()
+        if cmd and cmd[0].endswith("llama-server"):
+            threads.append(int(cmd[cmd.index("--threads") + 1]))
+    assert threads == [max(1, available_cores() // 2)] * 2
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert no_llamacpp_server_on([port])
+    assert no_llamacpp_server_on([port, gemma_port])
