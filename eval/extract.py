@@ -185,6 +185,8 @@ def extract_math(text: str) -> str | None:
         value = value.strip().rstrip(".,;").strip()
         if value.count(")") > value.count("("):  # "1) compute": a list item, not a value
             continue
+        if value.strip("*`'\" $") == PLACEHOLDER:  # "The answer is X": the instruction's placeholder, copied
+            continue
         if value and _MATH_VALUE.fullmatch(value):
             return value
     return None
@@ -195,8 +197,10 @@ def extract_free(text: str) -> str | None:
     text = _ECHO.sub(" ", strip_reasoning(text)).strip()
     stated = _STATED_FREE.findall(text)
     if stated:
-        value = stated[-1].strip().rstrip(".").strip()
-        return value or None
+        # the instruction's placeholder copied ("The answer is: X") states nothing
+        values = [v.strip().rstrip(".").strip() for v in stated]
+        values = [v for v in values if v.strip("*`'\" ") != PLACEHOLDER]
+        return values[-1] or None if values else None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else None
 

@@ -37,19 +37,20 @@ def cpu_server_keys(config: Config, server_key, names: Iterable[str] | None = No
     return keys
 
 
-def cpu_servers_at_once(config: Config, n_cpu_servers: int, devices: int = 1) -> int:
+def cpu_servers_at_once(config: Config, n_cpu_servers: int, devices: int = 1, n_cpu_experts: int | None = None) -> int:
     """CPU servers the plan may run side by side: one (the paper's one model at a time),
     two with ``overlap`` (the next starts while the last decodes), all with ``co_residency``;
-    with several devices (GPU slices) the lanes run in parallel, and a CPU server may be in
-    each of them."""
+    with several devices (GPU slices) the expert stage runs a lane per device in parallel,
+    and an expert's CPU server (``n_cpu_experts`` of them) may be in each."""
     n = max(1, n_cpu_servers)
+    experts = n if n_cpu_experts is None else n_cpu_experts
     if config.schedule.co_residency:
         at_once = n
     elif config.schedule.overlap:
         at_once = min(n, 2)
     else:
         at_once = 1
-    return max(at_once, min(n, max(1, devices)))
+    return max(at_once, min(experts, max(1, devices)))
 
 
 def threads_per_server(cores: int, at_once: int) -> int:

@@ -111,7 +111,8 @@ class ServerManager:
         if at_once is None:
             if self._cpu_at_once_given:
                 return
-            at_once = cpu.cpu_servers_at_once(self.config, len(cpu.cpu_server_keys(self.config, self.server_key)), devices)
+            n_experts = len(cpu.cpu_server_keys(self.config, self.server_key, self.config.roles.experts))
+            at_once = cpu.cpu_servers_at_once(self.config, len(cpu.cpu_server_keys(self.config, self.server_key)), devices, n_experts)
         self.cpu_threads = cpu.threads_per_server(cpu.available_cores(), at_once)
         for backend in self._backends.values():
             if isinstance(backend, LlamaCppBackend):

@@ -36,7 +36,7 @@ from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, OpenAIModel, slot_prompt_cache, uses_cpu
+from .config import Config, LlamaCppModel, OpenAIModel, slot_prompt_cache, uses_cpu
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
@@ -46,7 +46,7 @@ from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_al
 from .profiles import Profile, load_profiles
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
-from .dispatch import dispatch
+from .dispatch import dispatch, pool_size
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct, normalize_math
@@ -282,7 +282,8 @@ class Controller:
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
             in_flight = self.config.in_flight(group.model)
-            per_slot_cache = slot_prompt_cache(self.config.model(group.model))
+            model_cfg = self.config.model(group.model)
+            slots = model_cfg.slots if isinstance(model_cfg, LlamaCppModel) and slot_prompt_cache(model_cfg) else None
             pending = sorted(prompts)
             while pending:
                 retry: list[tuple[int, Completion]] = []
@@ -315,14 +316,8 @@ class Controller:
                         final(i, c)
 
                     question_of = lambda i: group.requests[i].question_id  # noqa: E731
-                    per_key = None
-                    if per_slot_cache:  # a question's samples share the slots left over by the other questions
-                        per_key = -(-in_flight // max(1, len({question_of(i) for i in pending})))
-                    # without per_key: twice the slots in workers, so that a request backing off
-                    # before a retry, its slot given back, does not keep another from taking it;
-                    # with it: the slots, so that a sample's next one goes straight to the freed slot
-                    workers = in_flight if per_key else 2 * in_flight
-                    await dispatch(pending, one, question_of, min(len(pending), workers), per_key)
+                    workers, per_key = pool_size(Counter(question_of(i) for i in pending), in_flight, slots)
+                    await dispatch(pending, one, question_of, workers, per_key)
                     calls += runner.calls_sent
                     peak = max(peak, runner.peak_in_flight)
                 if not retry:

@@ -17,7 +17,25 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+
+
+def pool_size(per_key_counts: Mapping[Hashable, int], in_flight: int, slots: int | None) -> tuple[int, int | None]:
+    """(workers, per_key) for a group with ``per_key_counts[question]`` requests each.
+
+    ``slots``: the server's slots when it reuses a prompt only in the slot that processed
+    it (llama-server), else None. If some question has more requests than its share of the
+    slots, its requests take turns (``per_key``) and the pool is the slots, so a freed slot
+    takes the next sample. Otherwise twice the in-flight limit: a request backing off before
+    a retry has given its slot back, and a spare worker's request takes it.
+    """
+    n = sum(per_key_counts.values())
+    if slots is not None and per_key_counts:
+        cap = max(1, min(in_flight, slots))
+        per_key = -(-cap // len(per_key_counts))
+        if max(per_key_counts.values()) > per_key:
+            return min(n, cap), per_key
+    return min(n, 2 * in_flight), None
 
 
 async def dispatch(

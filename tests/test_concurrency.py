@@ -101,6 +101,9 @@ def test_threads_divide_the_cores_among_the_cpu_servers_that_run_at_once():
     assert cpu_servers_at_once(config(cpu_only, schedule={"co_residency": True}), 0) == 1
     # lanes on several devices (GPU slices) run side by side, a CPU server possibly in each
     assert cpu_servers_at_once(config(cpu_only), 4, devices=2) == 2 and cpu_servers_at_once(config(cpu_only), 1, devices=4) == 1
+    # only the expert stage runs lanes side by side: CPU skill and aggregator servers run alone
+    assert cpu_servers_at_once(config(cpu_only), 2, devices=2, n_cpu_experts=0) == 1
+    assert cpu_servers_at_once(config(cpu_only), 3, devices=2, n_cpu_experts=3) == 2
     assert [threads_per_server(2, n) for n in (1, 2, 3)] == [2, 1, 1]  # never more threads than cores
     assert threads_per_server(16, 3) == 5
 

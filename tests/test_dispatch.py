@@ -71,3 +71,17 @@ async def test_a_failing_item_raises_and_does_not_strand_its_keys_others():
 
 async def test_an_empty_order_returns_at_once():
     await asyncio.wait_for(dispatch([], lambda i: asyncio.sleep(0), KEYS.__getitem__, 4, per_key=1), 1)
+
+
+def test_pool_size_takes_turns_only_where_a_question_has_more_than_its_share_of_slots():
+    from symoe_agents.dispatch import pool_size
+
+    skills = {f"q{i}": 5 for i in range(6)}  # 6 questions x 5 samples
+    assert pool_size(skills, in_flight=8, slots=8) == (8, 2)  # 8 slots over 6 questions: 2 each
+    assert pool_size(skills, in_flight=64, slots=8) == (8, 2)  # a run-wide limit above the slots: still the slots
+    assert pool_size({f"q{i}": 5 for i in range(20)}, 8, 8) == (8, 1)
+    assert pool_size({"q": 5}, 8, 8) == (5, None)  # one question: its 5 samples all fit
+    experts = {f"q{i}": 1 for i in range(18)}  # one request per question: no turns, spare workers for retries
+    assert pool_size(experts, 8, 8) == (16, None)
+    assert pool_size(skills, 1024, None) == (30, None)  # SGLang, vLLM: the whole group at once
+    assert pool_size({}, 8, 8) == (0, None)

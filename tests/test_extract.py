@@ -240,6 +240,8 @@ def test_extract_boxed(text, expected):
         ("Paris is the capital.\nSo Paris", "So Paris"),
         ("<think>The answer is: Lyon</think>The answer is: Paris", "Paris"),
         ('Then write "The answer is: X", where X is your final answer in a few words.\nParis', "Paris"),
+        ("I am not sure.\nThe answer is: X", None),  # the placeholder copied: nothing stated
+        ("The answer is: **X**.", None),
         ("", None),
     ],
 )
@@ -420,3 +422,8 @@ def test_answers_sympy_cannot_finish_are_left_to_the_normaliser(value):
 
     assert not symbolic_checkable(value)
     assert is_correct(value, value, MATH)  # the normaliser still finds a thing equal to itself
+
+
+def test_a_copied_math_placeholder_is_no_value():
+    assert extract_math("The answer is X.") is None
+    assert extract_math("So the answer is 49.\nThe answer is X") == "49"
