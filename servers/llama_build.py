@@ -52,6 +52,8 @@ class BuildError(Exception):
 
 
 def _cores() -> int:
+    # servers/cpu.py has the same rule (available_cores), but importing it would import the
+    # package's config, which is not installed yet when make setup runs this
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:

@@ -329,10 +329,11 @@ def uses_cpu(model: "AnyModel") -> bool:
     return isinstance(model, LlamaCppModel) or (isinstance(model, CommandModel) and model.gpus == 0)
 
 
-def slot_prompt_cache(model: "AnyModel") -> bool:
-    """Whether a prompt is reused only by the slot that processed it (llama-server), so the
-    samples of one prompt are best sent one after another (see ``dispatch``)."""
-    return isinstance(model, LlamaCppModel) and model.server == "llama-server"
+def prompt_cache_slots(model: "AnyModel") -> int | None:
+    """The slots of a server that reuses a prompt only in the slot that processed it
+    (llama-server), so the samples of one prompt are best sent in turns (see ``dispatch``);
+    None for every other server."""
+    return model.slots if isinstance(model, LlamaCppModel) and model.server == "llama-server" else None
 
 
 def in_flight_limit(model: "AnyModel", concurrency: Concurrency) -> int:

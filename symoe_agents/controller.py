@@ -36,7 +36,7 @@ from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, LlamaCppModel, OpenAIModel, slot_prompt_cache, uses_cpu
+from .config import Config, OpenAIModel, prompt_cache_slots, uses_cpu
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
@@ -282,8 +282,7 @@ class Controller:
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
             in_flight = self.config.in_flight(group.model)
-            model_cfg = self.config.model(group.model)
-            slots = model_cfg.slots if isinstance(model_cfg, LlamaCppModel) and slot_prompt_cache(model_cfg) else None
+            slots = prompt_cache_slots(self.config.model(group.model))
             pending = sorted(prompts)
             while pending:
                 retry: list[tuple[int, Completion]] = []
@@ -443,10 +442,12 @@ class Controller:
         out.keywords = {qid: infer_keywords(t) for qid, t in out.texts.items()}
         return out
 
-    def aligner(self, profiles: dict[str, dict[str, float]]) -> Aligner:
+    def aligner(self) -> Aligner:
+        """Maps keywords onto the profiles' vocabulary (made once; needs profiles)."""
+        assert self.profiles
         if self._aligner is None:
             embedder, warning = make_embedder(self.config.alignment)
-            self._aligner = Aligner(list(dict.fromkeys(s for p in profiles.values() for s in p)), embedder)
+            self._aligner = Aligner(list(dict.fromkeys(s for p in self.profiles.values() for s in p.skills)), embedder)
             self.alignment_warning = warning
         return self._aligner
 
@@ -457,7 +458,7 @@ class Controller:
         detail: dict[str, object] = {"method": "profiles" if profiles else "uniform-no-profiles"}
         align = routing.exact_align
         if profiles is not None:
-            mapping = await self.aligner(profiles).mapping({k for kws in keywords.values() for k in kws})
+            mapping = await self.aligner().mapping({k for kws in keywords.values() for k in kws})
             detail["alignment"] = self._aligner.method
             if self.alignment_warning:
                 detail["warning"] = self.alignment_warning
@@ -502,7 +503,7 @@ class Controller:
             # server, which has every core (two busy jobs on its cores slow it more than the load)
             skill_model = self.config.model(self.config.roles.skill_inferencer)
             if self.profiles and not uses_cpu(skill_model):
-                warm = asyncio.ensure_future(self.aligner({m: p.skills for m, p in self.profiles.items()}).prepare())
+                warm = asyncio.ensure_future(self.aligner().prepare())
             try:
                 skills = await self.infer_skills(prepared)
             except BaseException:
