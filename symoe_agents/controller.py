@@ -23,6 +23,7 @@ config opts into a fallback; every record says where its final answer came from.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -658,7 +659,7 @@ class Controller:
             aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
             aggregator_status=status, final_answer=final, final_source=source, gold_answer=gold,
             correct=is_correct(final, gold, p.fmt) if gold is not None else None,
-            errors=run.errors(qid), truncated=run.truncated(qid),
+            errors=run.errors(qid), truncated=_in_call_order(run.truncated(qid)),
         )  # fmt: skip
         run.results[qid] = result
         if run.on_result:
@@ -684,6 +685,22 @@ def _same_as(p: Prepared) -> Callable[[str], str]:
     """When two extracted answers are one vote: math answers by their normal form ("033"
     and "33"), letters and free text as written."""
     return normalize_math if p.fmt is AnswerFormat.MATH else str
+
+
+_CALL_RANK = {"skills": 0, "expert": 1, "aggregator": 2}
+_CALL_NUMBER = re.compile(r"\((?:sample|slot) (\d+)\)")
+
+
+def _in_call_order(cuts: list[str]) -> list[str]:
+    """A question's cut-off calls in a fixed order: skill samples, expert slots, the
+    aggregator, each by number. They are noted as they finish, and on a batching server two
+    calls of one question finish in either order; a layer's earlier entry stays first."""
+
+    def key(label: str) -> tuple[int, int]:
+        number = _CALL_NUMBER.search(label)
+        return _CALL_RANK.get(label.split(" ", 1)[0], len(_CALL_RANK)), int(number.group(1)) if number else 0
+
+    return sorted(cuts, key=key)
 
 
 def _fields(c: Completion) -> dict:

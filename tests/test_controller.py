@@ -82,3 +82,15 @@ async def test_an_expert_whose_server_fails_is_recorded_and_the_run_goes_on(tmp_
     for r in results:
         expected = "no-expert-answers" if set(r.experts) == {"g2"} else "answered"
         assert r.aggregator_status == expected
+
+
+def test_a_questions_cut_off_calls_are_listed_in_call_order_not_finishing_order():
+    from symoe_agents.controller import _in_call_order
+
+    # as noted on a batching server: slot 2 finished before slot 0, sample 3 before sample 1
+    noted = ["skills smollm2 (sample 3)", "skills smollm2 (sample 1)", "expert smollm2 (slot 2), an earlier layer",
+             "expert smollm2 (slot 2)", "expert gemma3 (slot 0)", "aggregator smollm2"]  # fmt: skip
+    assert _in_call_order(noted) == [
+        "skills smollm2 (sample 1)", "skills smollm2 (sample 3)", "expert gemma3 (slot 0)",
+        "expert smollm2 (slot 2), an earlier layer", "expert smollm2 (slot 2)", "aggregator smollm2",
+    ]  # fmt: skip
