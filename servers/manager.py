@@ -237,6 +237,14 @@ class ServerManager:
         backend = self._backends[model]
         assert backend is not None
         last_error: ServerStartError | None = None
+        prepare = getattr(backend, "prepare", None)
+        if prepare is not None:  # file work (a model copy: seconds) happens off the event loop
+            try:
+                await asyncio.to_thread(prepare)
+            except ServerStartError as exc:
+                self.events.emit("server_failed", model=model, server=key, detail={"reason": exc.reason})
+                self._failed = True
+                raise
         for _attempt in range(_START_ATTEMPTS):
             port = free_port()
             try:

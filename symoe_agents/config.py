@@ -120,6 +120,11 @@ class LlamaCppModel(_LocalModel):
         description="a built-in chat template for a GGUF without one (llama-server: --chat-template with jinja off)",
     )
     n_threads: int | None = Field(default=None, ge=1, description="default: the cores divided by the servers that run at once")
+    dequantize: Literal["f16", "f32"] | None = Field(
+        default=None,
+        description="serve a copy of the GGUF with its quantized tensors expanded to this type, made once "
+        "in ~/.cache/symoe/gguf: on a CPU a small Q4_1 model processes prompts about 2.3x faster in F16",
+    )
     python: str | None = Field(default=None, description="llama-cpp-python: the python executable; default: symoe's own")
     extra_args: list[str] = []
 

@@ -51,6 +51,11 @@ async def test_llamacpp_start_ready_answer_stop():
         cmd = proc.cmdline()
         assert cmd[0].endswith("llama-server") and cmd[cmd.index("-np") + 1] == "8" and cmd[cmd.index("-c") + 1] == str(8 * 4096)
         assert cmd[cmd.index("--threads") + 1] == str(available_cores())
+        # the embedded pool serves SmolLM2's F16 copy, made once in symoe's cache
+        from symoe_agents.servers.embedded import embedded_model_path
+        from symoe_agents.servers.gguf_copy import copy_path
+
+        assert cmd[cmd.index("-m") + 1] == str(copy_path(embedded_model_path("smollm2-135m-instruct"), "f16"))
         assert ep.api_key not in " ".join(cmd) and proc.environ().get("LLAMA_API_KEY") == ep.api_key
         client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
         r = await client.chat.completions.create(

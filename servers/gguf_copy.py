@@ -1,0 +1,147 @@
+"""A copy of a GGUF with its quantized tensors expanded to F16 or F32 (``dequantize``).
+
+Why: on a CPU, llama.cpp multiplies some quantized types much more slowly than others.
+SmolLM2's Q4_1 has no repacked kernel on x86, so its prompts are compute bound at about
+410 tokens/s on these 2 cores; the same weights in F16 go through llama.cpp's tinyBLAS at
+about 950 (docs/performance.md). For a model this small the copy costs little memory
+(90 MB to 271 MB). It is the same model: every value is the one the quantized block
+defines (d*q+m), rounded once to F16, which is finer than the 8-bit activations the
+quantized kernels multiply with.
+
+The copy is made once per source file, off the event loop (the manager calls
+``ensure_copy`` in a worker thread before it launches the server), tensor by tensor so
+memory stays at one tensor, and written atomically: a crash or a full disk leaves no half
+file under the final name. The ``gguf`` package (ggml's own reader and writer, in the
+``[cpu]`` extra) does the reading, the block formats and the writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from symoe_agents.errors import ServerStartError
+
+Dequantize = Literal["f16", "f32"]
+
+# general.file_type values (llama.cpp's llama_ftype): ALL_F32 = 0, MOSTLY_F16 = 1
+_FILE_TYPE = {"f32": 0, "f16": 1}
+INSTALL_HINT = 'dequantize needs the gguf package: pip install "symoe-agents[cpu]"'
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "symoe" / "gguf"
+
+
+def gguf_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gguf") is not None
+
+
+def copy_path(source: Path, dtype: Dequantize, folder: Path | None = None) -> Path:
+    """Where the copy of ``source`` lives (pure apart from one stat). Keyed by the source's
+    real path, size and modification time, so a replaced model file gets a new copy."""
+    real = source.resolve()
+    st = real.stat()
+    ident = f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{dtype}".encode()
+    digest = hashlib.sha256(ident).hexdigest()[:12]
+    return (folder or cache_dir()) / f"{real.stem}.{dtype}-{digest}.gguf"
+
+
+def ensure_copy(source: Path, dtype: Dequantize, folder: Path | None = None) -> Path:
+    """The expanded copy of ``source``, written first if it is not there yet. Blocking:
+    call it in a worker thread. Raises ServerStartError with what to fix."""
+    label = source.name
+    try:
+        target = copy_path(source, dtype, folder)
+    except OSError as exc:
+        raise ServerStartError(label, f"cannot read {source}: {exc.strerror or exc}") from None
+    if target.is_file():
+        return target
+    if not gguf_available():
+        raise ServerStartError(label, INSTALL_HINT)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise ServerStartError(label, f"cannot write the {dtype} copy in {target.parent}: {exc.strerror or exc}; free space there or remove 'dequantize'") from None
+    try:
+        _write(source, Path(tmp), dtype)
+        os.replace(tmp, target)  # atomic: readers see no file or the whole file
+    except OSError as exc:
+        raise ServerStartError(label, f"cannot write the {dtype} copy {target}: {exc.strerror or exc}; free space there or remove 'dequantize'") from None
+    except (ValueError, NotImplementedError, KeyError) as exc:
+        raise ServerStartError(label, f"cannot expand {source} to {dtype}: {exc}; remove 'dequantize' for this model") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
+    from gguf.quants import dequantize
+
+    out_type = np.float16 if dtype == "f16" else np.float32
+    keep = {GGMLQuantizationType.F32, GGMLQuantizationType.F16}
+    reader = GGUFReader(source)
+    arch = reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(dest, arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name in ("general.architecture", "general.alignment"):
+            continue  # the writer sets these itself
+        if name == "general.file_type":
+            writer.add_key_value(name, _FILE_TYPE[dtype], GGUFValueType.UINT32)
+            continue
+        kind = field.types[0]
+        if kind == GGUFValueType.ARRAY:
+            writer.add_key_value(name, field.contents(), kind, sub_type=field.types[-1])
+        else:
+            writer.add_key_value(name, field.contents(), kind)
+
+    def expanded(t):
+        shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
+        if t.tensor_type in keep:
+            return np.asarray(t.data)
+        return dequantize(t.data, t.tensor_type).reshape(shape).astype(out_type)
+
+    for t in reader.tensors:  # the sizes first (the header needs them), then the data
+        shape = tuple(int(n) for n in reversed(t.shape))
+        if t.tensor_type in keep:
+            writer.add_tensor_info(t.name, shape, np.asarray(t.data).dtype, int(t.data.nbytes))
+        else:
+            writer.add_tensor_info(t.name, shape, np.dtype(out_type), int(np.prod(shape)) * np.dtype(out_type).itemsize)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(expanded(t))
+    writer.close()
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def main() -> int:
+    """Make the copies the built-in embedded pool serves (``make setup`` runs this, so the
+    first run does not spend seconds on it)."""
+    from symoe_agents.config import LlamaCppModel, load_config
+
+    from .embedded import embedded_model_path
+
+    for name, model in load_config().models.items():
+        if isinstance(model, LlamaCppModel) and model.dequantize:
+            source = embedded_model_path(model.embedded) if model.embedded else model.model_path
+            assert source is not None
+            try:
+                print(f"{name}: {ensure_copy(source, model.dequantize)}", flush=True)
+            except ServerStartError as exc:
+                print(f"{name}: {exc.reason}", flush=True)
+                return 1
+    return 0

@@ -1,0 +1,100 @@
+"""The F16 copy of a quantized GGUF (``dequantize``), checked against the Q4_1 block format
+read straight from the source file's bytes."""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from symoe_agents.config import parse_config
+from symoe_agents.errors import ServerStartError
+from symoe_agents.servers import backend_for
+from symoe_agents.servers.embedded import embedded_model_path
+from symoe_agents.servers.gguf_copy import copy_path, ensure_copy
+
+gguf = pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def smol_copy(tmp_path_factory):
+    source = embedded_model_path("smollm2-135m-instruct")
+    return source, ensure_copy(source, "f16", tmp_path_factory.mktemp("gguf"))
+
+
+def _q4_1_block(raw: bytes) -> np.ndarray:
+    """The 32 values of one Q4_1 block (ggml's layout: fp16 d, fp16 m, 16 bytes of nibbles,
+    low nibbles first), written out here from the format, not taken from the gguf package."""
+    d, m = struct.unpack("<ee", raw[:4])
+    qs = raw[4:20]
+    q = [b & 0x0F for b in qs] + [b >> 4 for b in qs]
+    return np.array([d * v + m for v in q], dtype=np.float64)
+
+
+def test_the_copy_holds_the_same_values_in_f16(smol_copy):
+    source, copy = smol_copy
+    src, out = gguf.GGUFReader(source), gguf.GGUFReader(copy)
+    assert [t.name for t in out.tensors] == [t.name for t in src.tensors]
+    by_name = {t.name: t for t in out.tensors}
+    q41 = [t for t in src.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q4_1]
+    assert q41, "the packaged SmolLM2 is Q4_1"
+    for t in src.tensors:
+        o = by_name[t.name]
+        assert list(o.shape) == list(t.shape)
+        if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            assert o.tensor_type == t.tensor_type and np.array_equal(np.asarray(o.data), np.asarray(t.data))
+        else:
+            assert o.tensor_type == gguf.GGMLQuantizationType.F16
+    # values: the first and last blocks of three Q4_1 tensors, from the raw bytes
+    for t in (q41[0], q41[len(q41) // 2], q41[-1]):
+        raw = np.asarray(t.data).tobytes()
+        expanded = np.asarray(by_name[t.name].data, dtype=np.float64).reshape(-1)
+        for block in (0, len(raw) // 20 - 1):
+            want = _q4_1_block(raw[block * 20 : block * 20 + 20])
+            got = expanded[block * 32 : block * 32 + 32]
+            assert np.allclose(got, want, rtol=1e-3, atol=1e-6), t.name
+    # metadata: every key kept, the file type now says F16
+    skip = {"general.file_type"}
+    src_kv = {k: f.contents() for k, f in src.fields.items() if not k.startswith("GGUF.") and k not in skip}
+    out_kv = {k: f.contents() for k, f in out.fields.items() if not k.startswith("GGUF.") and k not in skip}
+    assert out_kv == src_kv
+    assert out.fields["general.file_type"].contents() == 1
+
+
+def test_the_copy_is_made_once_and_keyed_by_the_source(smol_copy, tmp_path):
+    source, copy = smol_copy
+    before = copy.stat().st_mtime_ns
+    assert ensure_copy(source, "f16", copy.parent) == copy and copy.stat().st_mtime_ns == before
+    assert copy_path(source, "f32", copy.parent) != copy
+    # a replaced source (other size or time) gets a new copy
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"x" * 10)
+    first = copy_path(fake, "f16", tmp_path)
+    fake.write_bytes(b"y" * 11)
+    assert copy_path(fake, "f16", tmp_path) != first
+
+
+def test_a_copy_that_cannot_be_made_says_what_to_fix_and_leaves_nothing(tmp_path):
+    not_gguf = tmp_path / "broken.gguf"
+    not_gguf.write_bytes(b"GGUF" + os.urandom(64))
+    with pytest.raises(ServerStartError, match="remove 'dequantize'"):
+        ensure_copy(not_gguf, "f16", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []  # no half-written file
+    blocked = tmp_path / "a-file"  # a cache folder that cannot be made (tests run as root: no chmod)
+    blocked.write_text("")
+    with pytest.raises(ServerStartError, match="free space there or remove 'dequantize'"):
+        ensure_copy(embedded_model_path("smollm2-135m-instruct"), "f16", blocked / "gguf")
+
+
+def test_dequantize_is_part_of_the_server_identity():
+    def key(**extra):
+        data = {
+            "models": {"m": {"backend": "llamacpp", "embedded": "smollm2-135m-instruct", **extra}},
+            "roles": {"skill_inferencer": "m", "experts": ["m"], "aggregator": "m"},
+        }
+        cfg = parse_config(data, "test")
+        return backend_for(cfg.models["m"]).server_key()
+
+    assert key() != key(dequantize="f16") != key(dequantize="f32")
+    with pytest.raises(Exception, match="dequantize"):
+        key(dequantize="q8_0")
