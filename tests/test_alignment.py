@@ -9,7 +9,10 @@ from symoe_agents.alignment import (
     Aligner,
     AlignmentConfig,
     OpenAIEmbedder,
+    MiniLMEmbedder,
+    SentenceTransformerEmbedder,
     make_embedder,
+    minilm_available,
     nearest,
     sentence_transformers_available,
 )
@@ -37,6 +40,7 @@ def test_auto_falls_back_with_a_warning_when_nothing_is_installed(monkeypatch):
     import symoe_agents.alignment as mod
 
     monkeypatch.setattr(mod, "sentence_transformers_available", lambda: False)
+    monkeypatch.setattr(mod, "minilm_available", lambda: False)
     assert make_embedder(AlignmentConfig()) == (None, FALLBACK_WARNING)
     assert make_embedder(AlignmentConfig(method="exact")) == (None, None)
     with pytest.raises(ValueError, match="needs base_url and model"):
@@ -46,9 +50,9 @@ def test_auto_falls_back_with_a_warning_when_nothing_is_installed(monkeypatch):
 async def test_minilm_maps_keywords_to_their_nearest_profile_skill():
     from conftest import require
 
-    require(sentence_transformers_available(), 'needs "symoe-agents[embed]" (the Makefile installs it)')
+    require(minilm_available(), 'needs "symoe-agents[embed]" (the Makefile installs it)')
     embedder, warning = make_embedder(AlignmentConfig())
-    assert warning is None and "MiniLM" in embedder.name
+    assert warning is None and isinstance(embedder, MiniLMEmbedder) and "MiniLM" in embedder.name
     al = Aligner(["algebra", "molecular biology", "contract law", "thermodynamics"], embedder)
     got = await al.mapping({"linear equations", "genetics", "heat engines", "property law", "algebra"})
     assert got == {
@@ -58,6 +62,81 @@ async def test_minilm_maps_keywords_to_their_nearest_profile_skill():
         "property law": "contract law",
         "algebra": "algebra",
     }
+
+
+def _validation_keywords() -> tuple[list[str], list[str]]:
+    """The shipped profiles' vocabulary, and every keyword SmolLM2 wrote for the 24
+    validation questions when they were made (plus texts at the edges of the tokenizer)."""
+    import json
+    from importlib.resources import files
+
+    from symoe_agents.profiles import load_profiles, profile_vocabulary
+
+    folder = files("symoe_agents").joinpath("data", "embedded-profiles")
+    vocabulary = profile_vocabulary(load_profiles(str(folder), ["smollm2", "smollm2-focused", "gemma3"]))
+    queries = set()
+    for line in folder.joinpath("skills.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        queries |= set(row["keywords"])
+        for sample in row["samples"]:
+            queries |= {w.strip(" .,:;()*") for w in sample.split(",") if w.strip()}
+    edges = ["", "a", "Ünïcödé thermodynamics", "量子力学", "genetics", "heat engines", "property law"]
+    return vocabulary, sorted(q for q in queries if q) + edges
+
+
+async def test_the_numpy_minilm_gives_sentence_transformers_vectors_and_choices():
+    """symoe's numpy forward pass against the library it stands in for, on real inputs:
+    the same vectors to float32 rounding and the same nearest skill for every keyword."""
+    from conftest import require
+
+    require(minilm_available() and sentence_transformers_available(), 'needs "symoe-agents[embed]" (the Makefile installs it)')
+    vocabulary, queries = _validation_keywords()
+    assert len(vocabulary) >= 10 and len(queries) >= 100
+    ours, reference = MiniLMEmbedder(), SentenceTransformerEmbedder()
+    a = np.asarray(await ours.embed(vocabulary + queries))
+    b = np.asarray(await reference.embed(vocabulary + queries))
+    assert a.shape == b.shape == (len(vocabulary) + len(queries), 384)
+    assert np.abs(a - b).max() < 1e-5
+    v = len(vocabulary)
+    assert nearest(a[v:], a[:v]) == nearest(b[v:], b[:v])
+    # a denser test: each text's nearest other text, over texts that tokenize differently
+    # (uncased BERT reads "Diplomacy\n" as "diplomacy": equal vectors, a tie either way)
+    tokenizer = ours._load().tokenizer
+    first: dict[tuple, int] = {}
+    for i, text in enumerate(vocabulary + queries):
+        first.setdefault(tuple(tokenizer.encode(text).ids), i)
+    keep = sorted(first.values())
+
+    def nearest_other(x):
+        sims = x[keep] @ x[keep].T
+        np.fill_diagonal(sims, -2)
+        return sims.argmax(axis=1).tolist()
+
+    assert len(keep) >= 100 and nearest_other(a) == nearest_other(b)
+    # a text longer than the model's 256 positions is cut there by both
+    long_text = ["thermodynamics " * 400]
+    assert np.abs(np.asarray(await ours.embed(long_text)) - np.asarray(await reference.embed(long_text))).max() < 1e-5
+    # and through the aligner, as routing uses it
+    got = await Aligner(vocabulary, ours).mapping(set(queries))
+    want = await Aligner(vocabulary, reference).mapping(set(queries))
+    assert got == want
+
+
+def test_minilm_refuses_a_model_it_does_not_implement(tmp_path):
+    import json
+    import shutil
+
+    from symoe_agents.alignment import default_minilm_path
+    from symoe_agents.minilm import MiniLM
+
+    copy = tmp_path / "m"
+    shutil.copytree(default_minilm_path(), copy)
+    pooling = copy / "1_Pooling" / "config.json"
+    cfg = json.loads(pooling.read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+    pooling.write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not mean-pool; use method = 'sentence-transformers'"):
+        MiniLM(copy)
 
 
 async def test_openai_compatible_embeddings_endpoint_on_a_real_llamacpp_server(tmp_path, monkeypatch):
