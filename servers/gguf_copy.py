@@ -25,10 +25,32 @@ from typing import Literal
 
 from symoe_agents.errors import ServerStartError
 
-Dequantize = Literal["f16", "f32"]
+Dequantize = Literal["f16", "bf16", "f32"]
 
-# general.file_type values (llama.cpp's llama_ftype): ALL_F32 = 0, MOSTLY_F16 = 1
-_FILE_TYPE = {"f32": 0, "f16": 1}
+# general.file_type values (llama.cpp's llama_ftype): ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_BF16 = 32
+_FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies BF16 natively (x86 AVX512_BF16), read from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512_bf16" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def resolve(dtype: str) -> Dequantize:
+    """``auto``: BF16 where the CPU has native BF16 dot products (llama.cpp then multiplies it
+    about 1.4x faster than F16 here), else F16, which every x86 CPU with F16C converts in
+    hardware."""
+    if dtype == "auto":
+        return "bf16" if cpu_has_bf16() else "f16"
+    assert dtype in _FILE_TYPE, dtype
+    return dtype  # type: ignore[return-value]
 INSTALL_HINT = 'dequantize needs the gguf package: pip install "symoe-agents[cpu]"'
 
 
@@ -43,9 +65,10 @@ def gguf_available() -> bool:
     return importlib.util.find_spec("gguf") is not None
 
 
-def copy_path(source: Path, dtype: Dequantize, folder: Path | None = None) -> Path:
+def copy_path(source: Path, dtype: str, folder: Path | None = None) -> Path:
     """Where the copy of ``source`` lives (pure apart from one stat). Keyed by the source's
     real path, size and modification time, so a replaced model file gets a new copy."""
+    dtype = resolve(dtype)
     real = source.resolve()
     st = real.stat()
     ident = f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{dtype}".encode()
@@ -53,10 +76,11 @@ def copy_path(source: Path, dtype: Dequantize, folder: Path | None = None) -> Pa
     return (folder or cache_dir()) / f"{real.stem}.{dtype}-{digest}.gguf"
 
 
-def ensure_copy(source: Path, dtype: Dequantize, folder: Path | None = None) -> Path:
+def ensure_copy(source: Path, dtype: str, folder: Path | None = None) -> Path:
     """The expanded copy of ``source``, written first if it is not there yet. Blocking:
     call it in a worker thread. Raises ServerStartError with what to fix."""
     label = source.name
+    dtype = resolve(dtype)
     try:
         target = copy_path(source, dtype, folder)
     except OSError as exc:
@@ -89,8 +113,9 @@ def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
     from gguf.quants import dequantize
 
-    out_type = np.float16 if dtype == "f16" else np.float32
-    keep = {GGMLQuantizationType.F32, GGMLQuantizationType.F16}
+    from gguf.quants import quantize
+
+    keep = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
     reader = GGUFReader(source)
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(dest, arch)
@@ -110,14 +135,23 @@ def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
         shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
         if t.tensor_type in keep:
             return np.asarray(t.data)
-        return dequantize(t.data, t.tensor_type).reshape(shape).astype(out_type)
+        values = dequantize(t.data, t.tensor_type).reshape(shape)
+        if dtype == "bf16":  # the gguf package's BF16 rounding (to nearest even), as raw bytes
+            return quantize(values.astype(np.float32), GGMLQuantizationType.BF16)
+        return values.astype(np.float16 if dtype == "f16" else np.float32)
 
     for t in reader.tensors:  # the sizes first (the header needs them), then the data
         shape = tuple(int(n) for n in reversed(t.shape))
         if t.tensor_type in keep:
-            writer.add_tensor_info(t.name, shape, np.asarray(t.data).dtype, int(t.data.nbytes))
+            raw = np.asarray(t.data)
+            kept = t.tensor_type if raw.dtype == np.uint8 else None  # BF16 is read as raw bytes
+            writer.add_tensor_info(t.name, raw.shape if kept else shape, raw.dtype, int(raw.nbytes), raw_dtype=kept)
+        elif dtype == "bf16":
+            writer.add_tensor_info(t.name, (*shape[:-1], shape[-1] * 2), np.dtype(np.uint8), int(np.prod(shape)) * 2,
+                                   raw_dtype=GGMLQuantizationType.BF16)  # fmt: skip
         else:
-            writer.add_tensor_info(t.name, shape, np.dtype(out_type), int(np.prod(shape)) * np.dtype(out_type).itemsize)
+            item = np.dtype(np.float16 if dtype == "f16" else np.float32)
+            writer.add_tensor_info(t.name, shape, item, int(np.prod(shape)) * item.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()

@@ -95,6 +95,33 @@ def test_dequantize_is_part_of_the_server_identity():
         cfg = parse_config(data, "test")
         return backend_for(cfg.models["m"]).server_key()
 
-    assert key() != key(dequantize="f16") != key(dequantize="f32")
+    assert len({key(), key(dequantize="f16"), key(dequantize="bf16"), key(dequantize="f32")}) == 4
     with pytest.raises(Exception, match="dequantize"):
         key(dequantize="q8_0")
+
+
+def test_the_bf16_copy_holds_the_same_values_to_bf16_precision(tmp_path):
+    source = embedded_model_path("smollm2-135m-instruct")
+    copy = ensure_copy(source, "bf16", tmp_path)
+    src, out = gguf.GGUFReader(source), gguf.GGUFReader(copy)
+    by_name = {t.name: t for t in out.tensors}
+    q41 = [t for t in src.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q4_1]
+    assert all(by_name[t.name].tensor_type == gguf.GGMLQuantizationType.BF16 for t in q41)
+    assert out.fields["general.file_type"].contents() == 32
+    t = q41[len(q41) // 2]
+    raw = np.asarray(t.data).tobytes()
+    bf16 = np.asarray(by_name[t.name].data).reshape(-1).view(np.uint16)[:32]
+    got = (bf16.astype(np.uint32) << 16).view(np.float32).astype(np.float64)  # BF16 is the top half of an F32
+    want = _q4_1_block(raw[:20])
+    assert np.allclose(got, want, rtol=2.0**-8, atol=1e-30)
+
+
+def test_auto_is_bf16_exactly_where_the_cpu_multiplies_bf16():
+    from symoe_agents.servers.gguf_copy import resolve
+
+    from pathlib import Path
+
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    flags = next((line.split() for line in lines if line.startswith("flags")), [])
+    assert resolve("auto") == ("bf16" if "avx512_bf16" in flags else "f16")
+    assert resolve("f32") == "f32"
