@@ -191,11 +191,30 @@ class AgentRunner:
         attempt: False (the server is known dead) returns a retryable "not sent" failure
         instead of spending the attempt, so a dead server costs no more sends than needed.
         ``on_admitted()`` runs once, when the first attempt gets its slot."""
+        return (await self.call_many(agent, prompt, stream, sample, 1, on_admitted, proceed))[0]
+
+    async def call_many(
+        self,
+        agent: Agent,
+        prompt: RenderedPrompt,
+        stream: str,
+        first_sample: int,
+        n: int,
+        on_admitted: Callable[[], None] | None = None,
+        proceed: Callable[[], bool] | None = None,
+    ) -> list[Completion]:
+        """``n`` samples of one prompt in one request (the OpenAI ``n``, with the first
+        sample's seed), as ``call`` otherwise. The prompt is processed once, so its tokens
+        count once, on the first sample. A sample's completion tokens come from its
+        logprobs, asked for when ``n`` > 1: llama-server's usage counts only the first
+        choice, and OpenAI's sums them all."""
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
-            **sampling_params(agent, self.run_seed, stream, sample),
+            **sampling_params(agent, self.run_seed, stream, first_sample),
         }
+        if n > 1:
+            kwargs.update(n=n, logprobs=True)
         started: float | None = None
         try:
             async for attempt in AsyncRetrying(
@@ -221,23 +240,43 @@ class AgentRunner:
                         finally:
                             self._open -= 1
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group
-            return Completion(
+            failed = Completion(
                 model=agent.model,
                 latency_s=time.monotonic() - started if started is not None else 0.0,
                 prompt_sha256=prompt.sha256,
                 error="not sent: the server is down" if isinstance(exc, _NotSent) else describe_error(exc, agent.model, self.endpoint),
                 retryable=isinstance(exc, _NotSent) or _retryable(exc),
             )
+            return [failed] + [failed.model_copy() for _ in range(n - 1)]
         assert started is not None
+        latency = time.monotonic() - started
         usage = response.usage
-        choice = response.choices[0] if response.choices else None
-        text = choice.message.content if choice else None
-        return Completion(
-            model=agent.model,
-            text=text or "",
-            finish_reason=choice.finish_reason if choice else None,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            latency_s=time.monotonic() - started,
-            prompt_sha256=prompt.sha256,
-        )
+        choices = {c.index: c for c in response.choices or []}
+        if n == 1:
+            choice = response.choices[0] if response.choices else None
+            text = choice.message.content if choice else None
+            return [
+                Completion(
+                    model=agent.model, text=text or "", finish_reason=choice.finish_reason if choice else None,
+                    prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
+                    latency_s=latency, prompt_sha256=prompt.sha256,
+                )  # fmt: skip
+            ]
+        out: list[Completion] = []
+        for j in range(n):
+            choice = choices.get(j)
+            if choice is None:
+                out.append(Completion(
+                    model=agent.model, latency_s=latency, prompt_sha256=prompt.sha256,
+                    error=f"model '{agent.model}' ({self.endpoint.base_url}) answered {len(choices)} of {n} samples asked "
+                          "in one request: set samples_per_request = 1 for this model",
+                ))  # fmt: skip
+                continue
+            tokens = choice.logprobs.content if choice.logprobs is not None else None
+            out.append(Completion(
+                model=agent.model, text=choice.message.content or "", finish_reason=choice.finish_reason,
+                prompt_tokens=(usage.prompt_tokens if usage else 0) if j == 0 else 0,
+                completion_tokens=len(tokens) if tokens is not None else ((usage.completion_tokens if usage else 0) // n),
+                latency_s=latency, prompt_sha256=prompt.sha256,
+            ))  # fmt: skip
+        return out

@@ -37,7 +37,7 @@ from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, OpenAIModel, prompt_cache_slots, uses_cpu
+from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request, uses_cpu
 from .errors import ServerStartError
 from .events import EventLog, RunSummary, summarize_events
 from .final_answer import aggregator_status, consensus, decide
@@ -47,7 +47,7 @@ from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_al
 from .profiles import Profile, load_profiles
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
-from .dispatch import dispatch, pool_size
+from .dispatch import dispatch, pool_size, sample_batches
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct, normalize_math
@@ -253,7 +253,7 @@ class Controller:
         self.progress.start(group.name, n)
         try:
             cache = self.cache
-            prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
+            rendered: dict[int, RenderedPrompt] = {}
             for i in range(n):  # skipped and cached requests are final before any server starts
                 prompt = prompt_of(i)
                 if isinstance(prompt, str):
@@ -263,7 +263,15 @@ class Controller:
                         on_skip(i, prompt)
                     self.progress.advance()
                     continue
-                key = self._cache_key(agent, group, i, prompt, stream_of)
+                rendered[i] = prompt
+            # samples of one prompt that go in one request (n), planned from the whole group
+            batches = sample_batches(
+                {i: ((group.requests[i].question_id, p.sha256), group.requests[i].sample) for i, p in rendered.items()},
+                samples_per_request(self.config.model(group.model)),
+            )
+            prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
+            for i, prompt in rendered.items():
+                key = self._cache_key(agent, group, i, prompt, stream_of, batches[i])
                 hit = cache.get(key) if cache is not None and key is not None else None
                 if hit is not None:
                     cached += 1
@@ -293,31 +301,45 @@ class Controller:
                     return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
 
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
+                    # a unit is one request: a whole batch (members not yet final are the ones
+                    # that count), sent again whole if any member needs it, so that its
+                    # samples are always the ones its cache keys name
+                    wanted = set(pending)
+                    units = sorted({batches[i] for i in pending})
 
-                    async def one(i: int) -> None:  # proceed() keeps it from a server already seen dead
-                        prompt, key = prompts[i]
-                        req = group.requests[i]
-                        admitted = on_admitted
-                        if cache is not None and key is not None:
+                    async def one(u: int) -> None:  # proceed() keeps it from a server already seen dead
+                        members = units[u]
+                        todo = [i for i in members if i in wanted]
+                        first = group.requests[members[0]]
 
-                            def admitted(key: str = key) -> None:  # counted when it leaves the queue for the server
-                                cache.note_attempt(key)
+                        def admitted() -> None:  # counted when it leaves the queue for the server
+                            for i in todo:
+                                key = prompts[i][1]
+                                if cache is not None and key is not None:
+                                    cache.note_attempt(key)
                                 if on_admitted is not None:
                                     on_admitted()
 
-                        c = await runner.call(agent, prompt, stream_of(req.question_id), req.sample, admitted, proceed)
-                        if cache is not None and key is not None:
-                            cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
-                        if c.error and c.retryable and not hosted:
-                            retry.append((i, c))
-                            if not self.manager.process_alive(group.model):
-                                server_down.set()  # do not spend the others' retries on a dead server
-                            return
-                        final(i, c)
+                        prompt = prompts[todo[0]][0]
+                        stream = stream_of(first.question_id)
+                        results = await runner.call_many(agent, prompt, stream, first.sample, len(members), admitted, proceed)
+                        for i, c in zip(members, results):
+                            if i not in wanted:
+                                continue  # final already (cached, or answered before a restart)
+                            req, key = group.requests[i], prompts[i][1]
+                            if cache is not None and key is not None:
+                                cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
+                            if c.error and c.retryable and not hosted:
+                                retry.append((i, c))
+                                if not self.manager.process_alive(group.model):
+                                    server_down.set()  # do not spend the others' retries on a dead server
+                                continue
+                            final(i, c)
 
-                    question_of = lambda i: group.requests[i].question_id  # noqa: E731
-                    workers, per_key = pool_size(Counter(question_of(i) for i in pending), in_flight, slots)
-                    await dispatch(pending, one, question_of, workers, per_key)
+                    question_of = lambda u: group.requests[units[u][0]].question_id  # noqa: E731
+                    widest = max(len(m) for m in units)
+                    workers, per_key = pool_size(Counter(question_of(u) for u in range(len(units))), max(1, in_flight // widest), slots)
+                    await dispatch(range(len(units)), one, question_of, workers, per_key)
                     calls += runner.calls_sent
                     peak = max(peak, runner.peak_in_flight)
                 if not retry:
@@ -348,17 +370,26 @@ class Controller:
                         "peak_in_flight": peak},
             )  # fmt: skip
 
-    def _cache_key(self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf) -> str | None:
+    def _cache_key(
+        self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf, batch: tuple[int, ...] = ()
+    ) -> str | None:
         if self.cache is None:
             return None
         req = group.requests[i]
-        return self.call_key(agent, group.model, stream_of(req.question_id), req.sample, prompt)
+        first = group.requests[batch[0]].sample if len(batch) > 1 else req.sample
+        return self.call_key(agent, group.model, stream_of(req.question_id), req.sample, prompt, first, len(batch))
 
-    def call_key(self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt) -> str:
+    def call_key(
+        self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
+    ) -> str:
         """What determines one call's answer, hashed: the model's identity, the prompt, the
-        sampling settings, the request seed and the sample (the answer cache's key)."""
-        params = sampling_params(agent, self.config.seed, stream, sample)
+        sampling settings, the request seed and the sample (the answer cache's key). A
+        sample asked with others in one request (``n`` > 1, the request's seed that of its
+        ``first`` sample) has a key of its own: it is not the answer a lone request gets."""
+        params = sampling_params(agent, self.config.seed, stream, sample if n <= 1 or first is None else first)
         seed = int(params.pop("seed"))  # type: ignore[call-overload]
+        if n > 1:
+            params["n"] = n
         return CallIdentity(self.manager.identity(model), prompt.sha256, tuple(sorted(params.items())), seed, sample).key
 
     # -- stages ------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 A task per request would hold a coroutine for every request of a group that may have
 hundreds of thousands; a pool holds ``workers`` of them, whatever the group's size.
 
+``sample_batches`` plans which samples of one prompt go in one request (the OpenAI ``n``,
+llama-server's default): the prompt is then processed once and copied into the other
+slots. Where samples go apart (``samples_per_request = 1``), ``per_key`` helps instead.
+
 With ``per_key``, for llama-server: at most that many of a question's requests (its skill
 samples) at once, the next as soon as one has finished, ahead of other questions' first
 requests. They share one prompt, and llama-server keeps a finished prompt in the slot that
@@ -93,3 +97,24 @@ async def dispatch(
     async with asyncio.TaskGroup() as tg:
         for _ in range(max(1, workers)):
             tg.create_task(worker())
+
+
+def sample_batches(shared: Mapping[int, tuple[Hashable, int]], limit: int) -> dict[int, tuple[int, ...]]:
+    """Which requests share one request (``n``): ``shared[i] = (prompt key, sample)``, the
+    prompt key naming the question and its rendered prompt. Requests with one prompt key go
+    together in sample order, at most ``limit`` per request; every request maps to its
+    batch's members (itself alone when ``limit`` is 1). Pure, and computed from the whole
+    group, never from what the cache holds, so a batch and its cache keys are the same in
+    every run."""
+    by_prompt: dict[Hashable, list[tuple[int, int]]] = {}
+    for i, (prompt_key, sample) in shared.items():
+        by_prompt.setdefault(prompt_key, []).append((sample, i))
+    out: dict[int, tuple[int, ...]] = {}
+    step = max(1, limit)
+    for members in by_prompt.values():
+        members.sort()
+        for start in range(0, len(members), step):
+            batch = tuple(i for _, i in members[start : start + step])
+            for i in batch:
+                out[i] = batch
+    return out

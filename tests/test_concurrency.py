@@ -126,3 +126,17 @@ def test_the_manager_gives_each_llama_server_its_share(monkeypatch):
     assert argv[argv.index("--threads") + 1] == "4"
     argv = side_by_side._backends["a"].launch("127.0.0.1", 1, "k").argv
     assert argv[argv.index("--threads") + 1] == "4"
+
+
+def test_samples_go_in_one_request_only_where_it_was_measured():
+    from symoe_agents.config import samples_per_request
+
+    cfg = config()
+    assert {n: samples_per_request(cfg.models[n]) for n in MODELS} == {
+        "ls": 8, "ls4": 4, "lcpp": 1, "sg": 1, "vl": 1, "cmd": 1, "cmdb": 1, "api": 1,
+    }  # fmt: skip
+    models = {**MODELS, "vl": {**MODELS["vl"], "samples_per_request": 16}, "ls": {**MODELS["ls"], "samples_per_request": 1}}
+    cfg = config(models)
+    assert samples_per_request(cfg.models["vl"]) == 16 and samples_per_request(cfg.models["ls"]) == 1
+    with pytest.raises(ConfigError, match="samples_per_request"):
+        config({**MODELS, "vl": {**MODELS["vl"], "samples_per_request": 0}})

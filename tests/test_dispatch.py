@@ -85,3 +85,16 @@ def test_pool_size_takes_turns_only_where_a_question_has_more_than_its_share_of_
     assert pool_size(experts, 8, 8) == (16, None)
     assert pool_size(skills, 1024, None) == (30, None)  # SGLang, vLLM: the whole group at once
     assert pool_size({}, 8, 8) == (0, None)
+
+
+def test_sample_batches_put_a_prompts_samples_together_in_sample_order_up_to_the_limit():
+    from symoe_agents.dispatch import sample_batches
+
+    # indices 0..6: question a's prompt has samples 2, 0, 1, 3, 4 (out of order); b has 0 and 1
+    shared = {0: ("a", 2), 1: ("a", 0), 2: ("b", 0), 3: ("a", 1), 4: ("a", 3), 5: ("b", 1), 6: ("a", 4)}
+    got = sample_batches(shared, 3)
+    assert got[1] == got[3] == got[0] == (1, 3, 0)  # samples 0, 1, 2
+    assert got[4] == got[6] == (4, 6)  # samples 3, 4
+    assert got[2] == got[5] == (2, 5)
+    assert sample_batches(shared, 1) == {i: (i,) for i in shared}  # off: each alone
+    assert sample_batches({}, 5) == {}
