@@ -30,10 +30,10 @@ from pathlib import Path
 from symoe_agents.config import LlamaCppModel
 from symoe_agents.errors import ServerStartError
 
-from .base import Launch, NoSleep, missing_executable, options_key
+from .base import Launch, missing_executable, options_key
 from .embedded import embedded_model_path
 from .gguf_copy import INSTALL_HINT as DEQUANTIZE_INSTALL
-from .gguf_copy import ensure_copy, gguf_available
+from .gguf_copy import ensure_copy, gguf_available, resolve
 from .gpu import MemoryShare
 from .probe import http_get
 from .process import LOOPBACK
@@ -52,7 +52,7 @@ def find_llama_server(executable: str | None) -> str | None:
     return shutil.which("llama-server")
 
 
-class LlamaCppBackend(NoSleep):
+class LlamaCppBackend:
     def __init__(self, cfg: LlamaCppModel, threads: int | None = None):
         self.cfg = cfg
         self.threads = threads  # the manager's share of the cores; n_threads wins
@@ -65,6 +65,19 @@ class LlamaCppBackend(NoSleep):
     def gpus_needed(self) -> int:
         return 0
 
+    # "Sleep" for llama-server is staying up idle: its threads block when it has no work,
+    # so it costs RAM and no cores, and waking is free. With ``schedule.sleep`` a server the
+    # run needs again (the embedded pool's SmolLM2, before and after Gemma's expert group)
+    # is not stopped and loaded again. llama-cpp-python is stopped as before.
+    def supports_sleep(self) -> bool:
+        return self.cfg.server == "llama-server"
+
+    async def sleep(self, port: int, api_key: str) -> None:
+        return None
+
+    async def wake(self, port: int, api_key: str) -> None:
+        return None
+
     def server_key(self) -> str:
         # every launch option: two model names share a process only if it serves both as set
         c = self.cfg
@@ -75,7 +88,7 @@ class LlamaCppBackend(NoSleep):
             "slots": c.slots,
             "chat_format": c.chat_format,
             "n_threads": c.n_threads,
-            "dequantize": c.dequantize,
+            "dequantize": resolve(c.dequantize) if c.dequantize else None,  # the type served, not "auto"
             "program": c.executable if c.server == "llama-server" else c.python,
             "extra": c.extra_args,
         }

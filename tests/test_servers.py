@@ -44,18 +44,18 @@ async def test_llamacpp_start_ready_answer_stop():
         proc = psutil.Process(pid)
         listening = [c.laddr for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
         assert listening and all(a.ip == "127.0.0.1" for a in listening)  # loopback only
-        # llama-server with 8 slots of the model's context and every core (one server at a time);
+        # llama-server with 16 slots of the model's context and every core (one server at a time);
         # the key only in its environment
         from symoe_agents.servers.cpu import available_cores
 
         cmd = proc.cmdline()
-        assert cmd[0].endswith("llama-server") and cmd[cmd.index("-np") + 1] == "8" and cmd[cmd.index("-c") + 1] == str(8 * 4096)
+        assert cmd[0].endswith("llama-server") and cmd[cmd.index("-np") + 1] == "16" and cmd[cmd.index("-c") + 1] == str(16 * 2048)
         assert cmd[cmd.index("--threads") + 1] == str(available_cores())
-        # the embedded pool serves SmolLM2's F16 copy, made once in symoe's cache
+        # the embedded pool serves SmolLM2's BF16 (or F16) copy, made once in symoe's cache
         from symoe_agents.servers.embedded import embedded_model_path
         from symoe_agents.servers.gguf_copy import copy_path
 
-        assert cmd[cmd.index("-m") + 1] == str(copy_path(embedded_model_path("smollm2-135m-instruct"), "f16"))
+        assert cmd[cmd.index("-m") + 1] == str(copy_path(embedded_model_path("smollm2-135m-instruct"), "auto"))
         assert ep.api_key not in " ".join(cmd) and proc.environ().get("LLAMA_API_KEY") == ep.api_key
         client = openai.AsyncOpenAI(base_url=ep.base_url, api_key=ep.api_key, max_retries=0)
         r = await client.chat.completions.create(
@@ -89,6 +89,31 @@ async def test_switching_models_stops_the_previous_server_first():
         ("server_start", "gemma3"), ("server_ready", "gemma3"), ("server_stop", "gemma3"),
         ("server_released", "gemma3"),
     ]  # fmt: skip
+
+
+async def test_a_llama_server_needed_later_waits_idle_instead_of_being_stopped():
+    """[schedule] sleep on a llama-server: released while another model runs, it stays up,
+    using no CPU, and is taken up again without a second load."""
+    manager, events = embedded_manager()
+    assert manager.config.schedule.sleep  # the embedded pool asks for it
+    async with manager:
+        ep = await manager.acquire("smollm2")
+        smol = events.events[0].pid
+        manager.reuse_later = {manager.server_key("smollm2")}
+        await manager.acquire("gemma3")  # exclusive: smollm2 is released, and sleeps
+        assert pids_alive([smol]) == [smol]
+        proc = psutil.Process(smol)
+        before = sum(proc.cpu_times()[:2])
+        await asyncio.sleep(1.0)
+        assert sum(proc.cpu_times()[:2]) - before < 0.05  # idle: its threads block, no core is used
+        again = await manager.acquire("smollm2")
+        assert again.base_url == ep.base_url
+    assert [(e.kind, e.model) for e in events.events if e.kind != "server_released"] == [
+        ("server_start", "smollm2"), ("server_ready", "smollm2"), ("server_sleep", "smollm2"),
+        ("server_start", "gemma3"), ("server_ready", "gemma3"), ("server_stop", "gemma3"),
+        ("server_wake", "smollm2"), ("server_stop", "smollm2"),
+    ]  # fmt: skip
+    assert pids_alive([smol]) == []
 
 
 async def test_missing_model_file_fails_fast_with_log_tail(tmp_path):
