@@ -145,6 +145,11 @@ class LlamaCppModel(_LocalModel):
             raise ValueError("'python' applies to server = 'llama-cpp-python'; for llama-server set 'executable'")
         if self.server == "llama-cpp-python" and (self.executable is not None or self.parallel is not None):
             raise ValueError("'executable' and 'parallel' apply to server = 'llama-server' (llama-cpp-python answers one request at a time)")
+        n = self.samples_per_request
+        if n is not None and n > self.slots:
+            if self.server == "llama-cpp-python":
+                raise ValueError("samples_per_request above 1 needs server = 'llama-server' (llama-cpp-python answers one sample per request)")
+            raise ValueError(f"samples_per_request ({n}) is more than the server's slots ({self.slots}): llama-server refuses n above its slots; raise 'parallel' or lower it")
         return self
 
     @property

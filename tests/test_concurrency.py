@@ -140,3 +140,15 @@ def test_samples_go_in_one_request_only_where_it_was_measured():
     assert samples_per_request(cfg.models["vl"]) == 16 and samples_per_request(cfg.models["ls"]) == 1
     with pytest.raises(ConfigError, match="samples_per_request"):
         config({**MODELS, "vl": {**MODELS["vl"], "samples_per_request": 0}})
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        ({"backend": "llamacpp", "model_path": "/m/a.gguf", "parallel": 4, "samples_per_request": 5}, "more than the server's slots"),
+        ({"backend": "llamacpp", "model_path": "/m/a.gguf", "server": "llama-cpp-python", "samples_per_request": 2}, "needs server = 'llama-server'"),
+    ],
+)
+def test_samples_per_request_a_server_would_refuse_is_a_config_error(model, match):
+    with pytest.raises(ConfigError, match=match):
+        config({"m": model})
