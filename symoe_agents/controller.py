@@ -300,12 +300,15 @@ class Controller:
                 def proceed() -> bool:  # a local server seen dead: stop sending it requests
                     return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
 
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
-                    # a unit is one request: a whole batch (members not yet final are the ones
-                    # that count), sent again whole if any member needs it, so that its
-                    # samples are always the ones its cache keys name
-                    wanted = set(pending)
-                    units = sorted({batches[i] for i in pending})
+                # a unit is one request: a whole batch (members not yet final are the ones
+                # that count), sent again whole if any member needs it, so that its samples
+                # are always the ones its cache keys name
+                wanted = set(pending)
+                units = sorted({batches[i] for i in pending})
+                # in-flight counts sequences, the server's slots: a request of n samples holds n
+                widest = max(len(m) for m in units)
+                requests_in_flight = max(1, in_flight // widest)
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, requests_in_flight) as runner:
 
                     async def one(u: int) -> None:  # proceed() keeps it from a server already seen dead
                         members = units[u]
@@ -337,8 +340,7 @@ class Controller:
                             final(i, c)
 
                     question_of = lambda u: group.requests[units[u][0]].question_id  # noqa: E731
-                    widest = max(len(m) for m in units)
-                    workers, per_key = pool_size(Counter(question_of(u) for u in range(len(units))), max(1, in_flight // widest), slots)
+                    workers, per_key = pool_size(Counter(question_of(u) for u in range(len(units))), requests_in_flight, slots and max(1, slots // widest))
                     await dispatch(range(len(units)), one, question_of, workers, per_key)
                     calls += runner.calls_sent
                     peak = max(peak, runner.peak_in_flight)

@@ -81,8 +81,11 @@ async def test_server_that_cannot_be_restarted_fails_its_requests_and_the_run_go
     async with SymbolicMoE(gemma_only(restart_attempts=0), events=events, progress=hook) as moe:
         results = await moe.solve_batch(QUESTIONS)
     failed = [a for r in results for a in r.expert_answers if a.error]
+    answered = [a for r in results for a in r.expert_answers if a.error is None]
     assert failed and all("restarted 0 time(s)" in a.error for a in failed), [a.error for a in failed]
-    assert len(failed) == len(QUESTIONS) * 3 - hook.n  # all but those answered before the kill
+    # all but those answered before the kill: a request whose answer was already on its way
+    # back when the hook fired counts as answered, so that is at least the hook's n
+    assert len(answered) >= hook.n and len(failed) + len(answered) == len(QUESTIONS) * 3
     # the run went on: every question has a result; the aggregator answered wherever an
     # expert did, and says why where none did
     assert len(results) == len(QUESTIONS)
