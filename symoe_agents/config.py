@@ -131,8 +131,8 @@ class LlamaCppModel(_LocalModel):
     dequantize: Literal["auto", "bf16", "f16", "f32"] | None = Field(
         default=None,
         description="serve a copy of the GGUF with its quantized tensors expanded to this type, made once "
-        "in ~/.cache/symoe/gguf ('auto': BF16 on a CPU with native BF16, else F16): on a CPU a small Q4_1 "
-        "model processes prompts 2.3-3x faster expanded",
+        "in ~/.cache/symoe/gguf ('auto': BF16 on a CPU with native BF16 (AVX512_BF16), else no copy): there "
+        "a small Q4_1 model processes prompts 3x faster expanded",
     )
     python: str | None = Field(default=None, description="llama-cpp-python: the python executable; default: symoe's own")
     extra_args: list[str] = []

@@ -79,7 +79,7 @@ def test_a_copy_that_cannot_be_made_says_what_to_fix_and_leaves_nothing(tmp_path
     not_gguf.write_bytes(b"GGUF" + os.urandom(64))
     with pytest.raises(ServerStartError, match="remove 'dequantize'"):
         ensure_copy(not_gguf, "f16", tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []  # no half-written file
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".lock"]  # no half-written file, only the folder's lock
     blocked = tmp_path / "a-file"  # a cache folder that cannot be made (tests run as root: no chmod)
     blocked.write_text("")
     with pytest.raises(ServerStartError, match="free space there or remove 'dequantize'"):
@@ -116,12 +116,96 @@ def test_the_bf16_copy_holds_the_same_values_to_bf16_precision(tmp_path):
     assert np.allclose(got, want, rtol=2.0**-8, atol=1e-30)
 
 
-def test_auto_is_bf16_exactly_where_the_cpu_multiplies_bf16():
-    from symoe_agents.servers.gguf_copy import resolve
+def test_auto_is_bf16_exactly_where_the_cpu_multiplies_bf16(tmp_path, monkeypatch):
+    from symoe_agents.servers import gguf_copy
 
-    from pathlib import Path
+    with_bf16, without = tmp_path / "a", tmp_path / "b"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 f16c\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16x f16c\n")  # a longer name is not it
+    assert gguf_copy.cpu_has_bf16(str(with_bf16)) and not gguf_copy.cpu_has_bf16(str(without))
+    assert not gguf_copy.cpu_has_bf16(str(tmp_path / "absent"))  # not Linux: F16, which any x86 with F16C runs
+    monkeypatch.setattr(gguf_copy, "cpu_has_bf16", lambda: True)
+    assert gguf_copy.resolve("auto") == "bf16"
+    monkeypatch.setattr(gguf_copy, "cpu_has_bf16", lambda: False)
+    assert gguf_copy.resolve("auto") is None  # no copy: on an AVX2-only CPU it was no faster
+    source = embedded_model_path("smollm2-135m-instruct")
+    assert gguf_copy.copy_path(source, "auto", tmp_path) == source and gguf_copy.ensure_copy(source, "auto", tmp_path) == source
+    assert list(tmp_path.glob("*.gguf")) == []
+    assert gguf_copy.resolve("f32") == "f32"
 
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    flags = next((line.split() for line in lines if line.startswith("flags")), [])
-    assert resolve("auto") == ("bf16" if "avx512_bf16" in flags else "f16")
-    assert resolve("f32") == "f32"
+
+def _tiny_gguf(path, values, **kv):
+    """A one-tensor GGUF whose tensor is ``values`` in Q8_0 (block scale in F16)."""
+    w = gguf.GGUFWriter(path, "llama")
+    for key, value in kv.items():
+        w.add_uint16(key, value)
+    w.add_tensor("w", gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_a_value_beyond_f16_is_refused_and_bf16_holds_it(tmp_path):
+    values = np.full((2, 32), 1.0, dtype=np.float32)
+    values[1, 5] = 1.0e6  # F16's largest is 65504; Q8_0 holds it (its scale is 1e6 / 127)
+    source = _tiny_gguf(tmp_path / "big.gguf", values)
+    with pytest.raises(ServerStartError, match="beyond F16's range; use dequantize = 'bf16' or 'f32'"):
+        ensure_copy(source, "f16", tmp_path / "out")
+    assert list((tmp_path / "out").glob("*.gguf")) == [] and list((tmp_path / "out").glob("*.tmp")) == []
+    out = gguf.GGUFReader(ensure_copy(source, "f32", tmp_path / "out"))
+    assert np.asarray(out.tensors[0].data).reshape(-1)[32 + 5] == pytest.approx(1.0e6, rel=1e-2)
+
+
+def test_a_split_gguf_is_refused_with_what_to_do(tmp_path):
+    source = _tiny_gguf(tmp_path / "part-00001-of-00002.gguf", np.ones((1, 32), dtype=np.float32), **{"split.count": 2})
+    with pytest.raises(ServerStartError, match=r"one of 2 split files; merge them .* remove 'dequantize'"):
+        ensure_copy(source, "f16", tmp_path / "out")
+
+
+def test_a_cancelled_copy_leaves_nothing_and_a_killed_writers_leftovers_are_removed(tmp_path):
+    import threading
+
+    from symoe_agents.servers.gguf_copy import CopyCancelled
+
+    source = _tiny_gguf(tmp_path / "m.gguf", np.ones((4, 32), dtype=np.float32))
+    out = tmp_path / "out"
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(CopyCancelled):
+        ensure_copy(source, "f16", out, cancelled=stop)
+    assert list(out.glob("*.gguf")) == [] and list(out.glob("*.tmp")) == []
+    target = copy_path(source, "f16", out)
+    stale = out / f".{target.name}.x1y2.tmp"  # what a writer killed mid-copy leaves
+    stale.write_bytes(b"half")
+    assert ensure_copy(source, "f16", out) == target and target.is_file()
+    assert not stale.exists()
+
+
+def test_two_writers_at_once_make_the_copy_once(tmp_path, monkeypatch):
+    import threading
+
+    from symoe_agents.servers import gguf_copy
+
+    source = _tiny_gguf(tmp_path / "m.gguf", np.ones((4, 32), dtype=np.float32))
+    writes, real_write = [], gguf_copy._write
+    both_started = threading.Barrier(2)
+
+    def counted(*args):
+        writes.append(args[1])
+        real_write(*args)
+
+    monkeypatch.setattr(gguf_copy, "_write", counted)
+    results = []
+
+    def worker():
+        both_started.wait()
+        results.append(gguf_copy.ensure_copy(source, "f16", tmp_path / "out"))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(writes) == 1 and len(results) == 2 and results[0] == results[1] and results[0].is_file()

@@ -116,6 +116,24 @@ async def test_a_llama_server_needed_later_waits_idle_instead_of_being_stopped()
     assert pids_alive([smol]) == []
 
 
+async def test_an_idle_llama_server_no_later_stage_needs_is_stopped_when_released():
+    """A server kept idle for later stops once the plan no longer needs it: the stage that
+    follows releases it, and its memory goes back."""
+    manager, events = embedded_manager()
+    async with manager:
+        await manager.acquire("smollm2")
+        smol, key = events.events[0].pid, manager.server_key("smollm2")
+        manager.reuse_later = {key}
+        await manager.acquire("gemma3")  # smollm2 sleeps
+        manager.reuse_later = set()
+        await manager.release(key)
+        assert pids_alive([smol]) == []
+        assert manager.running_keys() == [manager.server_key("gemma3")]
+    kinds = [(e.kind, e.model) for e in events.events if e.kind != "server_released"]
+    assert kinds[kinds.index(("server_sleep", "smollm2")) + 1:].count(("server_stop", "smollm2")) == 1
+    assert ("server_wake", "smollm2") not in kinds
+
+
 async def test_missing_model_file_fails_fast_with_log_tail(tmp_path):
     cfg = parse_config(
         {
