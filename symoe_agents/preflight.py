@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from .alignment import alignment_problems
 from .config import Config, OpenAIModel
 from .errors import SymoeError
 
@@ -62,6 +63,7 @@ def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
         assert backend is not None
         problems += [Problem(name, msg) for msg in backend.preflight()]
         gpus_needed = max(gpus_needed, backend.gpus_needed())
+    problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
     if gpus_needed:
         have = config.schedule.gpus if config.schedule.gpus is not None else visible_gpus()
         if have is None:

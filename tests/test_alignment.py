@@ -137,6 +137,15 @@ def test_minilm_refuses_a_model_it_does_not_implement(tmp_path):
     pooling.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="does not mean-pool; use method = 'sentence-transformers'"):
         MiniLM(copy)
+    # found by preflight, before a run pays for its skill answers
+    from symoe_agents.alignment import alignment_problems
+
+    (problem,) = alignment_problems(AlignmentConfig(method="minilm", model_path=str(copy)))
+    assert "does not mean-pool" in problem
+    assert alignment_problems(AlignmentConfig(method="minilm")) == []  # the packaged model
+    assert alignment_problems(AlignmentConfig()) == []
+    (problem,) = alignment_problems(AlignmentConfig(method="sentence-transformers", model_path=str(tmp_path / "nope")))
+    assert "is not a folder" in problem
 
 
 async def test_openai_compatible_embeddings_endpoint_on_a_real_llamacpp_server(tmp_path, monkeypatch):

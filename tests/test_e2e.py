@@ -279,10 +279,13 @@ def test_check_command(tmp_path):
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 models")
     cfg = tmp_path / "c.toml"
     cfg.write_text('[models.a]\nbackend = "llamacpp"\nmodel_path = "absent.gguf"\n'
-                   '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n')  # fmt: skip
+                   '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n'
+                   f'[alignment]\nmethod = "minilm"\nmodel_path = "{tmp_path}"\n')  # fmt: skip
     bad = run_symoe("check", "--config", cfg, timeout=120)
     assert bad.returncode == 1
     assert f"problem: model 'a': model file {tmp_path / 'absent.gguf'} not found" in bad.stdout
+    # the embedder, which runs after the skill answers are paid for, is checked too
+    assert f"problem: alignment: {tmp_path} lacks config.json" in bad.stdout
 
 
 def test_config_command_prints_a_loadable_pool(tmp_path):
