@@ -213,8 +213,8 @@ class AgentRunner:
             "messages": [{"role": "user", "content": prompt.text}],
             **sampling_params(agent, self.run_seed, stream, first_sample),
         }
-        if n > 1:
-            kwargs.update(n=n, logprobs=True)
+        if n > 1:  # top 1, not llama-server's default 20: 16 samples of 200 tokens took 3.7% longer with 20
+            kwargs.update(n=n, logprobs=True, top_logprobs=1)
         started: float | None = None
         try:
             async for attempt in AsyncRetrying(

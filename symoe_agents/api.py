@@ -60,6 +60,7 @@ class SymbolicMoE:
         self._manager: ServerManager | None = None
         self._controller: Controller | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
         self.last: BatchOutcome | None = None
 
     async def __aenter__(self) -> "SymbolicMoE":
@@ -70,9 +71,12 @@ class SymbolicMoE:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
         self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache)
+        self._closed = False
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._controller = None  # closed: a later solve says so instead of starting servers nobody stops
+        self._closed = True
         try:
             if self._manager is not None:
                 await self._manager.aclose()
@@ -83,6 +87,9 @@ class SymbolicMoE:
 
     def _ready(self) -> Controller:
         if self._controller is None:
+            if self._closed:
+                raise RuntimeError("this SymbolicMoE is closed (its 'async with' block ended and its servers stopped); "
+                                   "open a new one with 'async with SymbolicMoE(...) as moe:'")  # fmt: skip
             raise RuntimeError("use SymbolicMoE as 'async with SymbolicMoE(...) as moe:' before solving")
         return self._controller
 

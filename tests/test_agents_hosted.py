@@ -112,3 +112,14 @@ async def test_the_runner_keeps_at_most_its_limit_in_flight():
             done = await asyncio.gather(*(r.call(AGENT, PROMPT, f"q{i}") for i in range(12)))
     assert all(c.error is None for c in done) and api.calls == 12
     assert open_now["peak"] == 5 and r.peak_in_flight == 5
+
+
+async def test_a_server_that_answers_fewer_samples_than_asked_fails_the_missing_ones_clearly():
+    """The stand-in, like an OpenAI-compatible server that ignores ``n``, answers one choice."""
+    async with ScriptedAPI([200]) as api, runner(api) as r:
+        out = await r.call_many(AGENT, PROMPT, "q1", 0, 3)
+    assert api.calls == 1 and (api.requests[0]["n"], api.requests[0]["logprobs"], api.requests[0]["top_logprobs"]) == (3, True, 1)
+    assert out[0].error is None and out[0].text == "The answer is (B)" and out[0].prompt_tokens == 7
+    for c in out[1:]:
+        assert c.text is None and c.retryable is False
+        assert "answered 1 of 3 samples asked in one request: set samples_per_request = 1" in c.error

@@ -306,3 +306,19 @@ def test_equivalent_math_answers_vote_together():
     assert majority(["34", "33", "033"], normalize_math) == "33"
     assert consensus(["33", "033", "\\frac{66}{2}"], 3, normalize_math) == "33"
     assert decide("failed", None, ["7", "034", "34"], "expert-majority", same=normalize_math) == ("034", "fallback-expert-majority")
+
+
+async def test_a_closed_symbolicmoe_says_so_instead_of_solving():
+    async with ScriptedAPI([], pool({"e1": "The answer is (B)", "e2": "The answer is (B)", "e3": "The answer is (A)"})) as api:
+        moe = SymbolicMoE(config(api))
+        with pytest.raises(RuntimeError, match="before solving"):
+            await moe.solve_batch([{"id": "q", "question": QUESTION}], method=TOP3)
+        async with moe:
+            await moe.solve_batch([{"id": "q", "question": QUESTION}], method=TOP3)
+        calls = api.calls
+        with pytest.raises(RuntimeError, match="this SymbolicMoE is closed .* open a new one"):
+            await moe.solve_batch([{"id": "q2", "question": QUESTION}], method=TOP3)
+        assert api.calls == calls  # nothing was sent after the block
+        async with moe:  # entered again: a fresh run
+            (r,) = await moe.solve_batch([{"id": "q3", "question": QUESTION}], method=TOP3)
+        assert r.expert_answers and r.expert_answers[0].error is None

@@ -89,4 +89,41 @@ def test_a_sample_asked_with_others_has_a_key_of_its_own():
     batched = [ctrl.call_key(agent, "smollm2", "s", i, prompt, 0, 5) for i in range(5)]
     assert len(set(lone + batched)) == 10
     assert ctrl.call_key(agent, "smollm2", "s", 3, prompt, 3, 1) == lone[3]  # a batch of one is a lone request
-    assert batched == [ctrl.call_key(agent, "smollm2", "s", i, prompt, 0, 5) for i in range(5)]  # stable
+    # a request of 4 samples is another request than one of 5, and another first sample another seed
+    assert ctrl.call_key(agent, "smollm2", "s", 0, prompt, 0, 4) != batched[0]
+    assert ctrl.call_key(agent, "smollm2", "s", 1, prompt, 1, 5) != batched[1]
+
+
+async def test_a_batch_with_one_sample_lost_is_sent_again_whole_and_the_cached_ones_stay(tmp_path):
+    """Resume after a crash that kept 4 of a question's 5 skill samples: the request of 5 goes
+    again (its cache keys name a request of 5), the 4 kept answers are not replaced, and the
+    lost one is filled."""
+    import sqlite3
+
+    from symoe_agents import SymbolicMoE
+    from symoe_agents.config import parse_config
+
+    data = load_config().model_dump(mode="json")
+    data["roles"] = {"skill_inferencer": "smollm2", "experts": ["smollm2"], "aggregator": "smollm2"}
+    data["k"] = 1
+    data["sampling"]["skill_inferencer"].update(max_tokens=12, samples=5)
+    data["sampling"]["expert"]["max_tokens"] = data["sampling"]["aggregator"]["max_tokens"] = 8
+    cfg = parse_config(data, "test")
+    cache = tmp_path / "c.sqlite"
+    q = [{"id": "q", "question": "Which skills does balancing a chemical equation need?"}]
+    async with SymbolicMoE(cfg, cache=cache) as moe:
+        (first,) = await moe.solve_batch(q)
+    with sqlite3.connect(cache) as db:
+        roles = {r for (r,) in db.execute("SELECT DISTINCT role FROM answers")}
+        (skills_role,) = [r for r in roles if r.startswith("skill")]
+        assert db.execute("SELECT COUNT(*) FROM answers WHERE role = ?", (skills_role,)).fetchone()[0] == 5
+        db.execute("DELETE FROM answers WHERE role = ? AND sample = 2", (skills_role,))
+    events = EventLog()
+    async with SymbolicMoE(cfg, cache=cache, events=events) as moe:
+        (second,) = await moe.solve_batch(q)
+    end = next(e for e in events.events if e.kind == "group_end" and e.group.startswith("skills:"))
+    assert (end.detail["cached"], end.detail["calls"]) == (4, 1)
+    assert [second.skill_samples[i] for i in (0, 1, 3, 4)] == [first.skill_samples[i] for i in (0, 1, 3, 4)]
+    assert len(second.skill_samples) == 5 and second.skill_samples[2]
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT COUNT(*) FROM answers WHERE role = ?", (skills_role,)).fetchone()[0] == 5
