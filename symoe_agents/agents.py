@@ -137,9 +137,10 @@ def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
 
 class AgentRunner:
     """Sends one group's calls to one endpoint under the run's concurrency bounds:
-    ``max_in_flight`` requests open at once (the model's limit, ``Config.in_flight``), the
-    rate limit, a timeout per attempt and retries with backoff. A request waiting out its
-    backoff gives its slot back, so a retry never keeps another request from the server."""
+    ``max_in_flight`` sequences open at once (the model's limit, ``Config.in_flight``; a
+    request of ``n`` samples holds ``n``), the rate limit, a timeout per attempt and retries
+    with backoff. A request waiting out its backoff gives its slots back, so a retry never
+    keeps another request from the server."""
 
     def __init__(self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None):
         self.endpoint = endpoint
@@ -154,8 +155,11 @@ class AgentRunner:
             http_client=_pooled_client(self.max_in_flight),
         )
         self._slots = asyncio.Semaphore(self.max_in_flight)
+        # a request of n samples takes its n slots one by one; one taker at a time, in arrival
+        # order, so two wide requests never each hold part of what both need
+        self._taking = asyncio.Lock()
         self.calls_sent = 0  # HTTP attempts, retries included: proves what was (not) sent twice
-        self.peak_in_flight = 0  # the most requests open at once, for the group's event
+        self.peak_in_flight = 0  # the most sequences open at once, for the group's event
         self._open = 0
         rps = concurrency.requests_per_second
         self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
@@ -170,13 +174,26 @@ class AgentRunner:
         await self.aclose()
 
     @contextlib.asynccontextmanager
-    async def _admitted(self) -> AsyncIterator[None]:
-        async with self._slots:
+    async def _admitted(self, weight: int = 1) -> AsyncIterator[None]:
+        weight = max(1, min(weight, self.max_in_flight))
+        taken = 0
+        try:
+            if weight == 1:
+                await self._slots.acquire()
+                taken = 1
+            else:
+                async with self._taking:
+                    while taken < weight:
+                        await self._slots.acquire()
+                        taken += 1
             if self._throttle is not None:
                 async with self._throttle:
                     yield
             else:
                 yield
+        finally:
+            for _ in range(taken):  # also what a cancelled taker held so far
+                self._slots.release()
 
     async def call(
         self,
@@ -224,7 +241,7 @@ class AgentRunner:
                 reraise=True,
             ):
                 with attempt:
-                    async with self._admitted():
+                    async with self._admitted(n):
                         if proceed is not None and not proceed():
                             raise _NotSent()
                         if started is None:
@@ -232,13 +249,13 @@ class AgentRunner:
                             if on_admitted is not None:
                                 on_admitted()
                         self.calls_sent += 1
-                        self._open += 1
+                        self._open += n
                         self.peak_in_flight = max(self.peak_in_flight, self._open)
                         try:
                             async with asyncio.timeout(self.concurrency.request_timeout_s):
                                 response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
                         finally:
-                            self._open -= 1
+                            self._open -= n
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group
             failed = Completion(
                 model=agent.model,

@@ -101,9 +101,9 @@ class SymbolicMoE:
     ) -> list[QuestionResult]:
         """Solve many questions with one grouped schedule (each model loaded once).
         ``method``: one of the baselines of ``symoe eval`` instead of Symbolic-MoE."""
-        controller = self._ready()
         batch = as_questions(questions)
         async with self._lock:
+            controller = self._ready()  # inside the lock: a call queued while the block closed finds it closed
             self.last = await controller.run(batch, on_result=on_result, method=method)
         return self.last.results
 
@@ -113,9 +113,9 @@ class SymbolicMoE:
 
     async def plan(self, questions: Iterable[QuestionLike]) -> Schedule:
         """Infer skills and route, then return the planned schedule without answering."""
-        controller = self._ready()
         batch = as_questions(questions)
         async with self._lock:
+            controller = self._ready()
             self.last = await controller.run(batch, dry_run=True)
         return self.last.schedule
 

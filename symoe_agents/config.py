@@ -73,7 +73,8 @@ class _ModelBase(_Strict):
         default=None,
         ge=1,
         le=MAX_IN_FLIGHT,
-        description="requests open at once to this model; default: concurrency.max_in_flight, else the backend's "
+        description="sequences open at once to this model (a request of n samples counts n); default: "
+        "concurrency.max_in_flight, else the backend's "
         "(the whole group, up to 1024, for continuous-batching servers; the slots for llama-server; 4 for servers "
         "that answer one at a time; 8 for hosted APIs)",
     )
@@ -314,7 +315,8 @@ class Concurrency(_Strict):
         default=None,
         ge=1,
         le=MAX_IN_FLIGHT,
-        description="requests open at once per group, for every model without its own max_in_flight; "
+        description="sequences open at once per group (a request of n samples counts n), for every model "
+        "without its own max_in_flight; "
         "default: per backend (see in_flight_limit)",
     )
     requests_per_second: float | None = Field(default=None, gt=0, description="rate limit per group")
@@ -324,7 +326,7 @@ class Concurrency(_Strict):
     retries: int = Field(default=3, ge=0, description="extra attempts on transient errors")
 
 
-#: requests in flight per group for servers that batch continuously (SGLang, vLLM, command
+#: sequences in flight per group for servers that batch continuously (SGLang, vLLM, command
 #: servers that say so): the whole group, up to this many. The server's own scheduler bounds
 #: what decodes at once; the rest waits in its queue, where waiting costs nothing.
 BATCHING_IN_FLIGHT = 1024
@@ -367,7 +369,7 @@ def prompt_cache_slots(model: "AnyModel") -> int | None:
 
 
 def in_flight_limit(model: "AnyModel", concurrency: Concurrency) -> int:
-    """Requests one group keeps open to ``model``'s server: the model's own setting, else the
+    """Sequences one group keeps open to ``model``'s server: the model's own setting, else the
     run's, else the backend's default."""
     if model.max_in_flight is not None:
         return model.max_in_flight
@@ -452,7 +454,7 @@ class Config(_Strict):
         return self.models[name]
 
     def in_flight(self, name: str) -> int:
-        """Requests one group keeps open to model ``name`` (see ``in_flight_limit``)."""
+        """Sequences one group keeps open to model ``name`` (see ``in_flight_limit``)."""
         return in_flight_limit(self.models[name], self.concurrency)
 
     def with_overrides(self, **changes: Any) -> "Config":

@@ -264,10 +264,12 @@ class Controller:
                     self.progress.advance()
                     continue
                 rendered[i] = prompt
-            # samples of one prompt that go in one request (n), planned from the whole group
+            # samples of one prompt that go in one request (n), planned from the whole group; a
+            # request never holds more sequences than the group may have in flight
+            in_flight = self.config.in_flight(group.model)
             batches = sample_batches(
                 {i: ((group.requests[i].question_id, p.sha256), group.requests[i].sample) for i, p in rendered.items()},
-                samples_per_request(self.config.model(group.model)),
+                min(samples_per_request(self.config.model(group.model)), in_flight),
             )
             prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
             for i, prompt in rendered.items():
@@ -290,7 +292,6 @@ class Controller:
             except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
                 fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return
-            in_flight = self.config.in_flight(group.model)
             slots = prompt_cache_slots(self.config.model(group.model))
             pending = sorted(prompts)
             while pending:
@@ -305,10 +306,10 @@ class Controller:
                 # are always the ones its cache keys name
                 wanted = set(pending)
                 units = sorted({batches[i] for i in pending})
-                # in-flight counts sequences, the server's slots: a request of n samples holds n
-                widest = max(len(m) for m in units)
-                requests_in_flight = max(1, in_flight // widest)
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, requests_in_flight) as runner:
+                # in flight counts sequences, the server's slots: the runner admits a request of n samples as n sequences; the pool has workers
+                # enough to fill the slots with the narrowest requests
+                narrowest = min(len(m) for m in units)
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
 
                     async def one(u: int) -> None:  # proceed() keeps it from a server already seen dead
                         members = units[u]
@@ -340,7 +341,8 @@ class Controller:
                             final(i, c)
 
                     question_of = lambda u: group.requests[units[u][0]].question_id  # noqa: E731
-                    workers, per_key = pool_size(Counter(question_of(u) for u in range(len(units))), requests_in_flight, slots and max(1, slots // widest))
+                    per_question = Counter(question_of(u) for u in range(len(units)))
+                    workers, per_key = pool_size(per_question, max(1, in_flight // narrowest), slots and max(1, slots // narrowest))
                     await dispatch(range(len(units)), one, question_of, workers, per_key)
                     calls += runner.calls_sent
                     peak = max(peak, runner.peak_in_flight)

@@ -57,6 +57,8 @@ def read_settings(folder: Path) -> tuple[dict, dict, bool]:
         modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{folder}: cannot read its settings ({exc})") from None
+    if not all(isinstance(x, dict) for x in (cfg, st, pooling)) or not isinstance(modules, list):
+        raise ValueError(f"{folder}: its settings files are not sentence-transformers settings")
     if cfg.get("model_type") != "bert" or cfg.get("hidden_act") != "gelu":
         raise ValueError(f"{folder} is not a BERT model with GELU; use method = 'sentence-transformers'")
     if not pooling.get("pooling_mode_mean_tokens") or any(

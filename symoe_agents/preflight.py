@@ -63,7 +63,8 @@ def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
         assert backend is not None
         problems += [Problem(name, msg) for msg in backend.preflight()]
         gpus_needed = max(gpus_needed, backend.gpus_needed())
-    problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
+    if models is None and config.profiles is not None:  # the embedder maps skills onto profiles; nothing else uses it
+        problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
     if gpus_needed:
         have = config.schedule.gpus if config.schedule.gpus is not None else visible_gpus()
         if have is None:

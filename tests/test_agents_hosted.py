@@ -114,6 +114,36 @@ async def test_the_runner_keeps_at_most_its_limit_in_flight():
     assert open_now["peak"] == 5 and r.peak_in_flight == 5
 
 
+async def test_a_request_of_n_samples_holds_n_of_the_in_flight_limit():
+    import asyncio
+
+    open_now = {"n": 0, "peak": 0}
+
+    class Slow(ScriptedAPI):  # counts the sequences open at the server: a request's n
+        async def _handle(self, reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+            body = await reader.readexactly(length)
+            n = __import__("json").loads(body).get("n", 1)
+            open_now["n"] += n
+            open_now["peak"] = max(open_now["peak"], open_now["n"])
+            await asyncio.sleep(0.2)
+            open_now["n"] -= n
+            replay = asyncio.StreamReader()
+            replay.feed_data(head + body)
+            replay.feed_eof()
+            await super()._handle(replay, writer)
+
+    async with Slow([]) as api:
+        ep = Endpoint(base_url=api.base_url, served_model="gpt-x", api_key="k")
+        async with AgentRunner(ep, Concurrency(request_timeout_s=5), run_seed=0, max_in_flight=5) as r:
+            wide = [r.call_many(AGENT, PROMPT, f"w{i}", 0, 3) for i in range(3)]
+            narrow = [r.call(AGENT, PROMPT, f"n{i}") for i in range(4)]
+            await asyncio.gather(*wide, *narrow)
+    assert api.calls == 7
+    assert 3 < open_now["peak"] <= 5 and 3 < r.peak_in_flight <= 5  # never 3 + 3 open at once
+
+
 async def test_a_server_that_answers_fewer_samples_than_asked_fails_the_missing_ones_clearly():
     """The stand-in, like an OpenAI-compatible server that ignores ``n``, answers one choice."""
     async with ScriptedAPI([200]) as api, runner(api) as r:

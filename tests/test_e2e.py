@@ -122,10 +122,10 @@ def test_solve_example_set(tmp_path):
     assert groups[0]["group"].startswith("skills:") and groups[-1]["group"].startswith("aggregate:")
     # a question's 5 skill samples went to llama-server as one request (n = 5), so each
     # prompt was processed once: 6 calls for 30 samples; in flight counts sequences, so the
-    # 16 slots held 3 of those requests at once (15 sequences), never more
+    # 16 slots held 3 of those requests at once (15 sequences), never a fourth
     skills_end = next(e for e in events if e["kind"] == "group_end" and e["group"].startswith("skills:"))
     assert skills_end["requests"] == 6 * 5 and skills_end["detail"]["calls"] == 6
-    assert skills_end["detail"]["peak_in_flight"] == 3
+    assert skills_end["detail"]["peak_in_flight"] == 15
     assert all(len(r["skill_samples"]) == 5 for r in records)
     # the loads, from what is known of the pool: smollm2 and smollm2-focused share one server, which
     # also serves the skills and the chosen aggregator; gemma3 needs its own, once, between them,
@@ -278,7 +278,8 @@ def test_check_command(tmp_path):
     ok = run_symoe("check", timeout=120)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: 3 models")
     cfg = tmp_path / "c.toml"
-    cfg.write_text('[models.a]\nbackend = "llamacpp"\nmodel_path = "absent.gguf"\n'
+    cfg.write_text(f'profiles = "{load_config().profiles}"\n'  # routing by profiles is what needs the embedder
+                   '[models.a]\nbackend = "llamacpp"\nmodel_path = "absent.gguf"\n'
                    '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n'
                    f'[alignment]\nmethod = "minilm"\nmodel_path = "{tmp_path}"\n')  # fmt: skip
     bad = run_symoe("check", "--config", cfg, timeout=120)

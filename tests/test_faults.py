@@ -57,7 +57,9 @@ class FaultAfter:
 async def test_server_dies_or_hangs_mid_group_is_restarted_and_only_unanswered_requests_are_resent(sig):
     events = EventLog()
     hook = FaultAfter(events, sig)
-    async with SymbolicMoE(gemma_only(request_timeout_s=4), events=events, progress=hook) as moe:
+    # long enough for a request of 2 samples on a loaded 2-core machine (4 s timed out in CI),
+    # short enough that the hung server is found without a long wait
+    async with SymbolicMoE(gemma_only(request_timeout_s=10), events=events, progress=hook) as moe:
         results = await moe.solve_batch(QUESTIONS)
     total = len(QUESTIONS) * 3
     for r in results:  # every expert answer arrived despite the fault
@@ -84,8 +86,9 @@ async def test_server_that_cannot_be_restarted_fails_its_requests_and_the_run_go
     answered = [a for r in results for a in r.expert_answers if a.error is None]
     assert failed and all("restarted 0 time(s)" in a.error for a in failed), [a.error for a in failed]
     # all but those answered before the kill: a request whose answer was already on its way
-    # back when the hook fired counts as answered, so that is at least the hook's n
-    assert len(answered) >= hook.n and len(failed) + len(answered) == len(QUESTIONS) * 3
+    # back when the hook fired counts as answered, so that is the hook's n and at most the
+    # sequences in flight (max_in_flight = 2) more
+    assert hook.n <= len(answered) <= hook.n + 2 and len(failed) + len(answered) == len(QUESTIONS) * 3
     # the run went on: every question has a result; the aggregator answered wherever an
     # expert did, and says why where none did
     assert len(results) == len(QUESTIONS)

@@ -123,7 +123,7 @@ def test_auto_is_bf16_exactly_where_the_cpu_multiplies_bf16(tmp_path, monkeypatc
     with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 f16c\n")
     without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16x f16c\n")  # a longer name is not it
     assert gguf_copy.cpu_has_bf16(str(with_bf16)) and not gguf_copy.cpu_has_bf16(str(without))
-    assert not gguf_copy.cpu_has_bf16(str(tmp_path / "absent"))  # not Linux: F16, which any x86 with F16C runs
+    assert not gguf_copy.cpu_has_bf16(str(tmp_path / "absent"))  # no /proc/cpuinfo: no BF16 known, so no copy
     monkeypatch.setattr(gguf_copy, "cpu_has_bf16", lambda: True)
     assert gguf_copy.resolve("auto") == "bf16"
     monkeypatch.setattr(gguf_copy, "cpu_has_bf16", lambda: False)
@@ -156,6 +156,9 @@ def test_a_value_beyond_f16_is_refused_and_bf16_holds_it(tmp_path):
     assert list((tmp_path / "out").glob("*.gguf")) == [] and list((tmp_path / "out").glob("*.tmp")) == []
     out = gguf.GGUFReader(ensure_copy(source, "f32", tmp_path / "out"))
     assert np.asarray(out.tensors[0].data).reshape(-1)[32 + 5] == pytest.approx(1.0e6, rel=1e-2)
+    out = gguf.GGUFReader(ensure_copy(source, "bf16", tmp_path / "out"))
+    bits = np.asarray(out.tensors[0].data).reshape(-1).view(np.uint16)[32 + 5]
+    assert float((np.uint32(bits) << 16).view(np.float32)) == pytest.approx(1.0e6, rel=1e-2)
 
 
 def test_a_split_gguf_is_refused_with_what_to_do(tmp_path):
@@ -185,6 +188,7 @@ def test_a_cancelled_copy_leaves_nothing_and_a_killed_writers_leftovers_are_remo
 
 def test_two_writers_at_once_make_the_copy_once(tmp_path, monkeypatch):
     import threading
+    import time
 
     from symoe_agents.servers import gguf_copy
 
@@ -194,6 +198,7 @@ def test_two_writers_at_once_make_the_copy_once(tmp_path, monkeypatch):
 
     def counted(*args):
         writes.append(args[1])
+        time.sleep(0.3)  # long enough that the second writer checks for the copy while the first writes
         real_write(*args)
 
     monkeypatch.setattr(gguf_copy, "_write", counted)
@@ -209,3 +214,34 @@ def test_two_writers_at_once_make_the_copy_once(tmp_path, monkeypatch):
     for t in threads:
         t.join()
     assert len(writes) == 1 and len(results) == 2 and results[0] == results[1] and results[0].is_file()
+
+
+def test_a_cancelled_run_stops_waiting_for_another_process_copy(tmp_path):
+    import fcntl
+    import threading
+
+    from symoe_agents.servers.gguf_copy import CopyCancelled
+
+    source = _tiny_gguf(tmp_path / "m.gguf", np.ones((4, 32), dtype=np.float32))
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = os.open(out / ".lock", os.O_CREAT | os.O_RDWR)  # another process is writing a copy
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    stop, outcome = threading.Event(), []
+
+    def worker():
+        try:
+            ensure_copy(source, "f16", out, cancelled=stop)
+            outcome.append("copied")
+        except CopyCancelled:
+            outcome.append("cancelled")
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()  # waiting for the lock
+    stop.set()
+    t.join(5)
+    os.close(holder)
+    assert not t.is_alive() and outcome == ["cancelled"]
+    assert list(out.glob("*.gguf")) == []

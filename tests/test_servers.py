@@ -51,7 +51,8 @@ async def test_llamacpp_start_ready_answer_stop():
         cmd = proc.cmdline()
         assert cmd[0].endswith("llama-server") and cmd[cmd.index("-np") + 1] == "16" and cmd[cmd.index("-c") + 1] == str(16 * 2048)
         assert cmd[cmd.index("--threads") + 1] == str(available_cores())
-        # the embedded pool serves SmolLM2's BF16 (or F16) copy, made once in symoe's cache
+        # the embedded pool serves SmolLM2's BF16 copy where the CPU has AVX512_BF16 (made once in
+        # symoe's cache), else the file as shipped
         from symoe_agents.servers.embedded import embedded_model_path
         from symoe_agents.servers.gguf_copy import copy_path
 
@@ -462,3 +463,34 @@ def test_sglang_standin_routes_and_auth():
         assert call(port, "POST", "/release_memory_occupation", body=b"{}") == (401, {"error": "Unauthorized"})
         assert call(port, "POST", "/release_memory_occupation", key="k", body=b"{}") == (200, None)
         assert call(port, "POST", "/resume_memory_occupation", key="k", body=b"{}") == (200, None)
+
+
+async def test_a_run_cancelled_while_a_model_copy_is_made_stops_the_copy():
+    """The manager makes a model's copy in a worker thread; cancelling the start tells the
+    thread to stop (its Event), so exiting does not wait out the copy."""
+    import threading
+
+    manager, events = embedded_manager()
+    real = manager._backends["smollm2"]
+    seen: list[threading.Event] = []
+
+    class SlowCopy:  # the real backend, with a prepare that takes as long as it is allowed to
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def prepare(self, cancelled):
+            seen.append(cancelled)
+            cancelled.wait(30)
+
+    manager._backends["smollm2"] = SlowCopy()
+    async with manager:
+        task = asyncio.create_task(manager.acquire("smollm2"))
+        while not seen:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen[0].is_set()
+    assert not [e for e in events.events if e.kind == "server_start"]
+    with pytest.raises(ServerStartError, match="the run is closed"):  # a closed manager starts nothing
+        await manager.acquire("smollm2")
