@@ -75,6 +75,7 @@ class _Running:
         self.peak_gpu_mib: int | None = None
         self.pids: set[int] = {process.pid} if process.pid else set()
         self.sampler: asyncio.Task[None] | None = None
+        self.stopping: asyncio.Future[None] | None = None  # the stop under way, which a cancel cannot cut short
 
 
 class ServerManager:
@@ -200,8 +201,14 @@ class ServerManager:
     async def release_all(self) -> None:
         """Stop everything. Safe to call repeatedly and while being cancelled."""
         async with self._lock:
+            interrupted: BaseException | None = None
             for key in list(self._running):
-                await asyncio.shield(self._stop(key))
+                try:
+                    await self._stop(key)
+                except asyncio.CancelledError as exc:  # every stop is still started; the cancel goes on after
+                    interrupted = exc
+            if interrupted is not None:
+                raise interrupted
 
     # -- health and restart ----------------------------------------------------------
 
@@ -226,10 +233,10 @@ class ServerManager:
         key = self.server_key(model)
         assert key is not None
         async with self._lock:
-            old = self._running.pop(key, None)
+            old = self._running.get(key)
             gpu_ids = old.gpu_ids if old else None
             if old is not None:
-                await self._finish(old, grace=1.0, reason=f"restart: {reason}")
+                await self._stop(key, grace=1.0, reason=f"restart: {reason}")
             self.events.emit("server_restart", model=model, server=key, detail={"reason": reason})
             run = await self._start(model, key, gpu_ids, None)
             self._running[key] = run
@@ -326,10 +333,20 @@ class ServerManager:
         run.asleep = False
         self.events.emit("server_wake", model=run.model, server=run.key, pid=run.process.pid, duration_s=round(time.monotonic() - began, 3))
 
-    async def _stop(self, key: str) -> None:
-        run = self._running.pop(key, None)
-        if run is not None:
-            await self._finish(run, self.config.servers.stop_grace_s)
+    async def _stop(self, key: str, grace: float | None = None, reason: str | None = None) -> None:
+        """Stop a server. The stop runs as its own task, shielded: a caller cancelled midway
+        leaves it running to the end, and the server stays listed until it is down, so
+        release_all (on the way out) waits for the same stop instead of forgetting it."""
+        run = self._running.get(key)
+        if run is None:
+            return
+        if run.stopping is None:
+            run.stopping = asyncio.ensure_future(self._finish(run, self.config.servers.stop_grace_s if grace is None else grace, reason))
+        try:
+            await asyncio.shield(run.stopping)
+        finally:
+            if run.stopping.done() and self._running.get(key) is run:
+                del self._running[key]
 
     async def _finish(self, run: _Running, grace: float, reason: str | None = None) -> None:
         """Stop a server, then wait until its port and GPU memory are free."""
@@ -337,8 +354,8 @@ class ServerManager:
         run.pids |= {p.pid for p in run.process._group_members()}
         if run.sampler is not None:
             run.sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run.sampler
+            # the sampler's own end is not news; a cancel of this stop itself still goes through
+            await asyncio.gather(run.sampler, return_exceptions=True)
         code = await run.process.stop(grace)
         detail: dict[str, object] = {"returncode": code, "uptime_s": round(time.monotonic() - run.ready_at, 3)}
         if run.peak_gpu_mib is not None:

@@ -432,9 +432,13 @@ class Controller:
             async with asyncio.TaskGroup() as tg:
                 for lane in stage.lanes:
                     tg.create_task(run_lane(lane))
-        finally:
-            if prestart is not None:
-                await prestart
+        except BaseException:
+            if prestart is not None:  # a start under way for a stage that will not run: cut short, not awaited in full
+                prestart.cancel()
+                await asyncio.gather(prestart, return_exceptions=True)
+            raise
+        if prestart is not None:
+            await prestart
 
     async def _prestart(self, stage: Stage) -> None:
         """Overlap: start the next stage's new servers while this stage's last requests decode."""

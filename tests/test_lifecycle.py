@@ -243,3 +243,28 @@ async def test_overlap_starts_the_next_server_while_the_last_requests_decode(tmp
     b_ready = next(e.ts for e in events.events if e.kind == "server_ready" and e.model == "b")
     assert b_ready < experts_end  # b was loading while a's last requests decoded
     assert [e.model for e in events.events if e.kind == "server_start"] == ["s", "a", "b"]
+
+
+async def test_a_run_cancelled_while_the_next_server_prestarts_cuts_that_start_short(tmp_path, gpus, monkeypatch):
+    """Overlap's prestart of the aggregator's server is under way when the caller cancels:
+    that start is stopped, not awaited to readiness, and the cancellation reaches the caller."""
+    import asyncio
+
+    monkeypatch.setenv("STANDIN_DELAY_S", "0.5")
+    monkeypatch.setenv("STANDIN_LOAD_S", "2")
+    py = wrapper(tmp_path, "sglang-python", "sglang_standin.py")
+    models = {m: sglang(py, f"org/{m}", memory_gib=20) for m in ("s", "a", "b")}
+    cfg = run_config(tmp_path, models, {"skill_inferencer": "s", "experts": ["a"], "aggregator": "b"},
+                     schedule={"overlap": True, "gpus": [0], "device_memory_gib": 80})  # fmt: skip
+    events = EventLog()
+    async with SymbolicMoE(cfg, events=events) as moe:
+        task = asyncio.create_task(moe.solve_batch(QUESTIONS[:2]))
+        events.listen(lambda e: task.cancel() if e.kind == "server_start" and e.model == "b" else None)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        b = [e for e in events.events if e.model == "b" and e.kind.startswith("server_")]
+        assert [e.kind for e in b if e.kind != "server_released"] == ["server_start", "server_stop"]  # never ready
+        (stop,) = [e for e in b if e.kind == "server_stop"]
+        assert stop.detail["reason"] == "cancelled while starting"
+        assert pids_alive([e.pid for e in events.events if e.kind == "server_start"]) == []
