@@ -9,7 +9,7 @@ only embedding alignment can map. Every size runs in a fresh process, so peak me
 that size's own.
 
 What is timed is symoe's planning code: ``Aligner.mapping`` (embed the unknown keywords,
-nearest profile keyword), ``routing.route_batch`` and ``schedule.plan_schedule``. The
+nearest profile keyword), ``routing_batch.route_batch`` and ``schedule.plan_schedule``. The
 embedding model is a STAND-IN (hash-seeded random 384-d vectors, numpy), because its own
 speed is not symoe's: MiniLM's throughput on this machine is printed once at the end
 (``--minilm``) as the limit a real run adds.
@@ -76,7 +76,7 @@ def rss_mib() -> float:
 
 
 def one(n: int, models: int, skills: int) -> dict:
-    from symoe_agents import routing
+    from symoe_agents import routing_batch
     from symoe_agents.alignment import Aligner
     from symoe_agents.schedule import plan_schedule
 
@@ -94,7 +94,7 @@ def one(n: int, models: int, skills: int) -> dict:
     def align(kws, _vocabulary):
         return [mapping[k] for k in kws if k in mapping]
 
-    routes = routing.route_batch(questions, pool, 3, 0, profiles, None, align)
+    routes = routing_batch.route_batch(questions, pool, 3, 0, profiles, None, align)
     t2 = time.perf_counter()
     schedule = plan_schedule([q for q, _ in questions], routes, servers, pool[0], pool[1], 5)
     t3 = time.perf_counter()

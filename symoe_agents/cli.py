@@ -7,22 +7,17 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second signal kills the servers at once a
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import signal
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from .answer_file import AnswerFile
+from .cli_common import TerminalProgress, err, logged, run_with_signals
 from .cache import AnswerCache
 from .config import Config, embedded_config_text, load_config
 from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
-from .events import Event, EventLog, RunSummary
+from .events import EventLog, RunSummary
 from .inputs import read_questions_skipping
 from .preflight import preflight
 
@@ -31,100 +26,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Symbolic Mixture-of-Experts: route each question to skill-matched expert LLMs and aggregate their answers.",
 )
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-class _TerminalProgress:
-    """Per-group progress: a tqdm bar on a terminal, start/end lines otherwise (logs, CI)."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.bar = None
-
-    def start(self, group: str, total: int) -> None:
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=group, file=self.stream, unit="req", leave=True, dynamic_ncols=True)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-    def on_event(self, e: Event) -> None:
-        if e.kind == "server_start":
-            _err(f"[symoe] starting server for '{e.model}' on 127.0.0.1:{e.port} (pid {e.pid})")
-        elif e.kind == "server_ready":
-            _err(f"[symoe] '{e.model}' ready after {e.duration_s:.1f} s")
-        elif e.kind == "server_stop":
-            _err(f"[symoe] stopped server for '{e.model}'")
-        elif e.kind == "server_failed":
-            _err(f"[symoe] server for '{e.model}' failed: {e.detail.get('reason', '')}")
-        elif e.kind == "group_start" and not self.tty:
-            _err(f"[symoe] group {e.group}: {e.requests} requests")
-        elif e.kind == "group_end":
-            failed = e.detail.get("failed", 0)
-            _err(f"[symoe] group {e.group} done in {e.duration_s:.1f} s" + (f", {failed} failed" if failed else ""))
-
-
-@contextlib.contextmanager
-def _logged(events_path: Path | None) -> Iterator[tuple[EventLog, _TerminalProgress]]:
-    """The run's lifecycle events (also appended to ``events_path`` if given), shown as
-    progress on stderr; the file is closed however the run ends."""
-    log = EventLog(events_path)
-    progress = _TerminalProgress(sys.stderr)
-    log.listen(progress.on_event)
-    try:
-        yield log, progress
-    finally:
-        log.close()
-
-
-class _Interrupted(Exception):
-    def __init__(self, code: int):
-        self.code = code
-
-
-def _run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") -> int:
-    """Run the coroutine; turn SIGINT/SIGTERM into cancellation and exit codes 130/143."""
-    state = {"signal": None}
-
-    async def main() -> int:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_signal(signum: int) -> None:
-            if state["signal"] is not None:  # second signal: force
-                from symoe_agents.servers import live_servers
-
-                for s in live_servers():
-                    s.kill_now()
-                os._exit(128 + signum)
-            state["signal"] = signum
-            _err(f"\n[symoe] {signal.Signals(signum).name} received: stopping servers (again to force)")
-            task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        return await coro_factory()
-
-    try:
-        return asyncio.run(main())
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        signum = state["signal"] or signal.SIGINT
-        hint = resume_hint() if callable(resume_hint) else resume_hint
-        _err(f"[symoe] interrupted; all servers stopped. {hint}".rstrip())
-        return 128 + int(signum)
 
 
 @app.callback()
@@ -162,14 +63,14 @@ def solve(
         if out_path.resolve() == input.resolve():
             raise OutputError(f"the output {out_path} is the input file; choose another -o")
     except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         raise typer.Exit(2) from None
     problems = preflight(cfg)
     if problems:
-        _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
         raise typer.Exit(2)
     run = _SolveRun(cfg, questions, skipped, out_path, None if no_cache else (cache or out_path.with_suffix(".cache.sqlite")), fresh, retry_failed)
-    code = _run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
+    code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
     raise typer.Exit(code)
 
 
@@ -194,13 +95,13 @@ class _SolveRun:
 
     async def main(self, events_path: Path | None, dry_run: bool) -> int:
         try:
-            with _logged(events_path) as (log, progress):
+            with logged(events_path) as (log, progress):
                 summary = await self._solve(log, progress, dry_run)
         except (ProfileError, OutputError, CacheError) as exc:
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return 2
         except SymoeError as exc:  # a server that cannot start, among others
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return 1
         finally:
             if self.answers:
@@ -212,14 +113,14 @@ class _SolveRun:
         assert self.answers is not None
         summary.resumed_questions = len(self.answers.state.done)
         summary.skipped_inputs = self.skipped
-        _err("\n" + summary.render())
+        err("\n" + summary.render())
         where = f"answers: {self.out_path} ({self.answers.total} questions)"
         if self.cache is not None:
             where += f"   cache: {self.cache_path}"
-        _err(where + (f"   events: {events_path}" if events_path else ""))
+        err(where + (f"   events: {events_path}" if events_path else ""))
         return 1 if summary.failed_questions else 0
 
-    async def _solve(self, log: EventLog, progress: _TerminalProgress, dry_run: bool) -> RunSummary | None:
+    async def _solve(self, log: EventLog, progress: TerminalProgress, dry_run: bool) -> RunSummary | None:
         """The batch itself; None when nothing was solved (dry run, or all answered)."""
         from .api import SymbolicMoE
 
@@ -229,35 +130,35 @@ class _SolveRun:
             self.answers = AnswerFile.open(self.out_path, self.questions, self.fresh, self.retry_failed)
             todo = self._report_resume()
             if not todo:
-                _err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
+                err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
                 return None
             if self.cache_path is not None:
                 self.cache = AnswerCache(self.cache_path, read=not self.fresh)
-        _err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
+        err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
         async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
             assert moe._controller is not None
-            _err(f"[symoe] {moe._controller.routing_note}")
+            err(f"[symoe] {moe._controller.routing_note}")
             if dry_run:
                 print((await moe.plan(todo)).describe())
                 return None
             assert self.answers is not None
             await moe.solve_batch(todo, on_result=self.answers.append)
             if moe._controller.alignment_warning:
-                _err(f"[symoe] warning: {moe._controller.alignment_warning}")
+                err(f"[symoe] warning: {moe._controller.alignment_warning}")
             return moe.summary
 
     def _report_resume(self) -> list:
         assert self.answers is not None
         st = self.answers.state
         if st.dropped_partial_line:
-            _err(f"[symoe] {self.out_path}: dropped an incomplete last line (a crash while writing); that question is asked again")
+            err(f"[symoe] {self.out_path}: dropped an incomplete last line (a crash while writing); that question is asked again")
         if st.retried:
-            _err(f"[symoe] --retry-failed: asking again {len(st.retried)} questions whose records listed errors")
+            err(f"[symoe] --retry-failed: asking again {len(st.retried)} questions whose records listed errors")
         if st.foreign:
-            _err(f"[symoe] note: {self.out_path} also holds {len(st.foreign)} answers to questions not in this input (kept)")
+            err(f"[symoe] note: {self.out_path} also holds {len(st.foreign)} answers to questions not in this input (kept)")
         todo = self.answers.pending(self.questions)
         if st.done and todo:
-            _err(f"[symoe] resuming {self.out_path}: {len(self.questions) - len(todo)} of {len(self.questions)} questions already answered")
+            err(f"[symoe] resuming {self.out_path}: {len(self.questions) - len(todo)} of {len(self.questions)} questions already answered")
         return todo
 
 
@@ -272,7 +173,7 @@ def show_config(
     try:
         cfg = load_config(config)
     except ConfigError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         raise typer.Exit(2) from None
     print(f"{config}: ok")
     for name, m in cfg.models.items():

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .cli_common import TerminalProgress, err, load_checked, run_with_signals
 from .methods import METHOD_NAMES
 
 
@@ -31,19 +32,17 @@ def evaluate(
 
     from .cache import AnswerCache
     from .errors import CacheError
-    from .cli import _err, _run_with_signals, _TerminalProgress
-    from .cli_profiles import _load
     from .methods import build_methods
     from .profiles import load_profiles
 
-    cfg = _load(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
+    cfg = load_checked(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
     questions = []
     for spec in benchmarks:
         name, qs = load_benchmark(spec, limit, category)
-        _err(f"[symoe] {name}: {len(qs)} questions")
+        err(f"[symoe] {name}: {len(qs)} questions")
         questions += qs
     if not questions:
-        _err("error: no questions selected (check --category and --limit)")
+        err("error: no questions selected (check --category and --limit)")
         raise typer.Exit(2)
     accuracy = {}
     if cfg.profiles:
@@ -51,17 +50,17 @@ def evaluate(
     try:
         chosen = build_methods([m.strip() for m in methods.split(",") if m.strip()], cfg.roles.experts, cfg.k, accuracy)
     except ValueError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         raise typer.Exit(2) from None
 
     try:
         answers = AnswerCache(cache) if cache else None
     except CacheError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         raise typer.Exit(2) from None
 
     async def go() -> int:
-        progress = _TerminalProgress(sys.stderr)
+        progress = TerminalProgress(sys.stderr)
         began = time.monotonic()
         try:
             rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
@@ -73,4 +72,4 @@ def evaluate(
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))
         return 0
 
-    raise typer.Exit(_run_with_signals(go, resume_hint=f"Records of finished methods are in {output}." + (f" Answers received are in {cache}: re-run with the same --cache to reuse them." if cache else "")))
+    raise typer.Exit(run_with_signals(go, resume_hint=f"Records of finished methods are in {output}." + (f" Answers received are in {cache}: re-run with the same --cache to reuse them." if cache else "")))

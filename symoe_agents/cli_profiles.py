@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
 
-from .config import load_config
-from .errors import ConfigError, InputError, SymoeError
-from .events import EventLog
+from .cli_common import err, load_checked, logged_run, run_with_signals
+from .errors import InputError
 from .inputs import read_questions
-from .preflight import preflight
-
-T = TypeVar("T")
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load_config_or_exit(config: Path | None):
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        _err(f"error: {exc}")
-        raise typer.Exit(2) from None
-
-
-def _load(config: Path | None):
-    """The config, preflighted; exits 2 with the problems otherwise."""
-    cfg = load_config_or_exit(config)
-    problems = preflight(cfg)
-    if problems:
-        _err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
-        raise typer.Exit(2)
-    return cfg
-
-
-async def _logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaitable[T]]) -> T | None:
-    """``work(log, progress)`` with its events shown as progress (and appended to
-    ``events``); a symoe error is printed and gives None."""
-    from .cli import _logged
-
-    with _logged(events) as (log, progress):
-        try:
-            return await work(log, progress)
-        except SymoeError as exc:
-            _err(f"error: {exc}")
-            return None
-
 
 def profile(
     validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
@@ -60,18 +18,17 @@ def profile(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Build skill profiles: keywords for every validation question, every pool model answers every one."""
-    from .cli import _run_with_signals
     from .profiler import run_profile
 
-    cfg = _load(config)
+    cfg = load_checked(config)
     try:
         questions = read_questions(validation)
     except InputError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         raise typer.Exit(2) from None
 
     async def go() -> int:
-        run = await _logged_run(events, lambda log, progress: run_profile(cfg, questions, output, log, progress))
+        run = await logged_run(events, lambda log, progress: run_profile(cfg, questions, output, log, progress))
         if run is None:
             return 1
         print(f"{'model':<24} {'accuracy':>8} {'skills':>6}  strongest skills")
@@ -82,7 +39,7 @@ def profile(
         print(f"profiles written to {output} ({run.new_answers} new answers, {run.reused_answers} reused)")
         return 0
 
-    raise typer.Exit(_run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume."))
+    raise typer.Exit(run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume."))
 
 
 def pick_aggregator(
@@ -92,13 +49,12 @@ def pick_aggregator(
     events: Annotated[Optional[Path], typer.Option("--events", help="write lifecycle events as JSONL here")] = None,
 ) -> None:
     """Choose the aggregator: every candidate aggregates 1 correct + 2 incorrect validation answers."""
-    from .cli import _run_with_signals
     from .profiler import run_pick_aggregator
 
-    cfg = _load(config)
+    cfg = load_checked(config)
 
     async def go() -> int:
-        ranking = await _logged_run(events, lambda log, progress: run_pick_aggregator(cfg, profiles, log, progress, seed))
+        ranking = await logged_run(events, lambda log, progress: run_pick_aggregator(cfg, profiles, log, progress, seed))
         if ranking is None:
             return 1
         print(f"synthetic aggregation task: {ranking.items} items")
@@ -109,4 +65,4 @@ def pick_aggregator(
               f"`symoe solve --profiles {profiles}` uses it)")  # fmt: skip
         return 0
 
-    raise typer.Exit(_run_with_signals(go, resume_hint="Run the same command to resume."))
+    raise typer.Exit(run_with_signals(go, resume_hint="Run the same command to resume."))

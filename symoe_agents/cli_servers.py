@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .cli_profiles import load_config_or_exit
+from .cli_common import err, load_config_or_exit, run_with_signals
 from .errors import SymoeError
 from .events import EventLog
 from .preflight import preflight, used_models
 
 servers_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Start model servers by hand.")
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def check(
@@ -41,20 +36,19 @@ def up(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
 ) -> None:
     """Start models side by side and print their endpoints; Ctrl-C stops them all."""
-    from .cli import _run_with_signals
 
     cfg = load_config_or_exit(config)
     names = models or used_models(cfg)
     unknown = [m for m in names if m not in cfg.models]
     if unknown:
-        _err(f"error: unknown model(s) {', '.join(unknown)}; declared: {', '.join(cfg.models)}")
+        err(f"error: unknown model(s) {', '.join(unknown)}; declared: {', '.join(cfg.models)}")
         raise typer.Exit(2)
     problems = preflight(cfg, names)
     if problems:
         for p in problems:
-            _err(f"problem: {p}")
+            err(f"problem: {p}")
         raise typer.Exit(1)
-    raise typer.Exit(_run_with_signals(lambda: _up(cfg, names), resume_hint=""))
+    raise typer.Exit(run_with_signals(lambda: _up(cfg, names), resume_hint=""))
 
 
 async def _up(cfg, names: list[str]) -> int:
@@ -75,7 +69,7 @@ async def _up(cfg, names: list[str]) -> int:
                 seen.add(key)
                 print(f"{name:<24} {ep.base_url}  model '{ep.served_model}'", flush=True)
         except SymoeError as exc:
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return 1
         print(
             "\nlocal servers take the run key as a Bearer token; it is printed only here, for you:\n"

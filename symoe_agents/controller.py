@@ -32,7 +32,7 @@ from typing import Protocol
 
 import psutil
 
-from . import routing
+from . import routing, routing_batch
 from .agents import Agent, AgentRunner, build_agent, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .methods import Method
@@ -44,7 +44,7 @@ from .final_answer import aggregator_status, consensus, decide
 from .formats import AnswerFormat
 from .placement import Device, Lane, Placement, Stage, place
 from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses
-from .profiles import Profile, load_profiles
+from .profiles import Profile, load_profiles, read_aggregator_choice
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
 from .dispatch import dispatch, pool_size, sample_batches
@@ -128,8 +128,6 @@ class Controller:
         self.alignment_warning: str | None = None
         self.aggregator = config.roles.aggregator
         if config.profiles:
-            from .profiler import read_aggregator_choice
-
             chosen = read_aggregator_choice(config.profiles)
             if chosen is not None:
                 if chosen not in config.models:
@@ -506,7 +504,7 @@ class Controller:
             def align(kws: list[str], vocabulary: list[str]) -> list[str]:
                 return [mapping[k] for k in kws if k in mapping]
 
-        routes = routing.route_batch(
+        routes = routing_batch.route_batch(
             [(qid, kws) for qid, kws in keywords.items()],
             cfg.roles.experts, cfg.k, cfg.seed, profiles, cfg.min_share, align, streams,
         )  # fmt: skip
@@ -562,7 +560,7 @@ class Controller:
         if m.routing == "fixed":
             routes = {q: routing.Route(m.fixed, "fixed") for q in ids}
         else:
-            routes = routing.route_batch([(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None, draw_keys=streams)
+            routes = routing_batch.route_batch([(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None, draw_keys=streams)
         self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
         return skills, routes
 

@@ -38,13 +38,12 @@ from .eval import extract_answer, is_correct
 from .events import EventLog
 from .formats import AnswerFormat
 from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare, prepare_all, shown_responses
-from .profiles import Profile, build_profiles, synthetic_aggregation_items
+from .profiles import AGGREGATOR_FILE, Profile, build_profiles, synthetic_aggregation_items
 from .prompting import RenderedPrompt, load_template
 from .records import Completion, Question
 from .schedule import Group, Requests
 from symoe_agents.servers import ServerManager
 
-AGGREGATOR_FILE = "_aggregator.json"
 
 
 def _hash(text: str) -> str:
@@ -112,16 +111,6 @@ class ProfileStore:
         tmp = self.dir / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(self.dir / name)
-
-
-def read_aggregator_choice(directory: Path) -> str | None:
-    path = Path(directory) / AGGREGATOR_FILE
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["aggregator"]
-    except (json.JSONDecodeError, KeyError):
-        raise ProfileError(f"{path}: not a valid aggregator choice; re-run `symoe pick-aggregator`") from None
 
 
 def _prepared_from_skills(rec: dict[str, Any]) -> Prepared:

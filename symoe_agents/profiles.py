@@ -120,3 +120,17 @@ def synthetic_aggregation_items(
         rng.shuffle(picked)
         items.append({"id": qid, "responses": [t for _, t in picked], "from": [m for m, _ in picked]})
     return items
+
+
+#: the aggregator ``symoe pick-aggregator`` chose, beside the profiles it was chosen with
+AGGREGATOR_FILE = "_aggregator.json"
+
+
+def read_aggregator_choice(directory: Path) -> str | None:
+    path = Path(directory) / AGGREGATOR_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["aggregator"]
+    except (json.JSONDecodeError, KeyError):
+        raise ProfileError(f"{path}: not a valid aggregator choice; re-run `symoe pick-aggregator`") from None

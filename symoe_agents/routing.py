@@ -20,7 +20,7 @@ once. The controller's draw key is the question's content (``preparation.stream_
 two different questions that happen to share an id never share draws, and the same
 question keeps its experts for the same seed. Without draw keys, the id is the key.
 
-``route_question`` is the reference, one question at a time; ``route_batch`` routes a
+``route_question`` is the reference, one question at a time; ``routing_batch.route_batch`` routes a
 batch through ``routing_batch`` (numpy), which gives the same routes float for float.
 
 The optional minimum-share rule (paper's prose; in the reference code but never called)
@@ -167,35 +167,6 @@ def route_question(
     probs = expert_probabilities(scores, gamma)
     experts = draw_weighted(uniforms, list(probs), list(probs.values()))
     return Route(tuple(experts), "skills", tuple(mapped), probs)
-
-
-def route_batch(
-    questions: Sequence[tuple[str, Sequence[str]]],
-    pool: Sequence[str],
-    k: int,
-    seed: int,
-    profiles: Mapping[str, Mapping[str, float]] | None,
-    min_share: float | None = None,
-    align: Aligner = exact_align,
-    draw_keys: Mapping[str, str] | None = None,
-) -> dict[str, Route]:
-    """Route every (question id, keywords) pair; then apply the minimum-share rule if asked.
-    ``draw_keys[id]`` keys a question's draws (default: its id)."""
-    if profiles is None:
-        routes = {
-            qid: route_question(qid, kws, pool, k, seed, None, draw_key=draw_keys[qid] if draw_keys else None)
-            for qid, kws in questions
-        }
-    else:
-        from .routing_batch import route_scored  # numpy: the same draws, for a whole batch at once
-
-        profiles = {m: profiles[m] for m in pool}
-        vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
-        mapped = [(qid, align(list(kws), vocabulary)) for qid, kws in questions]
-        routes = route_scored(mapped, list(pool), k, seed, profiles, vocabulary, draw_keys)
-    if min_share:
-        routes = apply_min_share(routes, min_share, seed)
-    return routes
 
 
 def apply_min_share(routes: Mapping[str, Route], threshold: float, seed: int) -> dict[str, Route]:

@@ -19,7 +19,34 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .routing import _GOLDEN, _MASK, Route, global_competence, question_key
+from .routing import _GOLDEN, _MASK, Aligner, Route, apply_min_share, exact_align, global_competence, question_key, route_question
+
+
+def route_batch(
+    questions: Sequence[tuple[str, Sequence[str]]],
+    pool: Sequence[str],
+    k: int,
+    seed: int,
+    profiles: Mapping[str, Mapping[str, float]] | None,
+    min_share: float | None = None,
+    align: Aligner = exact_align,
+    draw_keys: Mapping[str, str] | None = None,
+) -> dict[str, Route]:
+    """Route every (question id, keywords) pair; then apply the minimum-share rule if asked.
+    ``draw_keys[id]`` keys a question's draws (default: its id)."""
+    if profiles is None:
+        routes = {
+            qid: route_question(qid, kws, pool, k, seed, None, draw_key=draw_keys[qid] if draw_keys else None)
+            for qid, kws in questions
+        }
+    else:
+        profiles = {m: profiles[m] for m in pool}
+        vocabulary = list(dict.fromkeys(s for p in profiles.values() for s in p))
+        mapped = [(qid, align(list(kws), vocabulary)) for qid, kws in questions]
+        routes = route_scored(mapped, list(pool), k, seed, profiles, vocabulary, draw_keys)
+    if min_share:
+        routes = apply_min_share(routes, min_share, seed)
+    return routes
 
 
 def route_scored(

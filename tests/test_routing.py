@@ -7,10 +7,10 @@ from symoe_agents.routing import (
     exact_align,
     expert_probabilities,
     global_competence,
-    route_batch,
     route_question,
     suitability,
 )
+from symoe_agents.routing_batch import route_batch
 
 # method.md's worked example: totals A=40, B=-10, C=5; skills [algebra, algebra, geometry];
 # profiles A(3,-1), B(1,2), C(-2,0). "other" pads each profile to its stated total.
@@ -150,7 +150,8 @@ def test_the_batch_path_draws_exactly_what_the_reference_draws(integer_scores):
     and negative scores, unknown and missing keywords) every route must be identical."""
     import random
 
-    from symoe_agents.routing import exact_align, global_competence, route_batch, route_question
+    from symoe_agents.routing import exact_align, global_competence, route_question
+    from symoe_agents.routing_batch import route_batch
 
     rng = random.Random(11)
     vocab = [f"s{i}" for i in range(40)]
@@ -197,7 +198,7 @@ def test_question_uniforms_are_uniform_and_weighted_draws_follow_the_probabiliti
 def test_draws_follow_the_draw_key_not_the_id():
     """The controller keys draws by a question's content: one id holding different questions
     (repeated ``moe.solve`` calls) must not repeat one draw, and one question keeps its draw."""
-    from symoe_agents.routing import route_batch
+    from symoe_agents.routing_batch import route_batch
 
     profiles = {m: {"x": 1.0} for m in "abcdef"}
     pool = list("abcdef")

@@ -1,0 +1,146 @@
+"""What every CLI command shares: messages on stderr, progress, signals, and loading a config.
+
+The commands live in their own modules (cli.py: solve and config; cli_profiles.py,
+cli_eval.py, cli_servers.py) and import from here, never from each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import typer
+
+from .config import load_config
+from .errors import ConfigError, SymoeError
+from .events import Event, EventLog
+from .preflight import preflight
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class TerminalProgress:
+    """Per-group progress: a tqdm bar on a terminal, start/end lines otherwise (logs, CI)."""
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.bar = None
+
+    def start(self, group: str, total: int) -> None:
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=group, file=self.stream, unit="req", leave=True, dynamic_ncols=True)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_event(self, e: Event) -> None:
+        if e.kind == "server_start":
+            err(f"[symoe] starting server for '{e.model}' on 127.0.0.1:{e.port} (pid {e.pid})")
+        elif e.kind == "server_ready":
+            err(f"[symoe] '{e.model}' ready after {e.duration_s:.1f} s")
+        elif e.kind == "server_stop":
+            err(f"[symoe] stopped server for '{e.model}'")
+        elif e.kind == "server_failed":
+            err(f"[symoe] server for '{e.model}' failed: {e.detail.get('reason', '')}")
+        elif e.kind == "group_start" and not self.tty:
+            err(f"[symoe] group {e.group}: {e.requests} requests")
+        elif e.kind == "group_end":
+            failed = e.detail.get("failed", 0)
+            err(f"[symoe] group {e.group} done in {e.duration_s:.1f} s" + (f", {failed} failed" if failed else ""))
+
+
+@contextlib.contextmanager
+def logged(events_path: Path | None) -> Iterator[tuple[EventLog, TerminalProgress]]:
+    """The run's lifecycle events (also appended to ``events_path`` if given), shown as
+    progress on stderr; the file is closed however the run ends."""
+    log = EventLog(events_path)
+    progress = TerminalProgress(sys.stderr)
+    log.listen(progress.on_event)
+    try:
+        yield log, progress
+    finally:
+        log.close()
+
+
+def run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") -> int:
+    """Run the coroutine; turn SIGINT/SIGTERM into cancellation and exit codes 130/143."""
+    state = {"signal": None}
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_signal(signum: int) -> None:
+            if state["signal"] is not None:  # second signal: force
+                from symoe_agents.servers import live_servers
+
+                for s in live_servers():
+                    s.kill_now()
+                os._exit(128 + signum)
+            state["signal"] = signum
+            err(f"\n[symoe] {signal.Signals(signum).name} received: stopping servers (again to force)")
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+        return await coro_factory()
+
+    try:
+        return asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        signum = state["signal"] or signal.SIGINT
+        hint = resume_hint() if callable(resume_hint) else resume_hint
+        err(f"[symoe] interrupted; all servers stopped. {hint}".rstrip())
+        return 128 + int(signum)
+
+
+T = TypeVar("T")
+
+
+def load_config_or_exit(config: Path | None):
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+
+def load_checked(config: Path | None):
+    """The config, preflighted; exits 2 with the problems otherwise."""
+    cfg = load_config_or_exit(config)
+    problems = preflight(cfg)
+    if problems:
+        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+        raise typer.Exit(2)
+    return cfg
+
+
+async def logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaitable[T]]) -> T | None:
+    """``work(log, progress)`` with its events shown as progress (and appended to
+    ``events``); a symoe error is printed and gives None."""
+    with logged(events) as (log, progress):
+        try:
+            return await work(log, progress)
+        except SymoeError as exc:
+            err(f"error: {exc}")
+            return None
+
+
