@@ -120,20 +120,35 @@ class ServerProcess:
             close_fds=True,
         )
 
-    def _dismiss_watchdog(self) -> None:
-        """Tell the watchdog the server is stopped (it exits without acting) and reap it."""
+    def _tell_watchdog(self) -> subprocess.Popen | None:
+        """Tell the watchdog the server is stopped: it exits without acting."""
         dog, self.watchdog = self.watchdog, None
+        if dog is not None:
+            with contextlib.suppress(OSError, ValueError):
+                assert dog.stdin is not None
+                dog.stdin.write(b"bye\n")
+                dog.stdin.close()
+        return dog
+
+    def _dismiss_watchdog(self) -> None:
+        """The watchdog told and reaped, blocking (atexit and signal paths)."""
+        dog = self._tell_watchdog()
         if dog is None:
             return
-        with contextlib.suppress(OSError, ValueError):
-            assert dog.stdin is not None
-            dog.stdin.write(b"bye\n")
-            dog.stdin.close()
         try:
             dog.wait(timeout=5)
         except subprocess.TimeoutExpired:
             dog.kill()
             dog.wait()
+
+    async def _dismiss_watchdog_async(self) -> None:
+        """The same, waiting without holding the event loop."""
+        dog = self._tell_watchdog()
+        if dog is None:
+            return
+        if not await _exited(dog, 5.0):
+            dog.kill()
+            await _exited(dog, 5.0)
 
     async def wait_ready(self, probe: ReadinessProbe, timeout: float) -> float:
         """Poll ``probe`` until it says ready; return seconds since spawn."""
@@ -187,11 +202,14 @@ class ServerProcess:
             if proc.poll() is not None and not _group_alive(pgid) and not any(_alive(p) for p in escaped):
                 break
             await asyncio.sleep(0.05)
-        self.kill_now()
+        self._kill_all()  # what ignored SIGTERM; then reaped, waiting off the loop
+        await _exited(proc, 5.0)
+        _LIVE.pop(proc.pid, None)
+        await self._dismiss_watchdog_async()
         return proc.returncode
 
-    def kill_now(self) -> None:
-        """SIGKILL the whole group and every recorded descendant; reap. Safe from atexit."""
+    def _kill_all(self) -> None:
+        """SIGKILL the whole group and every recorded descendant (no waiting)."""
         proc = self.proc
         if proc is None:
             return
@@ -201,10 +219,28 @@ class ServerProcess:
         for p in escaped:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+    def kill_now(self) -> None:
+        """SIGKILL the whole group and every recorded descendant; reap. Blocking, for the
+        paths where no event loop runs (atexit, a second signal)."""
+        proc = self.proc
+        if proc is None:
+            return
+        self._kill_all()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
         _LIVE.pop(proc.pid, None)
         self._dismiss_watchdog()
+
+
+async def _exited(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``proc`` exited (and was reaped) within ``timeout`` s, polled without blocking."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:

@@ -283,13 +283,21 @@ def test_server_runs_with_the_parent_death_signal(tmp_path):
         proc.kill_now()
 
 
-async def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
+async def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path, monkeypatch):
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
     proc = ServerProcess("stubborn", [sys.executable, "-c", code], free_port(), tmp_path / "log")
     proc.spawn()
+    dog = proc.watchdog
+    assert dog is not None
     await asyncio.sleep(0.5)
+
+    def blocking_wait(self, timeout=None):  # the event loop must never sit in a process wait
+        raise AssertionError(f"blocking wait on pid {self.pid} during an async stop")
+
+    monkeypatch.setattr(subprocess.Popen, "wait", blocking_wait)
     await proc.stop(grace=0.5)
-    assert proc.proc.returncode == -9
+    monkeypatch.undo()
+    assert proc.proc.returncode == -9 and dog.returncode == 0  # the server killed, its watchdog told and reaped
     assert "up" in tail(tmp_path / "log")
 
 
