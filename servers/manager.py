@@ -186,6 +186,9 @@ class ServerManager:
                 for other in [k for k in self._running if k != key]:
                     await self._release(other)
             run = self._running.get(key)
+            if run is not None and run.stopping is not None:  # a stop cut short earlier: let it end, then start anew
+                await self._stop(key)
+                run = None
             if run is not None:
                 if run.asleep:
                     await self._wake(run)
@@ -205,8 +208,9 @@ class ServerManager:
             for key in list(self._running):
                 try:
                     await self._stop(key)
-                except asyncio.CancelledError as exc:  # every stop is still started; the cancel goes on after
-                    interrupted = exc
+                except BaseException as exc:  # every stop is still started; a cancel, else the first error, goes on after
+                    if not isinstance(interrupted, asyncio.CancelledError):
+                        interrupted = exc
             if interrupted is not None:
                 raise interrupted
 
@@ -284,7 +288,7 @@ class ServerManager:
             try:
                 took = await proc.wait_ready(launch.probe, timeout)
             except ServerStartError as exc:
-                await proc.stop(self.config.servers.stop_grace_s)
+                await asyncio.shield(proc.stop(self.config.servers.stop_grace_s))  # not listed yet: a cancel must not cut it short
                 self.events.emit("server_failed", model=model, server=key, pid=proc.pid, port=port, detail={"reason": exc.reason})
                 last_error = exc
                 if any(s in tail(log_path).lower() for s in _PORT_TAKEN):
@@ -309,10 +313,11 @@ class ServerManager:
         run = self._running.get(key)
         if run is None:
             return
-        if run.asleep:
-            if key not in self.reuse_later:  # no later stage needs it: its memory goes back now
-                await self._stop(key)
+        if run.stopping is not None or (run.asleep and key not in self.reuse_later):
+            await self._stop(key)  # a stop under way ends; an idle server no later stage needs goes
             return
+        if run.asleep:
+            return  # idle, and a later stage needs it
         backend = self._backends[run.model]
         if key in self.reuse_later and self.config.schedule.sleep and backend is not None and backend.supports_sleep():
             began = time.monotonic()

@@ -202,18 +202,18 @@ class ServerProcess:
             if proc.poll() is not None and not _group_alive(pgid) and not any(_alive(p) for p in escaped):
                 break
             await asyncio.sleep(0.05)
-        self._kill_all()  # what ignored SIGTERM; then reaped, waiting off the loop
+        self._kill_all(escaped)  # what ignored SIGTERM, also what left the tree; then reaped, waiting off the loop
         await _exited(proc, 5.0)
         _LIVE.pop(proc.pid, None)
         await self._dismiss_watchdog_async()
         return proc.returncode
 
-    def _kill_all(self) -> None:
-        """SIGKILL the whole group and every recorded descendant (no waiting)."""
+    def _kill_all(self, known: Sequence[psutil.Process] = ()) -> None:
+        """SIGKILL the whole group, its descendants now and ``known`` ones (no waiting)."""
         proc = self.proc
         if proc is None:
             return
-        escaped = self._group_members()
+        escaped = {p.pid: p for p in [*known, *self._group_members()]}.values()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         for p in escaped:

@@ -1,7 +1,8 @@
 """What every CLI command shares: messages on stderr, progress, signals, and loading a config.
 
 The commands live in their own modules (cli.py: solve and config; cli_profiles.py,
-cli_eval.py, cli_servers.py) and import from here, never from each other.
+cli_eval.py, cli_servers.py) and import from here, never from ``cli.py`` or each other;
+``cli.py`` registers their commands.
 """
 
 from __future__ import annotations

@@ -81,3 +81,24 @@ async def test_a_stop_cut_short_by_a_cancel_is_finished_on_the_way_out():
         assert key in manager.running_keys()  # not forgotten while it stops
     assert pids_alive([pid]) == []
     assert [e.kind for e in events.events].count("server_stop") == 1
+
+
+async def test_a_release_all_cancelled_midway_still_stops_every_server():
+    """The close's stop-everything is cancelled during its first stop (a second Ctrl-C, a
+    host app's timeout): it goes on to stop the others, then lets the cancellation through."""
+    events = EventLog()
+    moe = SymbolicMoE(small_pool(), events=events)
+    async with moe:
+        manager = moe._manager
+        await manager.acquire("smollm2", exclusive=False)
+        await manager.acquire("gemma3", exclusive=False)
+        first, second = started(events)
+        closing = asyncio.create_task(manager.release_all())
+        while not any(r.stopping is not None for r in manager._running.values()):
+            await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert pids_alive([second]) == []  # the second stop ran in full after the cancel arrived
+    assert pids_alive([first, second]) == []
+    assert [e.kind for e in events.events].count("server_stop") == 2
