@@ -20,6 +20,7 @@ and writer, in the ``[cpu]`` extra) does the reading, the block formats and the 
 from __future__ import annotations
 
 import fcntl
+import functools
 import glob
 import hashlib
 import os
@@ -43,8 +44,10 @@ class CopyCancelled(Exception):
     """The run was cancelled while the copy was being written (nothing is left behind)."""
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU multiplies BF16 natively (x86 AVX512_BF16), read from /proc/cpuinfo."""
+    """Whether this CPU multiplies BF16 natively (x86 AVX512_BF16), read from /proc/cpuinfo
+    once: ``auto`` is resolved for every server key, preflight, launch and copy."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as f:
             for line in f:

@@ -304,8 +304,9 @@ class Controller:
                 # are always the ones its cache keys name
                 wanted = set(pending)
                 units = sorted({batches[i] for i in pending})
-                # in flight counts sequences, the server's slots: the runner admits a request of n samples as n sequences; the pool has workers
-                # enough to fill the slots with the narrowest requests
+                # in flight counts sequences, the server's slots: the runner admits a request
+                # of n samples as n sequences; the pool has workers enough to fill the slots
+                # with the narrowest requests
                 narrowest = min(len(m) for m in units)
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
 

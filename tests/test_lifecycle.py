@@ -229,12 +229,18 @@ async def test_command_backend_runs_a_real_llamacpp_server():
     assert len(starts) == 1 and "***" in starts[0].detail["argv"]  # key redacted from the template
 
 
-async def test_overlap_starts_the_next_server_while_the_last_requests_decode(tmp_path, gpus, monkeypatch):
-    monkeypatch.setenv("STANDIN_DELAY_S", "0.5")
+def overlap_config(tmp_path):
+    """Skills on s, experts on a, the aggregator on b, all on one GPU with overlap: a and b
+    fit together, so b is started while a's last requests decode."""
     py = wrapper(tmp_path, "sglang-python", "sglang_standin.py")
     models = {m: sglang(py, f"org/{m}", memory_gib=20) for m in ("s", "a", "b")}
-    cfg = run_config(tmp_path, models, {"skill_inferencer": "s", "experts": ["a"], "aggregator": "b"},
-                     schedule={"overlap": True, "gpus": [0], "device_memory_gib": 80})  # fmt: skip
+    return run_config(tmp_path, models, {"skill_inferencer": "s", "experts": ["a"], "aggregator": "b"},
+                      schedule={"overlap": True, "gpus": [0], "device_memory_gib": 80})  # fmt: skip
+
+
+async def test_overlap_starts_the_next_server_while_the_last_requests_decode(tmp_path, gpus, monkeypatch):
+    monkeypatch.setenv("STANDIN_DELAY_S", "0.5")
+    cfg = overlap_config(tmp_path)
     events = EventLog()
     async with SymbolicMoE(cfg, events=events) as moe:
         await moe.solve_batch(QUESTIONS[:2])
@@ -252,10 +258,7 @@ async def test_a_run_cancelled_while_the_next_server_prestarts_cuts_that_start_s
 
     monkeypatch.setenv("STANDIN_DELAY_S", "0.5")
     monkeypatch.setenv("STANDIN_LOAD_S", "2")
-    py = wrapper(tmp_path, "sglang-python", "sglang_standin.py")
-    models = {m: sglang(py, f"org/{m}", memory_gib=20) for m in ("s", "a", "b")}
-    cfg = run_config(tmp_path, models, {"skill_inferencer": "s", "experts": ["a"], "aggregator": "b"},
-                     schedule={"overlap": True, "gpus": [0], "device_memory_gib": 80})  # fmt: skip
+    cfg = overlap_config(tmp_path)
     events = EventLog()
     async with SymbolicMoE(cfg, events=events) as moe:
         task = asyncio.create_task(moe.solve_batch(QUESTIONS[:2]))
