@@ -1,9 +1,10 @@
 """STAND-IN OpenAI-compatible server that answers at once, for measuring symoe's own cost.
 
-    python bench/instant_server.py --port PORT [--model NAME]
+    python bench/instant_server.py --port PORT [--model NAME] [--answer-bytes N]
 
 HTTP/1.1 with keep-alive on 127.0.0.1: ``/v1/chat/completions`` answers a fixed completion
-(10 prompt + 20 completion tokens) without looking at the request beyond its length;
+(10 prompt + 20 completion tokens; with --answer-bytes, a text of about N bytes ending in
+the same answer) without looking at the request beyond its length;
 ``/health`` and ``/v1/models`` answer 200. It does no model work, so whatever limits
 requests per second is the client's side. Not a test double for behaviour: see
 tests/standins/ for those.
@@ -15,11 +16,20 @@ import argparse
 import asyncio
 import json
 
-BODY = json.dumps({
-    "id": "instant", "object": "chat.completion", "created": 0, "model": "instant",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is (B)."}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-}).encode()  # fmt: skip
+ANSWER = "The answer is (B)."
+
+
+def completion_body(answer_bytes: int = 0) -> bytes:
+    # a long answer is reasoning-like filler before the answer line, as a model's would be
+    filler = ("Let us reason about the options one at a time. " * (answer_bytes // 48 + 1))[: max(0, answer_bytes - len(ANSWER))]
+    return json.dumps({
+        "id": "instant", "object": "chat.completion", "created": 0, "model": "instant",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": filler + ANSWER}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 20 + answer_bytes // 4, "total_tokens": 30 + answer_bytes // 4},
+    }).encode()  # fmt: skip
+
+
+BODY = completion_body()
 
 
 def response(body: bytes) -> bytes:
@@ -27,7 +37,7 @@ def response(body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, models: bytes) -> None:
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, models: bytes, body: bytes = BODY) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -41,7 +51,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mod
             if length:
                 await reader.readexactly(length)
             path = head.split(b" ", 2)[1]
-            writer.write(response(models if path.startswith(b"/v1/models") else BODY if path.endswith(b"/completions") else b"{}"))
+            writer.write(response(models if path.startswith(b"/v1/models") else body if path.endswith(b"/completions") else b"{}"))
             await writer.drain()
             if close:
                 break
@@ -55,9 +65,11 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--model", default="instant")
+    ap.add_argument("--answer-bytes", type=int, default=0, help="answer texts of about this many bytes (default: a short answer)")
     args = ap.parse_args()
+    body = completion_body(args.answer_bytes)
     models = json.dumps({"object": "list", "data": [{"id": args.model, "object": "model"}]}).encode()
-    server = await asyncio.start_server(lambda r, w: handle(r, w, models), "127.0.0.1", args.port, backlog=1024)
+    server = await asyncio.start_server(lambda r, w: handle(r, w, models, body), "127.0.0.1", args.port, backlog=1024)
     async with server:
         await server.serve_forever()
 

@@ -4,7 +4,7 @@
 
 1. A real llama.cpp server (the embedded SmolLM2): --requests expert prompts at the
    model's concurrency (llama-server's 8 slots), greedy, 64 tokens each. Once with ``AsyncOpenAI``
-   and a semaphore, once as a symoe expert group (``Controller._run_group``: the agent
+   and a semaphore, once as a symoe expert group (``GroupRunner.run``: the agent
    runner's semaphore, throttle, timeout, tenacity and the record keeping). The two
    alternate for --rounds rounds on the same server; the table gives the median tokens
    per second of each and their ratio (goal: symoe >= 97% of direct).
@@ -79,7 +79,7 @@ async def through_symoe(controller: Controller, model: str, agent: Agent, render
         done["failed"] += c.error is not None
 
     cpu, began = time.process_time(), time.perf_counter()
-    await controller._run_group(group, agent, lambda i: rendered[i], on_final)
+    await controller.groups.run(group, agent, lambda i: rendered[i], on_final)
     return time.perf_counter() - began, done["tokens"], time.process_time() - cpu, done["failed"]
 
 

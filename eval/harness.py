@@ -45,7 +45,7 @@ async def run_eval(
                 results = await moe.solve_batch(questions, on_result=answers.append, method=method)
                 summary = moe.summary
         finally:
-            answers.close()
+            await answers.aclose()
             events.close()
         assert summary is not None
         skill_calls = len(questions) * config.sampling.skill_inferencer.samples if method.needs_skills else 0

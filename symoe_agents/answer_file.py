@@ -1,7 +1,10 @@
 """The answers file as a durable log: one JSON line per finished question, resumable.
 
-Each record is appended, flushed and fsynced the moment its question finishes, so a crash
-loses at most the line being written. Opening an existing file resumes it: its questions
+Each record is queued the moment its question finishes and written by the IO thread
+(``io_thread``), which fsyncs once per batch of the lines queued meanwhile: the event loop
+never waits for the disk, and a crash loses at most the lines not yet written, whose
+answers the answer cache still holds (a resumed run rebuilds them without paying again).
+Resuming reads the file line by line and keeps only the ids. Opening an existing file resumes it: its questions
 count as done and are not asked again, so the file ends with every question exactly once.
 
 What can be found in an existing file, and what happens:
@@ -20,35 +23,43 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
+from . import io_thread
 from .errors import OutputError
 from .records import Question, QuestionResult
 
 
 @dataclass
 class ResumeState:
-    """What an existing answers file holds (pure: computed from its bytes)."""
+    """What an existing answers file holds: ids only, never the records."""
 
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
     keep_bytes: int = 0  # length of the file's valid prefix
     dropped_partial_line: bool = False
     retried: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)  # ids that are not in this input
 
 
-def read_state(data: bytes, source: str, questions: Sequence[Question], retry_failed: bool = False) -> ResumeState:
+def read_state(lines: Iterable[bytes] | bytes, source: str, questions: Sequence[Question], retry_failed: bool = False) -> ResumeState:
+    """``lines``: the file's lines with their newlines (an open binary file), or its bytes."""
+    if isinstance(lines, bytes):
+        parts = lines.split(b"\n")  # as a binary file splits: on b"\n" only
+        lines = [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     state = ResumeState()
-    by_id = {q.id: q for q in questions}
-    lines = data.split(b"\n")
-    complete, last = lines[:-1], lines[-1]  # `last` is b"" when the file ends with a newline
-    state.keep_bytes = len(data) - len(last)
+    text_of = {q.id: q.question for q in questions}
     problems: list[str] = []
     first_line: dict[str, int] = {}
-    for lineno, raw in enumerate(complete, 1):
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.endswith(b"\n"):
+            if raw.strip():
+                state.dropped_partial_line = True  # the write of this line was cut off by a crash
+            break
+        state.keep_bytes += len(raw)
         if not raw.strip():
             continue
         try:
@@ -63,24 +74,21 @@ def read_state(data: bytes, source: str, questions: Sequence[Question], retry_fa
             problems.append(f"{source}:{lineno}: id {qid!r} again (first on line {first_line[qid]})")
             continue
         first_line[qid] = lineno
-        q = by_id.get(qid)
-        if q is None:
+        text = text_of.get(qid)
+        if text is None:
             state.foreign.append(qid)
-        elif rec.get("question") != q.question:
+        elif rec.get("question") != text:
             problems.append(f"{source}:{lineno}: id {qid!r} holds a different question than the input's")
             continue
-        state.done[qid] = rec
-    if last.strip():
-        state.dropped_partial_line = True  # the write of this line was cut off by a crash
+        if retry_failed and rec.get("errors"):
+            state.retried.append(qid)
+        else:
+            state.done.add(qid)
     if problems:
         raise OutputError(
             "cannot resume from the existing answers file:\n  " + "\n  ".join(problems[:20])
             + "\n  use --fresh to start it over, or -o to write elsewhere"
         )  # fmt: skip
-    if retry_failed:
-        state.retried = [qid for qid, rec in state.done.items() if rec.get("errors")]
-        for qid in state.retried:
-            del state.done[qid]
     return state
 
 
@@ -92,15 +100,21 @@ class AnswerFile:
         self.state = state
         self._f = handle
         self.written = 0
+        self._lock = threading.Lock()
+        self._lines: list[str] = []
+        self._flush_queued = False
+        self._error: OSError | None = None
+        self._reported = False
 
     @classmethod
     def open(cls, path: Path, questions: Sequence[Question], fresh: bool = False, retry_failed: bool = False) -> "AnswerFile":
         path.parent.mkdir(parents=True, exist_ok=True)
         state = ResumeState()
         if path.exists() and not fresh:
-            state = read_state(path.read_bytes(), str(path), questions, retry_failed)
+            with open(path, "rb") as f:
+                state = read_state(f, str(path), questions, retry_failed)
             if state.retried:
-                _rewrite(path, list(state.done.values()))
+                _rewrite(path, set(state.retried), state.keep_bytes)
             elif state.dropped_partial_line:
                 with open(path, "r+b") as f:
                     f.truncate(state.keep_bytes)
@@ -114,27 +128,76 @@ class AnswerFile:
         return [q for q in questions if q.id not in self.state.done]
 
     def append(self, result: QuestionResult) -> None:
-        self._f.write(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self.written += 1
+        """Queue a record; the IO thread writes and fsyncs it. An earlier write that failed
+        (a full disk) is raised here, so the run stops instead of losing records."""
+        if self._error is not None:
+            self._reported = True
+            raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
+                              "the answers are in the answer cache: free space and re-run the same command to resume")  # fmt: skip
+        line = json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n"
+        with self._lock:
+            self._lines.append(line)
+            if self._flush_queued:
+                return
+            self._flush_queued = True
+        io_thread.submit(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+            self._flush_queued = False
+        if not lines or self._error is not None or self._f.closed:
+            return
+        try:
+            self._f.write("".join(lines))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as exc:
+            self._error = exc
+            return
+        self.written += len(lines)
 
     @property
     def total(self) -> int:
         return len(self.state.done) + self.written
 
+    def _close_now(self) -> None:
+        try:
+            self._flush()
+        finally:
+            try:
+                self._f.close()
+            except OSError as exc:  # what the failed write left in the buffer fails again
+                self._error = self._error or exc
+        if self._error is not None and not self._reported:
+            self._reported = True
+            raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
+                              "the answers are in the answer cache: free space and re-run the same command to resume")  # fmt: skip
+
     def close(self) -> None:
-        self._f.close()
+        """Write what is queued and close (waits for the IO thread); a write that failed and
+        was not yet reported by ``append`` raises ``OutputError`` here."""
+        io_thread.submit(self._close_now).result()
+
+    async def aclose(self) -> None:
+        await io_thread.run(self._close_now)
 
 
-def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace the file's content atomically: a crash leaves the old file or the new one."""
+def _rewrite(path: Path, drop: set[str], keep_bytes: int) -> None:
+    """Drop the records of ``drop`` from the file's valid prefix, atomically: a crash leaves
+    the old file or the new one. Line by line: the file is never held in memory."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with open(path, "rb") as src, open(tmp, "wb") as out:
+        left = keep_bytes
+        for raw in src:
+            if left <= 0:
+                break
+            left -= len(raw)
+            if raw.strip() and json.loads(raw).get("id") in drop:
+                continue
+            out.write(raw)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)
     _fsync_dir(path)
 

@@ -9,6 +9,9 @@ batch, group by group, and stopped when the batch ends; leaving the ``async with
 by any path (return, exception, cancellation) stops whatever is still running. One batch
 runs at a time per instance: a single GPU serves one schedule at a time.
 
+``solve_each`` hands each record to a callback as its question finishes and keeps none,
+so memory stays flat however large the batch; ``solve_batch`` collects them into a list.
+
 With ``cache=PATH`` every answer is stored in SQLite as it arrives; a batch that is run
 again (after a crash, or in a later session) reuses those answers instead of paying again.
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 from .cache import AnswerCache
 from .config import Config, load_config
-from .controller import BatchOutcome, Controller, Progress
+from .controller import BatchOutcome, Controller, OnResult, Progress
 from .events import EventLog, RunSummary
 from .inputs import as_questions
 from .methods import Method
@@ -82,7 +85,7 @@ class SymbolicMoE:
                 await self._manager.aclose()
         finally:
             if self.cache is not None and not isinstance(self._cache_arg, AnswerCache):
-                self.cache.close()  # opened here, closed here; a caller's own cache stays open
+                await self.cache.aclose()  # opened here, closed here; a caller's own cache stays open
                 self.cache = None
 
     def _ready(self) -> Controller:
@@ -93,19 +96,39 @@ class SymbolicMoE:
             raise RuntimeError("use SymbolicMoE as 'async with SymbolicMoE(...) as moe:' before solving")
         return self._controller
 
+    async def solve_each(
+        self,
+        questions: Iterable[QuestionLike],
+        on_result: OnResult,
+        method: Method | None = None,
+    ) -> RunSummary:
+        """Solve many questions with one grouped schedule (each model loaded once), handing
+        each question's record to ``on_result`` (a function or a coroutine function) the
+        moment it finishes; no record is kept. ``method``: one of the baselines of
+        ``symoe eval`` instead of Symbolic-MoE."""
+        batch = as_questions(questions)
+        async with self._lock:
+            controller = self._ready()  # inside the lock: a call queued while the block closed finds it closed
+            self.last = await controller.run(batch, on_result=on_result, method=method)
+        return self.last.summary
+
     async def solve_batch(
         self,
         questions: Iterable[QuestionLike],
         on_result: Callable[[QuestionResult], None] | None = None,
         method: Method | None = None,
     ) -> list[QuestionResult]:
-        """Solve many questions with one grouped schedule (each model loaded once).
-        ``method``: one of the baselines of ``symoe eval`` instead of Symbolic-MoE."""
+        """``solve_each``, with the records also returned as a list in input order."""
         batch = as_questions(questions)
-        async with self._lock:
-            controller = self._ready()  # inside the lock: a call queued while the block closed finds it closed
-            self.last = await controller.run(batch, on_result=on_result, method=method)
-        return self.last.results
+        results: dict[str, QuestionResult] = {}
+
+        def keep(result: QuestionResult) -> None:
+            results[result.id] = result
+            if on_result is not None:
+                on_result(result)
+
+        await self.solve_each(batch, keep, method)
+        return [results[q.id] for q in batch if q.id in results]
 
     async def solve(self, question: QuestionLike) -> QuestionResult:
         """Solve one question (a batch of one)."""
@@ -118,6 +141,16 @@ class SymbolicMoE:
             controller = self._ready()
             self.last = await controller.run(batch, dry_run=True)
         return self.last.schedule
+
+    @property
+    def routing_note(self) -> str:
+        """How experts are recruited with this config (profiles, or uniformly at random)."""
+        return self._ready().routing_note
+
+    @property
+    def alignment_warning(self) -> str | None:
+        """Set when keywords were aligned to the profiles by a fallback method."""
+        return self._controller.alignment_warning if self._controller else None
 
     @property
     def summary(self) -> RunSummary | None:

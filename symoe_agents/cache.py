@@ -12,6 +12,13 @@ standard library. WAL with ``synchronous=NORMAL``: a commit survives the process
 killed (it is in the WAL before ``put`` returns); only a power loss may roll back the last
 few commits, never corrupt the file.
 
+All of its SQLite work runs on the IO thread (``io_thread``), never on the event loop:
+``put`` and ``note_attempt`` queue their rows and return at once; the thread writes what is
+queued in one transaction (under load, many answers per commit). A database another
+process keeps locked past the busy timeout, or a full disk, leaves the rows queued and
+retried, never a failed call: the answer stays in memory until it is written or until
+``close``, which says how many could not be.
+
 Failed calls are not cached: a re-run asks again. ``attempts`` counts how often each key
 was sent, which is how the soak script measures calls repeated because of faults.
 """
@@ -21,10 +28,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import io_thread
 from .errors import CacheError
 from .records import Completion
 
@@ -54,15 +63,18 @@ class CallIdentity:
 class AnswerCache:
     """``get`` and ``put`` completions by key; ``note_attempt`` before each send."""
 
-    def __init__(self, path: str | Path, read: bool = True):
-        """``read=False``: answers are stored but never reused (``--fresh``)."""
+    def __init__(self, path: str | Path, read: bool = True, busy_timeout_s: float = 30.0):
+        """``read=False``: answers are stored but never reused (``--fresh``).
+        ``busy_timeout_s``: how long a write waits for another process's lock before its
+        rows are kept for the next flush."""
         self.path = Path(path)
         self.read = read
         self.hits = 0
         self.stored = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            # used only from the IO thread after this (made here so that an error is the caller's)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -76,6 +88,11 @@ class AnswerCache:
                 )
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
+        self._lock = threading.Lock()
+        self._answers: list[tuple] = []  # rows queued for the IO thread
+        self._attempts: list[tuple[str]] = []
+        self._flush_queued = False
+        self.write_error: str | None = None  # the last failed write, while rows wait for a retry
 
     def _create(self) -> None:
         self._db.executescript(
@@ -94,7 +111,7 @@ class AnswerCache:
             """
         )
 
-    def get(self, key: str) -> Completion | None:
+    def _get_now(self, key: str) -> Completion | None:
         if not self.read:
             return None
         row = self._db.execute("SELECT completion FROM answers WHERE key = ?", (key,)).fetchone()
@@ -103,25 +120,84 @@ class AnswerCache:
         self.hits += 1
         return Completion.model_validate_json(row[0]).model_copy(update={"cached": True})
 
+    def get(self, key: str) -> Completion | None:
+        """The cached answer for ``key`` (waits for the IO thread: not for the event loop)."""
+        return io_thread.submit(self._get_now, key).result()
+
+    async def aget(self, key: str) -> Completion | None:
+        """The cached answer for ``key``, read on the IO thread (after every queued write)."""
+        if not self.read:
+            return None
+        return await io_thread.run(self._get_now, key)
+
     def put(self, key: str, completion: Completion, role: str, question_id: str, sample: int) -> None:
+        """Queue an answer to be stored (failures are not: a failure is asked again)."""
         if completion.error is not None:
-            return  # only answers are worth keeping; a failure is asked again
+            return
         body = completion.model_dump_json(exclude={"cached", "retryable"})
-        self._db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, completion.model, role, question_id, sample, body, time.time()),
-        )
-        self.stored += 1
+        self._queue(self._answers, (key, completion.model, role, question_id, sample, body, time.time()))
 
     def note_attempt(self, key: str) -> None:
-        self._db.execute("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", (key,))
+        self._queue(self._attempts, (key,))
+
+    def _queue(self, rows: list, row: tuple) -> None:
+        with self._lock:
+            rows.append(row)
+            if self._flush_queued:
+                return  # the queued flush takes this row too
+            self._flush_queued = True
+        io_thread.submit(self._flush)
+
+    def _flush(self) -> None:
+        """On the IO thread: write every queued row in one transaction. On failure the rows
+        go back to the queue, to be written by the next flush."""
+        with self._lock:
+            answers, self._answers = self._answers, []
+            attempts, self._attempts = self._attempts, []
+            self._flush_queued = False
+        if not answers and not attempts:
+            return
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", answers)
+                self._db.executemany("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", attempts)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows
+            self.write_error = str(exc)
+            with self._lock:
+                self._answers[:0] = answers
+                self._attempts[:0] = attempts
+            return
+        self.write_error = None
+        self.stored += len(answers)
+
+    def _pending(self) -> int:
+        with self._lock:
+            return len(self._answers)
 
     def attempt_counts(self) -> dict[str, int]:
         """How often each key was sent: the soak's and the crash test's measure of repeats."""
-        return dict(self._db.execute("SELECT key, n FROM attempts"))
+        return io_thread.submit(lambda: (self._flush(), dict(self._db.execute("SELECT key, n FROM attempts")))[1]).result()
+
+    def _close_now(self) -> None:
+        try:
+            self._flush()
+            if self._pending():
+                raise CacheError(f"{self.path}: {self._pending()} answers could not be written to the answer cache ({self.write_error}); "
+                                 "their questions' records are in the answers file")  # fmt: skip
+        finally:
+            self._db.close()
 
     def close(self) -> None:
-        self._db.close()
+        """Write what is queued and close (waits for the IO thread)."""
+        io_thread.submit(self._close_now).result()
+
+    async def aclose(self) -> None:
+        await io_thread.run(self._close_now)
 
     def __enter__(self) -> "AnswerCache":
         return self

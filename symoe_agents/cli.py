@@ -7,6 +7,7 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second signal kills the servers at once a
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -95,19 +96,17 @@ class _SolveRun:
 
     async def main(self, events_path: Path | None, dry_run: bool) -> int:
         try:
-            with logged(events_path) as (log, progress):
-                summary = await self._solve(log, progress, dry_run)
+            try:
+                with logged(events_path) as (log, progress):
+                    summary = await self._solve(log, progress, dry_run)
+            finally:
+                await self._close()  # what is queued is written, on any path
         except (ProfileError, OutputError, CacheError) as exc:
             err(f"error: {exc}")
             return 2
         except SymoeError as exc:  # a server that cannot start, among others
             err(f"error: {exc}")
             return 1
-        finally:
-            if self.answers:
-                self.answers.close()
-            if self.cache:
-                self.cache.close()
         if summary is None:  # a dry run, or nothing left to do
             return 0
         assert self.answers is not None
@@ -120,6 +119,20 @@ class _SolveRun:
         err(where + (f"   events: {events_path}" if events_path else ""))
         return 1 if summary.failed_questions else 0
 
+    async def _close(self) -> None:
+        """Close the answers file, then the cache, each writing what it has queued; the
+        first error is raised once both are closed."""
+        failure: SymoeError | None = None
+        for closing in (self.answers, self.cache):
+            if closing is None:
+                continue
+            try:
+                await asyncio.shield(closing.aclose())
+            except SymoeError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     async def _solve(self, log: EventLog, progress: TerminalProgress, dry_run: bool) -> RunSummary | None:
         """The batch itself; None when nothing was solved (dry run, or all answered)."""
         from .api import SymbolicMoE
@@ -127,7 +140,7 @@ class _SolveRun:
         cfg = self.cfg
         todo = self.questions
         if not dry_run:
-            self.answers = AnswerFile.open(self.out_path, self.questions, self.fresh, self.retry_failed)
+            self.answers = await asyncio.to_thread(AnswerFile.open, self.out_path, self.questions, self.fresh, self.retry_failed)
             todo = self._report_resume()
             if not todo:
                 err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
@@ -136,16 +149,15 @@ class _SolveRun:
                 self.cache = AnswerCache(self.cache_path, read=not self.fresh)
         err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
         async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
-            assert moe._controller is not None
-            err(f"[symoe] {moe._controller.routing_note}")
+            err(f"[symoe] {moe.routing_note}")
             if dry_run:
                 print((await moe.plan(todo)).describe())
                 return None
             assert self.answers is not None
-            await moe.solve_batch(todo, on_result=self.answers.append)
-            if moe._controller.alignment_warning:
-                err(f"[symoe] warning: {moe._controller.alignment_warning}")
-            return moe.summary
+            summary = await moe.solve_each(todo, self.answers.append)
+            if moe.alignment_warning:
+                err(f"[symoe] warning: {moe.alignment_warning}")
+            return summary
 
     def _report_resume(self) -> list:
         assert self.answers is not None

@@ -66,7 +66,7 @@ def evaluate(
             rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
         finally:
             if answers:
-                answers.close()
+                await answers.aclose()
         files = write_report(rows, output)
         print(markdown(rows))
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))

@@ -5,7 +5,14 @@
 3. The schedule (pure) and its placement on devices (pure): stages of lanes.
 4. Each stage: release the servers it does not need (or put them to sleep), then run its
    lanes side by side; a lane runs its groups in order, acquiring each group's server.
-   A group sends all its requests concurrently under the runner's bounds.
+   A group is run by the group runner (``group_runner``): a bounded pool of workers,
+   each rendering its request's prompt when it sends it.
+
+Memory: nothing here grows with the batch beyond per-question columns (the prepared
+questions, their keywords and routes). Skill samples and expert answers go to the run's
+store on disk (``run_store``) as they arrive and are read back when a question's
+aggregation prompt is built and its record made; each record goes to ``on_result`` and is
+not kept; the summary is counters.
 
 Durability: with an answer cache, every answer is stored as it arrives, and a request
 whose answer is cached is final before its group starts; a group with nothing left to send
@@ -23,23 +30,22 @@ config opts into a fallback; every record says where its final answer came from.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import psutil
 
 from . import routing, routing_batch
-from .agents import Agent, AgentRunner, build_agent, sampling_params
-from .cache import AnswerCache, CallIdentity
+from .agents import Agent, build_agent
+from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
-from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request, uses_cpu
+from .config import Config, uses_cpu
 from .errors import ServerStartError
-from .events import EventLog, RunSummary, summarize_events
+from .events import EventLog, EventTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
 from .formats import AnswerFormat
 from .placement import Device, Lane, Placement, Stage, place
@@ -47,29 +53,16 @@ from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_al
 from .profiles import Profile, load_profiles, read_aggregator_choice
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
-from .dispatch import dispatch, pool_size, sample_batches
+from .group_runner import GroupRunner, Progress
+from .loop_lag import LoopLagProbe
+from .run_store import RunStore
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from symoe_agents.eval import extract_answer, is_correct, normalize_math
 from symoe_agents.servers import ServerManager
-from symoe_agents.servers.gpu import MemoryShare
 
-
-class Progress(Protocol):
-    def start(self, group: str, total: int) -> None: ...
-    def advance(self) -> None: ...
-    def finish(self) -> None: ...
-
-
-class _NoProgress:
-    def start(self, group: str, total: int) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
+#: receives each question's record as it finishes (may be a coroutine function)
+OnResult = Callable[[QuestionResult], Awaitable[None] | None]
 
 
 @dataclass
@@ -84,25 +77,12 @@ class SkillResults:
 
 @dataclass
 class BatchOutcome:
-    results: list[QuestionResult]
+    """What a batch leaves besides its records (which went to ``on_result``)."""
+
     schedule: Schedule
     placement: Placement
     summary: RunSummary
     routing_note: str
-
-
-#: request index -> the prompt to send, or a string: the reason it is not sent (on_skip gets it)
-PromptOf = Callable[[int], RenderedPrompt | str]
-#: request index, final completion
-OnFinal = Callable[[int, Completion], None]
-#: request index, why it was not sent
-OnSkip = Callable[[int, str], None]
-#: question id -> its random stream (``Prepared.stream``): seeds the request's sampling
-StreamOf = Callable[[str], str]
-
-
-def _same_id(question_id: str) -> str:
-    return question_id
 
 
 class Controller:
@@ -117,12 +97,13 @@ class Controller:
         self.config = config
         self.manager = manager
         self.events = events
-        self.progress = progress or _NoProgress()
+        self.groups = GroupRunner(config, manager, events, progress, cache)
+        self.progress = self.groups.progress
         self.cache = cache  # None: every call is sent
+        self.tally = _Tally()
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
-        self._skill_tokens = [0, 0]  # tokens not kept in the records: skill samples, earlier MoA layers
         self._devices: list[Device] | None = None
         self._aligner: Aligner | None = None
         self.alignment_warning: str | None = None
@@ -195,207 +176,11 @@ class Controller:
             co_residency=opts.co_residency, overlap=opts.overlap, sleep=opts.sleep,
         )  # fmt: skip
 
-    async def _share(self, model: str, device: Device, co_resident: bool) -> MemoryShare | None:
-        """A co-resident GPU server's memory share, from what is free at its start."""
-        need = getattr(self.config.model(model), "memory_gib", None)
-        if not co_resident or need is None or device.gpu_ids is None or self.manager.gpu is None:
-            return None
-        try:
-            infos = {g.index: g for g in await self.manager.gpu.gpus()}
-        except OSError:
-            return None
-        gpu = infos.get(device.gpu_ids[0])
-        return MemoryShare(need, gpu.free_mib / 1024, gpu.total_mib / 1024) if gpu else None
-
-    # -- one group -------------------------------------------------------------------
-
-    async def _run_group(
-        self,
-        group: Group,
-        agent: Agent,
-        prompt_of: PromptOf,
-        on_final: OnFinal,
-        device: Device | None = None,
-        co_resident: bool = False,
-        on_admitted: Callable[[], None] | None = None,
-        exclusive: bool = True,
-        stream_of: StreamOf = _same_id,
-        on_skip: OnSkip | None = None,
-    ) -> None:
-        """Acquire the group's server and run every request to a final completion, restarting
-        a server that dies or hangs; ``on_final(i, completion)`` receives each result once,
-        ``on_skip(i, why)`` each request ``prompt_of`` declined (not sent, not a failure)."""
-        n = len(group.requests)
-        began = time.monotonic()
-        hosted = isinstance(self.config.model(group.model), OpenAIModel)
-        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
-        failed = restarts = calls = resent = cached = skipped = peak = 0
-        finished: set[int] = set()
-
-        def final(i: int, c: Completion) -> None:
-            nonlocal failed
-            finished.add(i)
-            if c.error:
-                failed += 1
-                req = group.requests[i]
-                self.events.emit("request_failed", group=group.name, model=group.model,
-                                 detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
-            on_final(i, c)
-            self.progress.advance()
-
-        def fail_rest(reason: str) -> None:
-            for i in range(n):
-                if i not in finished:
-                    final(i, Completion(model=group.model, error=reason))
-
-        self.progress.start(group.name, n)
-        try:
-            cache = self.cache
-            rendered: dict[int, RenderedPrompt] = {}
-            for i in range(n):  # skipped and cached requests are final before any server starts
-                prompt = prompt_of(i)
-                if isinstance(prompt, str):
-                    skipped += 1
-                    finished.add(i)
-                    if on_skip is not None:
-                        on_skip(i, prompt)
-                    self.progress.advance()
-                    continue
-                rendered[i] = prompt
-            # samples of one prompt that go in one request (n), planned from the whole group; a
-            # request never holds more sequences than the group may have in flight
-            in_flight = self.config.in_flight(group.model)
-            batches = sample_batches(
-                {i: ((group.requests[i].question_id, p.sha256), group.requests[i].sample) for i, p in rendered.items()},
-                min(samples_per_request(self.config.model(group.model)), in_flight),
-            )
-            prompts: dict[int, tuple[RenderedPrompt, str | None]] = {}
-            for i, prompt in rendered.items():
-                key = self._cache_key(agent, group, i, prompt, stream_of, batches[i])
-                hit = cache.get(key) if cache is not None and key is not None else None
-                if hit is not None:
-                    cached += 1
-                    final(i, hit)
-                else:
-                    prompts[i] = (prompt, key)
-            if not prompts:
-                return  # everything was cached: the server is not needed
-            try:
-                endpoint = await self.manager.acquire(
-                    group.model,
-                    exclusive=exclusive and not co_resident,
-                    gpu_ids=device.gpu_ids if device else None,
-                    share=await self._share(group.model, device, co_resident) if device else None,
-                )
-            except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
-                fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
-                return
-            slots = prompt_cache_slots(self.config.model(group.model))
-            pending = sorted(prompts)
-            while pending:
-                retry: list[tuple[int, Completion]] = []
-                server_down = asyncio.Event()
-
-                def proceed() -> bool:  # a local server seen dead: stop sending it requests
-                    return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
-
-                # a unit is one request: a whole batch (members not yet final are the ones
-                # that count), sent again whole if any member needs it, so that its samples
-                # are always the ones its cache keys name
-                wanted = set(pending)
-                units = sorted({batches[i] for i in pending})
-                # in flight counts sequences, the server's slots: the runner admits a request
-                # of n samples as n sequences; the pool has workers enough to fill the slots
-                # with the narrowest requests
-                narrowest = min(len(m) for m in units)
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
-
-                    async def one(u: int) -> None:  # proceed() keeps it from a server already seen dead
-                        members = units[u]
-                        todo = [i for i in members if i in wanted]
-                        first = group.requests[members[0]]
-
-                        def admitted() -> None:  # counted when it leaves the queue for the server
-                            for i in todo:
-                                key = prompts[i][1]
-                                if cache is not None and key is not None:
-                                    cache.note_attempt(key)
-                                if on_admitted is not None:
-                                    on_admitted()
-
-                        prompt = prompts[todo[0]][0]
-                        stream = stream_of(first.question_id)
-                        results = await runner.call_many(agent, prompt, stream, first.sample, len(members), admitted, proceed)
-                        for i, c in zip(members, results):
-                            if i not in wanted:
-                                continue  # final already (cached, or answered before a restart)
-                            req, key = group.requests[i], prompts[i][1]
-                            if cache is not None and key is not None:
-                                cache.put(key, c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
-                            if c.error and c.retryable and not hosted:
-                                retry.append((i, c))
-                                if not self.manager.process_alive(group.model):
-                                    server_down.set()  # do not spend the others' retries on a dead server
-                                continue
-                            final(i, c)
-
-                    question_of = lambda u: group.requests[units[u][0]].question_id  # noqa: E731
-                    per_question = Counter(question_of(u) for u in range(len(units)))
-                    workers, per_key = pool_size(per_question, max(1, in_flight // narrowest), slots and max(1, slots // narrowest))
-                    await dispatch(range(len(units)), one, question_of, workers, per_key)
-                    calls += runner.calls_sent
-                    peak = max(peak, runner.peak_in_flight)
-                if not retry:
-                    break
-                if await self.manager.healthy(group.model):
-                    for i, c in retry:  # the server is fine: these failures were the requests' own
-                        final(i, c)
-                    break
-                reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
-                if restarts >= self.config.servers.restart_attempts:
-                    fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {restarts} time(s) without success")
-                    break
-                restarts += 1
-                try:
-                    endpoint = await self.manager.restart(group.model, reason)
-                except ServerStartError as exc:
-                    fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
-                    break
-                pending = sorted(i for i, _ in retry)
-                resent += len(pending)
-                self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(pending))
-        finally:
-            self.progress.finish()
-            self.events.emit(
-                "group_end", group=group.name, model=group.model, server=group.server, requests=n,
-                duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": failed, "restarts": restarts, "calls": calls, "resent": resent, "cached": cached, "skipped": skipped,
-                        "peak_in_flight": peak},
-            )  # fmt: skip
-
-    def _cache_key(
-        self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf, batch: tuple[int, ...] = ()
-    ) -> str | None:
-        if self.cache is None:
-            return None
-        req = group.requests[i]
-        first = group.requests[batch[0]].sample if len(batch) > 1 else req.sample
-        return self.call_key(agent, group.model, stream_of(req.question_id), req.sample, prompt, first, len(batch))
-
-    def call_key(
-        self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
-    ) -> str:
-        """What determines one call's answer, hashed: the model's identity, the prompt, the
-        sampling settings, the request seed and the sample (the answer cache's key). A
-        sample asked with others in one request (``n`` > 1, the request's seed that of its
-        ``first`` sample) has a key of its own: it is not the answer a lone request gets."""
-        params = sampling_params(agent, self.config.seed, stream, sample if n <= 1 or first is None else first)
-        seed = int(params.pop("seed"))  # type: ignore[call-overload]
-        if n > 1:
-            params["n"] = n
-        return CallIdentity(self.manager.identity(model), prompt.sha256, tuple(sorted(params.items())), seed, sample).key
-
     # -- stages ------------------------------------------------------------------------
+
+    def call_key(self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1) -> str:
+        """The answer cache's key of one call (see ``GroupRunner.call_key``)."""
+        return self.groups.call_key(agent, model, stream, sample, prompt, first, n)
 
     async def _run_stage(self, stage: Stage, later: list[Stage], run_group: Callable[..., object]) -> None:
         """Release what this stage does not need, then run its lanes side by side."""
@@ -450,14 +235,18 @@ class Controller:
 
     # -- the batch -------------------------------------------------------------------
 
-    async def infer_skills(self, prepared: list[Prepared]) -> SkillResults:
+    async def infer_skills(self, prepared: list[Prepared], store: RunStore | None = None) -> SkillResults:
+        """Every question's skill samples and keywords. With ``store`` the samples' texts go
+        there as they arrive (a question's keywords are read off them once all its samples
+        are in), else they are kept in ``texts``."""
         cfg = self.config
         samples = cfg.sampling.skill_inferencer.samples
         model = cfg.roles.skill_inferencer
         agent = build_agent(cfg, "skill_inferencer", model)
         group = skill_group([p.question.id for p in prepared], model, self.manager.server_key(model), samples)
         by_id = {p.question.id: p for p in prepared}
-        out = SkillResults({}, {qid: [""] * samples for qid in by_id}, {qid: [] for qid in by_id})
+        out = SkillResults({}, {}, {})
+        arriving: dict[str, list] = {}  # a question's [count, texts] until all its samples are in
         unavailable: list[str] = []
 
         def prompt_of(i: int) -> RenderedPrompt:
@@ -465,20 +254,31 @@ class Controller:
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
+            qid = req.question_id
             if c.error:
-                out.errors[req.question_id].append(f"skill sample {req.sample}: {c.error}")
+                out.errors.setdefault(qid, []).append(f"skill sample {req.sample}: {c.error}")
                 if c.error.startswith("server unavailable"):
                     unavailable.append(c.error)
             if c.truncated:
-                out.truncated.setdefault(req.question_id, []).append(f"skills {model} (sample {req.sample})")
-            out.texts[req.question_id][req.sample] = c.text or ""
-            self._skill_tokens[0] += c.prompt_tokens
-            self._skill_tokens[1] += c.completion_tokens
+                out.truncated.setdefault(qid, []).append(f"skills {model} (sample {req.sample})")
+            entry = arriving.setdefault(qid, [0, [""] * samples])
+            entry[1][req.sample] = c.text or ""
+            entry[0] += 1
+            if store is not None:
+                store.put(qid, "skills", req.sample, c.text or "")
+            self.tally.prompt_tokens += c.prompt_tokens
+            self.tally.completion_tokens += c.completion_tokens
+            if entry[0] == samples:  # each sample is final exactly once
+                del arriving[qid]
+                out.keywords[qid] = infer_keywords(entry[1])
+                if store is None:
+                    out.texts[qid] = entry[1]
 
-        await self._run_group(group, agent, prompt_of, on_final, (await self.devices())[0], stream_of=lambda q: by_id[q].stream)
+        await self.groups.run(group, agent, prompt_of, on_final, (await self.devices())[0], stream_of=lambda q: by_id[q].stream)
         if unavailable:
             raise ServerStartError(model, f"the skill inferencer is needed before routing can start ({unavailable[0]})")
-        out.keywords = {qid: infer_keywords(t) for qid, t in out.texts.items()}
+        for qid in by_id:
+            out.keywords.setdefault(qid, [])
         return out
 
     def aligner(self) -> Aligner:
@@ -519,20 +319,32 @@ class Controller:
         self,
         questions: Sequence[Question],
         dry_run: bool = False,
-        on_result: Callable[[QuestionResult], None] | None = None,
+        on_result: OnResult | None = None,
         method: Method | None = None,
     ) -> BatchOutcome:
-        """Solve a batch; ``method`` swaps the routing policy for the baselines of ``eval``."""
+        """Solve a batch; each record goes to ``on_result`` as its question finishes (none
+        is kept here). ``method`` swaps the routing policy for the baselines of ``eval``."""
         self.method = method or Method("symoe", "skills", self.config.k)
-        self._skill_tokens = [0, 0]
+        self.tally = _Tally()
+        events = EventTally()
+        self.events.listen(events.add)
+        probe = LoopLagProbe()
+        probe.start()
         prepared = prepare_all(questions)
-        run_began = self.events.emit("run_start", requests=len(questions)).ts
+        self.events.emit("run_start", requests=len(questions))
+        store = None if dry_run else await asyncio.to_thread(RunStore)
         try:
-            return await self._run(prepared, run_began, dry_run, on_result)
+            return await self._run(prepared, store, dry_run, on_result, events, probe)
         finally:
-            await self.manager.release_all()
+            try:
+                probe.stop()
+                await self.manager.release_all()
+            finally:
+                self.events.unlisten(events.add)
+                if store is not None:
+                    await asyncio.shield(store.aclose())
 
-    async def _routes_for(self, prepared: list[Prepared]) -> tuple[SkillResults, dict[str, routing.Route]]:
+    async def _routes_for(self, prepared: list[Prepared], store: RunStore | None = None) -> tuple[SkillResults, dict[str, routing.Route]]:
         """Skills (when the method uses them) and the experts per question."""
         m = self.method
         streams = {p.question.id: p.stream for p in prepared}
@@ -544,7 +356,7 @@ class Controller:
             if self.profiles and not uses_cpu(skill_model):
                 warm = asyncio.ensure_future(self.aligner().prepare())
             try:
-                skills = await self.infer_skills(prepared)
+                skills = await self.infer_skills(prepared, store)
             except BaseException:
                 if warm is not None:
                     warm.cancel()
@@ -557,7 +369,7 @@ class Controller:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}
             return skills, routes
         ids = list(streams)
-        skills = SkillResults({q: [] for q in ids}, {q: [] for q in ids}, {q: [] for q in ids})
+        skills = SkillResults({q: [] for q in ids}, {}, {})
         if m.routing == "fixed":
             routes = {q: routing.Route(m.fixed, "fixed") for q in ids}
         else:
@@ -565,10 +377,10 @@ class Controller:
         self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
         return skills, routes
 
-    async def _run(self, prepared: list[Prepared], run_began: float, dry_run: bool, on_result) -> BatchOutcome:
+    async def _run(self, prepared: list[Prepared], store: RunStore | None, dry_run: bool, on_result: OnResult | None,
+                   events: EventTally, probe: LoopLagProbe) -> BatchOutcome:  # fmt: skip
         cfg = self.config
-        skills, routes = await self._routes_for(prepared)
-        run = _Batch({p.question.id: p for p in prepared}, skills, routes, self.method.k, on_result)
+        skills, routes = await self._routes_for(prepared, store)
         schedule = plan_schedule(
             [p.question.id for p in prepared], routes, self.manager.server_keys(),
             cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,
@@ -577,15 +389,16 @@ class Controller:
 
         if dry_run:
             self.events.emit("run_end")
-            return BatchOutcome([], schedule, placement, self._summary(run_began, []), self.routing_note)
+            return BatchOutcome(schedule, placement, self._summary(events), self.routing_note)
 
+        assert store is not None
+        run = _Batch({p.question.id: p for p in prepared}, skills, routes, self.method.k, on_result, store)
         stages = list(placement.stages[1:])  # the skill stage already ran
         for layer in range(self.method.layers):
-            previous = None if layer == 0 else {q: list(a) for q, a in run.expert_answers.items()}
             for i, stage in enumerate(stages[:-1]):
 
-                async def run_expert(group: Group, device, co_resident, on_admitted, exclusive, previous=previous) -> None:
-                    await self._run_expert_group(group, run, device, co_resident, on_admitted, exclusive, previous)
+                async def run_expert(group: Group, device, co_resident, on_admitted, exclusive, layer=layer) -> None:
+                    await self._run_expert_group(group, run, layer, device, co_resident, on_admitted, exclusive)
 
                 later = stages[i + 1 :] if layer == self.method.layers - 1 else stages[i:]
                 await self._run_stage(stage, later, run_expert)
@@ -596,24 +409,30 @@ class Controller:
         if self.method.aggregate:
             await self._run_stage(stages[-1], [], run_aggregate)
         else:  # majority vote of the experts' extracted answers, no aggregator call
-            for qid in run.by_id:
-                self._finish(run, qid, None, None, None)
+            for p in prepared:
+                await self._finish(run, p.question.id, None, None, None)
         await self.manager.release_all()
-        self.events.emit("run_end")
-        ordered = [run.results[p.question.id] for p in prepared]
-        return BatchOutcome(ordered, schedule, placement, self._summary(run_began, ordered), self.routing_note)
+        self.events.emit("run_end", detail={"loop_lag_ms": probe.stop()})
+        return BatchOutcome(schedule, placement, self._summary(events), self.routing_note)
 
-    async def _run_expert_group(self, group: Group, run: "_Batch", device=None, co_resident=False, on_admitted=None, exclusive=True, previous=None) -> None:
-        """One expert group. With ``previous`` (a Mixture-of-Agents layer after the first),
-        each proposer answers again, shown the previous layer's responses."""
+    async def _expert_answers(self, run: "_Batch", qid: str, layer: int) -> list[ExpertAnswer | None]:
+        """A question's answers of one layer, by slot (None: that slot has none yet)."""
+        role = f"expert{layer}"
+        stored = (await run.store.get(qid, role))[role]
+        return [ExpertAnswer.model_validate_json(stored[s]) if s in stored else None for s in range(run.k)]
+
+    async def _run_expert_group(self, group: Group, run: "_Batch", layer: int = 0, device=None, co_resident=False,
+                                on_admitted=None, exclusive=True) -> None:  # fmt: skip
+        """One expert group. In a Mixture-of-Agents layer after the first, each proposer
+        answers again, shown the previous layer's responses."""
         agent = build_agent(self.config, "expert", group.model)
-        refine = build_agent(self.config, "aggregator", group.model) if previous is not None else None
+        refine = build_agent(self.config, "aggregator", group.model) if layer > 0 else None
         pdir = self.config.prompts_dir
 
-        def prompt_of(i: int) -> RenderedPrompt:
+        async def prompt_of(i: int) -> RenderedPrompt:
             p = run.by_id[group.requests[i].question_id]
             if refine is not None:
-                prior = shown_responses([a.text for a in previous[p.question.id] if a is not None])
+                prior = shown_responses([a.text for a in await self._expert_answers(run, p.question.id, layer - 1) if a is not None])
                 if prior:
                     return aggregation_prompt(refine.template, p, prior, pdir)
             return expert_prompt(agent.template, p, pdir)
@@ -621,25 +440,22 @@ class Controller:
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
             p = run.by_id[req.question_id]
-            replaced = run.expert_answers[req.question_id][req.sample]
-            if previous is not None and replaced is not None:  # an earlier MoA layer's tokens still count
-                self._skill_tokens[0] += replaced.prompt_tokens
-                self._skill_tokens[1] += replaced.completion_tokens
-            run.expert_answers[req.question_id][req.sample] = ExpertAnswer(
-                **_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters, p.question.question)
-            )
+            answer = ExpertAnswer(**_fields(c), slot=req.sample, extracted=extract_answer(c.text, p.fmt, p.letters, p.question.question))
+            run.store.put(req.question_id, f"expert{layer}", req.sample, answer.model_dump_json())
             label = f"expert {group.model} (slot {req.sample})"
-            if previous is not None:  # the slot's earlier layer is replaced: its failure no longer stands,
-                errors = run.errors(req.question_id)  # but a cut-off call was still made (and its tokens counted)
-                errors[:] = [n for n in errors if not n.startswith(label)]
-                cut = run.truncated(req.question_id)
-                cut[:] = [f"{n}, an earlier layer" if n == label else n for n in cut]
+            if layer > 0:  # the slot's earlier layer is replaced: its failure no longer stands,
+                errors = run.errors.get(req.question_id)  # but a cut-off call was still made (and its tokens counted)
+                if errors:
+                    errors[:] = [n for n in errors if not n.startswith(label)]
+                cut = run.truncated.get(req.question_id)
+                if cut:
+                    cut[:] = [f"{n}, an earlier layer" if n == label else n for n in cut]
             if c.error:
-                run.errors(req.question_id).append(f"{label}: {c.error}")
+                run.errors.setdefault(req.question_id, []).append(f"{label}: {c.error}")
             if c.truncated:
-                run.truncated(req.question_id).append(label)
+                run.truncated.setdefault(req.question_id, []).append(label)
 
-        await self._run_group(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive, stream_of=run.stream_of)
+        await self.groups.run(group, agent, prompt_of, on_final, device, co_resident, on_admitted, exclusive, stream_of=run.stream_of)
 
     async def _run_aggregation(self, group: Group, run: "_Batch", device=None, exclusive=True) -> None:
         """The aggregation group: one call per question, unless the question is skipped
@@ -648,10 +464,11 @@ class Controller:
         agent = build_agent(cfg, "aggregator", group.model)
         pdir = cfg.prompts_dir
         on_disagreement = cfg.aggregate == "on-disagreement"
+        last = self.method.layers - 1
 
-        def prompt_of(i: int) -> RenderedPrompt | str:
+        async def prompt_of(i: int) -> RenderedPrompt | str:
             qid = group.requests[i].question_id
-            answers = run.expert_answers[qid]
+            answers = await self._expert_answers(run, qid, last)
             if on_disagreement:
                 agreed = consensus([a.extracted if a is not None else None for a in answers], run.k, _same_as(run.by_id[qid]))
                 if agreed is not None:
@@ -662,61 +479,102 @@ class Controller:
                 return "no-expert-answers"
             return aggregation_prompt(agent.template, run.by_id[qid], responses, pdir)
 
-        def on_skip(i: int, why: str) -> None:
+        async def on_skip(i: int, why: str) -> None:
             qid = group.requests[i].question_id
             if why == "no-expert-answers":
-                run.errors(qid).append("aggregator skipped: no expert answered")
-            self._finish(run, qid, group.model, None, why)  # type: ignore[arg-type]
+                run.errors.setdefault(qid, []).append("aggregator skipped: no expert answered")
+            await self._finish(run, qid, group.model, None, why)  # type: ignore[arg-type]
 
-        def on_final(i: int, c: Completion) -> None:
+        async def on_final(i: int, c: Completion) -> None:
             qid = group.requests[i].question_id
             p = run.by_id[qid]
             if c.error:
-                run.errors(qid).append(f"aggregator {group.model}: {c.error}")
+                run.errors.setdefault(qid, []).append(f"aggregator {group.model}: {c.error}")
             if c.truncated:
-                run.truncated(qid).append(f"aggregator {group.model}")
+                run.truncated.setdefault(qid, []).append(f"aggregator {group.model}")
             extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
             answer = AggregatorAnswer(**_fields(c), extracted=extracted)
-            self._finish(run, qid, group.model, answer, aggregator_status(c, extracted))
+            await self._finish(run, qid, group.model, answer, aggregator_status(c, extracted))
 
-        await self._run_group(group, agent, prompt_of, on_final, device, exclusive=exclusive, stream_of=run.stream_of, on_skip=on_skip)
+        await self.groups.run(group, agent, prompt_of, on_final, device, exclusive=exclusive, stream_of=run.stream_of, on_skip=on_skip)
 
-    def _finish(self, run: "_Batch", qid: str, aggregator: str | None, agg: AggregatorAnswer | None, status: AggregatorStatus | None) -> None:
-        """Assemble one question's record. ``status`` None: the method has no aggregator."""
+    async def _finish(self, run: "_Batch", qid: str, aggregator: str | None, agg: AggregatorAnswer | None, status: AggregatorStatus | None) -> None:
+        """Assemble one question's record from the store, hand it on, and forget the
+        question. ``status`` None: the method has no aggregator."""
         p = run.by_id[qid]
-        answers = [a for a in run.expert_answers[qid] if a is not None]
+        last = self.method.layers - 1
+        roles = ["skills", *(f"expert{layer}" for layer in range(last + 1))]
+        stored = await run.store.get(qid, *roles)
+        for layer in range(last):  # an earlier Mixture-of-Agents layer's tokens still count
+            for body in stored[f"expert{layer}"].values():
+                earlier = ExpertAnswer.model_validate_json(body)
+                self.tally.prompt_tokens += earlier.prompt_tokens
+                self.tally.completion_tokens += earlier.completion_tokens
+        kept = stored[f"expert{last}"]
+        answers = [ExpertAnswer.model_validate_json(kept[s]) for s in range(run.k) if s in kept]
         final, source = decide(
-            status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.get(qid), _same_as(p)
+            status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.pop(qid, None), _same_as(p)
         )
         gold = p.question.gold_answer
+        correct = None
+        if gold is not None:  # math-verify may take long on a hostile answer: never on the loop
+            correct = await asyncio.to_thread(is_correct, final, gold, p.fmt) if p.fmt is AnswerFormat.MATH else is_correct(final, gold, p.fmt)
+        skill_texts = stored["skills"]
         route = run.routes[qid]
         result = QuestionResult(
             id=qid, question=p.question.question, answer_format=p.fmt, option_letters=p.letters,
-            category=p.question.category, skills=run.skills.keywords.get(qid, []), skill_samples=run.skills.texts.get(qid, []),
+            category=p.question.category, skills=run.skills.keywords.get(qid, []),
+            skill_samples=[skill_texts[s] for s in sorted(skill_texts)] if skill_texts else run.skills.texts.get(qid, []),
             routing=route.method, experts=list(route.experts), expert_answers=answers,
             aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
             aggregator_status=status, final_answer=final, final_source=source, gold_answer=gold,
-            correct=is_correct(final, gold, p.fmt) if gold is not None else None,
-            errors=run.errors(qid), truncated=_in_call_order(run.truncated(qid)),
+            correct=correct, errors=run.errors.pop(qid, []), truncated=_in_call_order(run.truncated.pop(qid, [])),
         )  # fmt: skip
-        run.results[qid] = result
-        if run.on_result:
-            run.on_result(result)
+        self.tally.count(result)
+        if run.on_result is not None:
+            done = run.on_result(result)
+            if inspect.isawaitable(done):
+                await done
 
-    def _summary(self, run_began: float, results: list[QuestionResult]) -> RunSummary:
-        summary = summarize_events([e for e in self.events.events if e.ts >= run_began])
-        summary.questions = len(results)
-        summary.prompt_tokens, summary.completion_tokens = self._skill_tokens
-        for r in results:
-            for c in [*r.expert_answers, *([r.aggregator_answer] if r.aggregator_answer else [])]:
-                summary.prompt_tokens += c.prompt_tokens
-                summary.completion_tokens += c.completion_tokens
-            summary.count_outcome(r)
-        graded = [r for r in results if r.correct is not None]
-        summary.graded = len(graded)
-        summary.correct = sum(1 for r in graded if r.correct) if graded else None
-        summary.failed_questions = sum(1 for r in results if r.errors)
+    def _summary(self, events: "EventTally") -> RunSummary:
+        summary = events.summary()
+        self.tally.fill(summary)
         return summary
+
+
+@dataclass
+class _Tally:
+    """The run's counters, kept as its questions finish (no record is kept)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    questions: int = 0
+    graded: int = 0
+    correct: int = 0
+    failed_questions: int = 0
+    outcomes: RunSummary = field(default_factory=RunSummary)
+
+    def count(self, r: QuestionResult) -> None:
+        self.questions += 1
+        for c in [*r.expert_answers, *([r.aggregator_answer] if r.aggregator_answer else [])]:
+            self.prompt_tokens += c.prompt_tokens
+            self.completion_tokens += c.completion_tokens
+        self.outcomes.count_outcome(r)
+        if r.correct is not None:
+            self.graded += 1
+            self.correct += bool(r.correct)
+        if r.errors:
+            self.failed_questions += 1
+
+    def fill(self, summary: RunSummary) -> None:
+        for name in ("aggregator_answered", "aggregator_unparsable", "aggregator_failed", "aggregations_skipped",
+                     "no_expert_answers", "fallbacks_used", "unanswered", "truncated"):  # fmt: skip
+            setattr(summary, name, getattr(self.outcomes, name))
+        summary.questions = self.questions
+        summary.prompt_tokens, summary.completion_tokens = self.prompt_tokens, self.completion_tokens
+        summary.graded = self.graded
+        summary.correct = self.correct if self.graded else None
+        summary.failed_questions = self.failed_questions
 
 
 def _same_as(p: Prepared) -> Callable[[str], str]:
@@ -748,25 +606,21 @@ def _fields(c: Completion) -> dict:
 
 @dataclass
 class _Batch:
-    """What one batch accumulates per question while it runs."""
+    """What one batch holds per question while it runs: compact columns only; answers are
+    in ``store``, and a question's notes are dropped when its record is made."""
 
     by_id: dict[str, Prepared]
     skills: SkillResults
     routes: dict[str, routing.Route]
     k: int
-    on_result: Callable[[QuestionResult], None] | None
-    expert_answers: dict[str, list[ExpertAnswer | None]] = field(default_factory=dict)
+    on_result: OnResult | None
+    store: RunStore
     agreed: dict[str, str] = field(default_factory=dict)
-    results: dict[str, QuestionResult] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    truncated: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.expert_answers = {qid: [None] * self.k for qid in self.by_id}
+        self.errors, self.truncated = self.skills.errors, self.skills.truncated  # the skill group's notes go on
 
     def stream_of(self, qid: str) -> str:
         return self.by_id[qid].stream
-
-    def errors(self, qid: str) -> list[str]:
-        return self.skills.errors.setdefault(qid, [])
-
-    def truncated(self, qid: str) -> list[str]:
-        return self.skills.truncated.setdefault(qid, [])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
@@ -53,10 +54,12 @@ class Event(BaseModel):
 
 
 class EventLog:
-    """Collects events in memory and, optionally, appends them to a JSONL file as they happen."""
+    """Appends events to a JSONL file as they happen (optionally) and keeps the latest
+    ``keep`` in memory: a long run's events are in the file, its summary in counters
+    (``EventTally``), so memory does not grow with the run."""
 
-    def __init__(self, path: str | Path | None = None):
-        self.events: list[Event] = []
+    def __init__(self, path: str | Path | None = None, keep: int = 10_000):
+        self.events: deque[Event] = deque(maxlen=keep)
         self._file: IO[str] | None = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -66,13 +69,17 @@ class EventLog:
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
 
+    def unlisten(self, fn: Callable[[Event], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def emit(self, kind: EventKind, **fields: Any) -> Event:
         event = Event(ts=time.time(), kind=kind, **fields)
         self.events.append(event)
         if self._file:
             self._file.write(json.dumps(event.model_dump(exclude_none=True)) + "\n")
             self._file.flush()
-        for fn in self._listeners:
+        for fn in list(self._listeners):
             fn(event)
         return event
 
@@ -189,24 +196,31 @@ class RunSummary(BaseModel):
         return "\n".join(lines)
 
 
-def summarize_events(events: list[Event]) -> RunSummary:
-    """Loads and group timings, read off the events alone."""
-    summary = RunSummary()
-    started: dict[str, float] = {}
-    for e in events:
+class EventTally:
+    """Loads, group timings and wall time, counted event by event (``EventLog.listen``)."""
+
+    def __init__(self) -> None:
+        self._summary = RunSummary()
+        self._started: dict[str, float] = {}
+        self._began: float | None = None
+        self._ended: float | None = None
+
+    def add(self, e: Event) -> None:
+        summary = self._summary
         if e.kind == "server_start" and e.model:
             summary.model_loads += 1
             summary.loads_by_model[e.model] = summary.loads_by_model.get(e.model, 0) + 1
         elif e.kind == "server_ready" and e.duration_s is not None:
             summary.load_time_s += e.duration_s
         elif e.kind == "group_start" and e.group:
-            started[e.group] = e.ts
+            self._started[e.group] = e.ts
         elif e.kind == "group_end" and e.group:
+            began = self._started.pop(e.group, e.ts)
             summary.groups.append(
                 GroupTiming(
                     group=e.group,
                     requests=e.requests or 0,
-                    duration_s=e.duration_s if e.duration_s is not None else e.ts - started.get(e.group, e.ts),
+                    duration_s=e.duration_s if e.duration_s is not None else e.ts - began,
                     failed=int(e.detail.get("failed", 0)),
                     cached=int(e.detail.get("cached", 0)),
                 )
@@ -214,9 +228,20 @@ def summarize_events(events: list[Event]) -> RunSummary:
             summary.calls_sent += int(e.detail.get("calls", 0))
             summary.cached_answers += int(e.detail.get("cached", 0))
         elif e.kind == "run_start":
-            summary.wall_s = -e.ts
+            self._began = e.ts
         elif e.kind == "run_end":
-            summary.wall_s += e.ts
-    if summary.wall_s < 0:
-        summary.wall_s = 0.0
-    return summary
+            self._ended = e.ts
+
+    def summary(self) -> RunSummary:
+        out = self._summary.model_copy(deep=True)
+        if self._began is not None and self._ended is not None:
+            out.wall_s = max(0.0, self._ended - self._began)
+        return out
+
+
+def summarize_events(events: Iterable[Event]) -> RunSummary:
+    """Loads and group timings, read off the events alone."""
+    tally = EventTally()
+    for e in events:
+        tally.add(e)
+    return tally.summary()

@@ -175,7 +175,7 @@ async def _each_once(
         return
     agent = build_agent(ctrl.config, "expert" if kind == "expert" else "aggregator", model)
     group = Group(kind, model, ctrl.manager.server_key(model), Requests(ids))
-    await ctrl._run_group(group, agent, lambda i: prompts[ids[i]], lambda i, c: keep(model, ids[i], c), stream_of=streams.__getitem__)
+    await ctrl.groups.run(group, agent, lambda i: prompts[ids[i]], lambda i, c: keep(model, ids[i], c), stream_of=streams.__getitem__)
 
 
 @dataclass

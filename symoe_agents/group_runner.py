@@ -1,0 +1,346 @@
+"""Running one group: every request of one model's group to a final completion.
+
+This is the executor that ``solve``, ``profile``, ``pick-aggregator``, ``eval`` and the
+benchmarks share. It acquires the group's server, sends the requests through a bounded
+pool of workers, keeps every answer in the cache the moment it arrives, and restarts a
+server that dies or hangs, sending again only what was unanswered.
+
+Memory does not grow with the group: a request's prompt is rendered by its worker when it
+is about to be sent (``prompt_of`` may read what it needs from disk), its cache key is
+computed and looked up then, and what the group keeps per request is one byte (final or
+not). Before the server is acquired, requests are prepared in order only until the first
+one that must be sent: a group whose requests are all cached or skipped never starts its
+server, and a fresh group starts it at once.
+
+Samples of one question that go in one request (``n``) are planned from the group's
+structure alone: a group's requests for one question share one prompt (true of every
+group the method makes), so a batch and its cache keys are the same in every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from .agents import Agent, AgentRunner, sampling_params
+from .cache import AnswerCache, CallIdentity
+from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
+from .dispatch import dispatch, pool_size, sample_batches
+from .errors import ServerStartError
+from .events import EventLog
+from .placement import Device
+from .prompting import RenderedPrompt
+from .records import Completion
+from .schedule import Group
+from symoe_agents.servers import ServerManager
+from symoe_agents.servers.gpu import MemoryShare
+
+T = TypeVar("T")
+MaybeAwaitable = T | Awaitable[T]
+
+#: request index -> the prompt to send, or a string: the reason it is not sent (on_skip gets it)
+PromptOf = Callable[[int], MaybeAwaitable[RenderedPrompt | str]]
+#: request index, final completion
+OnFinal = Callable[[int, Completion], MaybeAwaitable[None]]
+#: request index, why it was not sent
+OnSkip = Callable[[int, str], MaybeAwaitable[None]]
+#: question id -> its random stream (``Prepared.stream``): seeds the request's sampling
+StreamOf = Callable[[str], str]
+
+
+class Progress(Protocol):
+    def start(self, group: str, total: int) -> None: ...
+    def advance(self) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, group: str, total: int) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _same_id(question_id: str) -> str:
+    return question_id
+
+
+async def _settle(value: MaybeAwaitable[T]) -> T:
+    return await value if inspect.isawaitable(value) else value  # type: ignore[return-value]
+
+
+class _Singles(Sequence[tuple[int, ...]]):
+    """Each request its own batch, without a tuple per request held."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, u):  # type: ignore[override]
+        if not 0 <= u < self._n:
+            raise IndexError(u)
+        return (u,)
+
+
+@dataclass
+class GroupStats:
+    failed: int = 0
+    restarts: int = 0
+    calls: int = 0
+    resent: int = 0
+    cached: int = 0
+    skipped: int = 0
+    peak_in_flight: int = 0
+
+
+class GroupRunner:
+    """Runs groups of one batch over the server manager, the cache and the event log."""
+
+    def __init__(
+        self,
+        config: Config,
+        manager: ServerManager,
+        events: EventLog,
+        progress: Progress | None = None,
+        cache: AnswerCache | None = None,
+    ):
+        self.config = config
+        self.manager = manager
+        self.events = events
+        self.progress = progress or NoProgress()
+        self.cache = cache  # None: every call is sent
+
+    def call_key(
+        self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
+    ) -> str:
+        """What determines one call's answer, hashed: the model's identity, the prompt, the
+        sampling settings, the request seed and the sample (the answer cache's key). A
+        sample asked with others in one request (``n`` > 1, the request's seed that of its
+        ``first`` sample) has a key of its own: it is not the answer a lone request gets."""
+        params = sampling_params(agent, self.config.seed, stream, sample if n <= 1 or first is None else first)
+        seed = int(params.pop("seed"))  # type: ignore[call-overload]
+        if n > 1:
+            params["n"] = n
+        return CallIdentity(self.manager.identity(model), prompt.sha256, tuple(sorted(params.items())), seed, sample).key
+
+    async def share(self, model: str, device: Device, co_resident: bool) -> MemoryShare | None:
+        """A co-resident GPU server's memory share, from what is free at its start."""
+        need = getattr(self.config.model(model), "memory_gib", None)
+        if not co_resident or need is None or device.gpu_ids is None or self.manager.gpu is None:
+            return None
+        try:
+            infos = {g.index: g for g in await self.manager.gpu.gpus()}
+        except OSError:
+            return None
+        gpu = infos.get(device.gpu_ids[0])
+        return MemoryShare(need, gpu.free_mib / 1024, gpu.total_mib / 1024) if gpu else None
+
+    async def run(
+        self,
+        group: Group,
+        agent: Agent,
+        prompt_of: PromptOf,
+        on_final: OnFinal,
+        device: Device | None = None,
+        co_resident: bool = False,
+        on_admitted: Callable[[], None] | None = None,
+        exclusive: bool = True,
+        stream_of: StreamOf = _same_id,
+        on_skip: OnSkip | None = None,
+    ) -> GroupStats:
+        """Acquire the group's server and run every request to a final completion, restarting
+        a server that dies or hangs; ``on_final(i, completion)`` receives each result once,
+        ``on_skip(i, why)`` each request ``prompt_of`` declined (not sent, not a failure).
+        The callbacks may be coroutine functions."""
+        requests = group.requests
+        n = len(requests)
+        began = time.monotonic()
+        model = self.config.model(group.model)
+        hosted = isinstance(model, OpenAIModel)
+        cache = self.cache
+        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
+        stats = GroupStats()
+        finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
+
+        async def final(i: int, c: Completion) -> None:
+            finished[i] = 1
+            if c.error:
+                stats.failed += 1
+                req = requests[i]
+                self.events.emit("request_failed", group=group.name, model=group.model,
+                                 detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
+            await _settle(on_final(i, c))
+            self.progress.advance()
+
+        async def fail_rest(reason: str) -> None:
+            for i in range(n):
+                if not finished[i]:
+                    await final(i, Completion(model=group.model, error=reason))
+
+        # a request never holds more sequences than the group may have in flight
+        in_flight = self.config.in_flight(group.model)
+        per_request = min(samples_per_request(model), in_flight)
+        units: Sequence[tuple[int, ...]]
+        if per_request > 1:
+            batches = sample_batches({i: ((r.question_id,), r.sample) for i, r in enumerate(requests)}, per_request)
+            units = sorted(set(batches.values()))
+            del batches
+        else:
+            units = _Singles(n)
+
+        async def prepare(members: tuple[int, ...], wanted: Callable[[int], bool]) -> tuple[RenderedPrompt, list[int], dict[int, str | None]] | None:
+            """The unit's prompt and its members still to send, or None when none is (each
+            skipped or cached member is final here)."""
+            todo = [i for i in members if not finished[i] and wanted(i)]
+            if not todo:
+                return None
+            prompt = await _settle(prompt_of(members[0]))
+            if isinstance(prompt, str):
+                for i in todo:
+                    finished[i] = 1
+                    stats.skipped += 1
+                    if on_skip is not None:
+                        await _settle(on_skip(i, prompt))
+                    self.progress.advance()
+                return None
+            keys: dict[int, str | None] = {}
+            send = []
+            for i in todo:
+                key = self._cache_key(agent, group, i, prompt, stream_of, members)
+                hit = await cache.aget(key) if cache is not None and key is not None else None
+                if hit is not None:
+                    stats.cached += 1
+                    await final(i, hit)
+                else:
+                    keys[i] = key
+                    send.append(i)
+            return (prompt, send, keys) if send else None
+
+        def every(i: int) -> bool:
+            return True
+
+        self.progress.start(group.name, n)
+        try:
+            first = 0  # skipped and cached requests are final before any server starts
+            while first < len(units) and await prepare(units[first], every) is None:
+                first += 1
+            if first == len(units):
+                return stats  # nothing to send: the server is not needed
+            try:
+                endpoint = await self.manager.acquire(
+                    group.model,
+                    exclusive=exclusive and not co_resident,
+                    gpu_ids=device.gpu_ids if device else None,
+                    share=await self.share(group.model, device, co_resident) if device else None,
+                )
+            except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
+                await fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
+                return stats
+            slots = prompt_cache_slots(model)
+            order: Sequence[int] = range(first, len(units))
+            wanted: Callable[[int], bool] = every
+            while True:
+                retry: list[tuple[int, Completion]] = []
+                server_down = asyncio.Event()
+
+                def proceed() -> bool:  # a local server seen dead: stop sending it requests
+                    return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
+
+                # in flight counts sequences, the server's slots: the runner admits a request
+                # of n samples as n sequences; the pool has workers enough to fill the slots
+                # with the narrowest requests
+                narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
+
+                    async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
+                        # a unit is one request: a whole batch (members not yet final are the
+                        # ones that count), sent again whole if any member needs it, so that
+                        # its samples are always the ones its cache keys name
+                        members = units[u]
+                        prepared = await prepare(members, wanted)
+                        if prepared is None:
+                            return
+                        prompt, todo, keys = prepared
+                        head = requests[members[0]]
+
+                        def admitted() -> None:  # counted when it leaves the queue for the server
+                            for i in todo:
+                                key = keys[i]
+                                if cache is not None and key is not None:
+                                    cache.note_attempt(key)
+                                if on_admitted is not None:
+                                    on_admitted()
+
+                        results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed)
+                        for i, c in zip(members, results):
+                            if i not in keys:
+                                continue  # final already (cached, or answered before a restart)
+                            if cache is not None and keys[i] is not None:
+                                req = requests[i]
+                                cache.put(keys[i], c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
+                            if c.error and c.retryable and not hosted:
+                                retry.append((i, c))
+                                if not self.manager.process_alive(group.model):
+                                    server_down.set()  # do not spend the others' retries on a dead server
+                                continue
+                            await final(i, c)
+
+                    def question_of(u: int) -> str:
+                        return requests[units[u][0]].question_id
+
+                    per_question = Counter(question_of(u) for u in order)
+                    workers, per_key = pool_size(per_question, max(1, in_flight // narrowest), slots and max(1, slots // narrowest))
+                    del per_question
+                    await dispatch(order, one, question_of, workers, per_key)
+                    stats.calls += runner.calls_sent
+                    stats.peak_in_flight = max(stats.peak_in_flight, runner.peak_in_flight)
+                if not retry:
+                    break
+                if await self.manager.healthy(group.model):
+                    for i, c in retry:  # the server is fine: these failures were the requests' own
+                        await final(i, c)
+                    break
+                reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
+                if stats.restarts >= self.config.servers.restart_attempts:
+                    await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {stats.restarts} time(s) without success")
+                    break
+                stats.restarts += 1
+                try:
+                    endpoint = await self.manager.restart(group.model, reason)
+                except ServerStartError as exc:
+                    await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
+                    break
+                again = {i for i, _ in retry}
+                order = sorted({u for u in range(len(units)) if any(i in again for i in units[u])}) if per_request > 1 else sorted(again)
+                wanted = again.__contains__
+                stats.resent += len(again)
+                self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again))
+            return stats
+        finally:
+            self.progress.finish()
+            self.events.emit(
+                "group_end", group=group.name, model=group.model, server=group.server, requests=n,
+                duration_s=round(time.monotonic() - began, 3),
+                detail={"failed": stats.failed, "restarts": stats.restarts, "calls": stats.calls, "resent": stats.resent,
+                        "cached": stats.cached, "skipped": stats.skipped, "peak_in_flight": stats.peak_in_flight},
+            )  # fmt: skip
+
+    def _cache_key(
+        self, agent: Agent, group: Group, i: int, prompt: RenderedPrompt, stream_of: StreamOf, batch: tuple[int, ...] = ()
+    ) -> str | None:
+        if self.cache is None:
+            return None
+        req = group.requests[i]
+        first = group.requests[batch[0]].sample if len(batch) > 1 else req.sample
+        return self.call_key(agent, group.model, stream_of(req.question_id), req.sample, prompt, first, len(batch))

@@ -1,0 +1,99 @@
+"""The batch's answers until its questions finish: on disk, not in memory.
+
+A question's skill samples and its experts' answers are needed again only when its
+aggregation prompt is built and its record written. Held in memory, they made a run grow
+by every answer of every question (about 24 KB per question with 1 KB answers); here they
+go to a scratch SQLite file as they arrive and are read back per question. The file is the
+run's own (a temporary file, deleted at the end): the answer cache is for reuse across
+runs and is keyed by call, this is keyed by question and is gone when the batch is.
+
+Writes are queued and written by the IO thread in one transaction per flush; a read is
+queued after them, so it sees every answer put before it. Durability is not its job (the
+answer cache and the answers file have that): no journal, no fsync.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import tempfile
+import threading
+
+from . import io_thread
+from .errors import SymoeError
+
+
+class StoreError(SymoeError):
+    """The run's scratch store could not be written (a full disk, usually)."""
+
+
+class RunStore:
+    """``put(question, role, slot, text)``; ``await get(question, role)`` -> {slot: text}."""
+
+    def __init__(self, folder: str | None = None):
+        fd, self.path = tempfile.mkstemp(prefix="symoe-run-", suffix=".sqlite", dir=folder)
+        os.close(fd)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # used from the IO thread only
+        self._db.executescript(
+            "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+            "CREATE TABLE calls (question TEXT NOT NULL, role TEXT NOT NULL, slot INTEGER NOT NULL, body TEXT NOT NULL,"
+            " PRIMARY KEY (question, role, slot)) WITHOUT ROWID;"
+        )
+        self._lock = threading.Lock()
+        self._rows: list[tuple[str, str, int, str]] = []
+        self._flush_queued = False
+        self._error: str | None = None
+        self._closed = False
+
+    def put(self, question: str, role: str, slot: int, body: str) -> None:
+        with self._lock:
+            self._rows.append((question, role, slot, body))
+            if self._flush_queued:
+                return
+            self._flush_queued = True
+        io_thread.submit(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            self._flush_queued = False
+        if not rows or self._closed:
+            return
+        try:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._error = f"{exc} (writing {self.path}; free space in the temporary folder, or set TMPDIR)"
+
+    def _get_now(self, question: str, roles: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        self._flush()
+        if self._error is not None:
+            raise StoreError(f"the run's answer store failed: {self._error}")
+        out: dict[str, dict[int, str]] = {r: {} for r in roles}
+        marks = ",".join("?" * len(roles))
+        for role, slot, body in self._db.execute(
+            f"SELECT role, slot, body FROM calls WHERE question = ? AND role IN ({marks})", (question, *roles)
+        ):
+            out[role][slot] = body
+        return out
+
+    async def get(self, question: str, *roles: str) -> dict[str, dict[int, str]]:
+        """The question's stored texts of each role, by slot."""
+        return await io_thread.run(self._get_now, question, roles)
+
+    def _close_now(self) -> None:
+        self._closed = True
+        self._db.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    async def aclose(self) -> None:
+        await io_thread.run(self._close_now)
+
+    def close(self) -> None:
+        io_thread.submit(self._close_now).result()

@@ -1,0 +1,201 @@
+"""The engine at scale (issue 12): prompts rendered when sent, answers on disk until their
+question finishes, IO off the event loop, a busy cache that keeps its answers.
+
+The models here are a STAND-IN hosted API (tests/standins/openai_standin.py): what is under
+test is symoe's own memory and IO, not a model's answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from standins.openai_standin import ScriptedAPI
+from symoe_agents import SymbolicMoE, io_thread
+from symoe_agents.agents import build_agent
+from symoe_agents.answer_file import AnswerFile
+from symoe_agents.cache import AnswerCache
+from symoe_agents.config import parse_config
+from symoe_agents.errors import CacheError, OutputError
+from symoe_agents.events import EventLog
+from symoe_agents.group_runner import GroupRunner
+from symoe_agents.loop_lag import LoopLagProbe
+from symoe_agents.records import Completion, Question
+from symoe_agents.schedule import Group, Requests
+from symoe_agents.servers import ServerManager
+
+
+def _hosted_config(api: ScriptedAPI, models: list[str], k: int = 2, in_flight: int = 4):
+    return parse_config(
+        {
+            "k": k,
+            "models": {m: {"backend": "openai", "base_url": api.base_url, "model": m} for m in models},
+            "roles": {"skill_inferencer": models[0], "experts": models[1:-1], "aggregator": models[-1]},
+            "sampling": {"skill_inferencer": {"samples": 2}},
+            "concurrency": {"max_in_flight": in_flight},
+        },
+        "test",
+    )
+
+
+async def test_a_group_renders_each_prompt_only_when_a_worker_sends_it():
+    rendered = 0
+    rendered_when_received: list[int] = []
+
+    def reply(req: dict) -> str:
+        rendered_when_received.append(rendered)
+        return "The answer is (B)"
+
+    async with ScriptedAPI([], text=reply) as api:
+        cfg = _hosted_config(api, ["m", "e1", "e2", "agg"], in_flight=4)
+        events = EventLog()
+        manager = ServerManager(cfg, events)
+        runner = GroupRunner(cfg, manager, events)
+        agent = build_agent(cfg, "skill_inferencer", "m")
+        group = Group("skills", "m", None, Requests([f"q{i}" for i in range(300)]))
+
+        def prompt_of(i: int):
+            nonlocal rendered
+            rendered += 1
+            return agent.template.render(question=f"Question {i}?")
+
+        finals: dict[int, Completion] = {}
+        try:
+            stats = await runner.run(group, agent, prompt_of, finals.__setitem__)
+        finally:
+            await manager.aclose()
+    assert len(finals) == 300 and all(c.error is None for c in finals.values()) and stats.calls == 300
+    # when the server got its j-th request, at most j + 1 (sent) + 8 (a worker each, twice the
+    # 4 in flight) + 1 (the first, rendered once to decide the server is needed) were rendered;
+    # rendering the group up front had all 300 rendered before the first request
+    assert max(r - j for j, r in enumerate(rendered_when_received)) <= 1 + 8 + 1
+
+
+def _questions(n: int) -> list[Question]:
+    return [Question(id=f"q{i}", question=f"Question number {i}: which option? (A) one (B) two") for i in range(n)]
+
+
+async def test_answers_wait_on_disk_and_come_back_into_the_aggregation_prompt(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run's store is made
+
+    def reply(req: dict) -> str:
+        prompt = req["messages"][-1]["content"]
+        qid = prompt.split("Question number ", 1)[1].split(":", 1)[0]
+        if req["model"] == "sk":
+            return "Keywords: counting"
+        if req["model"] == "agg":
+            return "The answer is (B)"
+        return f"Expert {req['model']} on question {qid}: the answer is (A)"
+
+    stores_seen: list[int] = []
+    records: list = []
+
+    def on_result(r) -> None:
+        stores_seen.append(len(list(tmp_path.glob("symoe-run-*.sqlite"))))
+        records.append(r)
+
+    async with ScriptedAPI([], text=reply) as api:
+        cfg = _hosted_config(api, ["sk", "e1", "e2", "e3", "agg"], k=2)
+        async with SymbolicMoE(cfg, check=False) as moe:
+            summary = await moe.solve_each(_questions(40), on_result)
+        agg_prompts = [r["messages"][-1]["content"] for r in api.requests if r["model"] == "agg"]
+    assert summary.questions == 40 and len(records) == 40 and not summary.failed_questions
+    assert stores_seen == [1] * 40  # the answers were on disk while questions finished
+    assert not list(tmp_path.glob("symoe-run-*"))  # and the store is gone with the run
+    assert len(agg_prompts) == 40
+    for r in records:
+        assert len(r.expert_answers) == 2 and [a.slot for a in r.expert_answers] == [0, 1]
+        assert r.skill_samples == ["Keywords: counting"] * 2
+        shown = next(p for p in agg_prompts if f"Question number {r.id[1:]}:" in p)
+        for a in r.expert_answers:  # each aggregation prompt shows that question's own answers
+            assert a.text == f"Expert {a.model} on question {r.id[1:]}: the answer is (A)" and a.text in shown
+    calls = [*(a for r in records for a in r.expert_answers), *(r.aggregator_answer for r in records)]
+    skill_calls = 40 * 2
+    assert summary.calls_sent == len(calls) + skill_calls
+    assert summary.prompt_tokens > sum(c.prompt_tokens for c in calls)  # the skill samples' tokens counted too
+
+
+async def test_solve_batch_still_returns_every_record_in_input_order():
+    async with ScriptedAPI([]) as api:
+        cfg = _hosted_config(api, ["sk", "e1", "e2", "agg"], k=1)
+        async with SymbolicMoE(cfg, check=False) as moe:
+            results = await moe.solve_batch(list(reversed(_questions(12))))
+    assert [r.id for r in results] == [f"q{i}" for i in reversed(range(12))]
+
+
+def _answer(text: str) -> Completion:
+    return Completion(model="m", text=text, prompt_tokens=3, completion_tokens=4)
+
+
+def test_a_cache_locked_by_another_process_keeps_the_answer_and_writes_it_later(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = AnswerCache(path, busy_timeout_s=0.2)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    cache.put("k1", _answer("first"), "expert", "q0", 0)
+    io_thread.submit(lambda: None).result()  # the flush ran (and met the lock) before this
+    assert cache.write_error is not None and "locked" in cache.write_error and cache.stored == 0
+    other.execute("COMMIT")
+    other.close()
+    cache.put("k2", _answer("second"), "expert", "q1", 0)
+    assert cache.get("k1").text == "first" and cache.get("k2").text == "second" and cache.stored == 2
+    assert cache.write_error is None
+    cache.close()
+
+
+def test_closing_a_cache_that_stays_locked_says_what_was_not_written(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = AnswerCache(path, busy_timeout_s=0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    cache.put("k1", _answer("kept"), "expert", "q0", 0)
+    with pytest.raises(CacheError, match="1 answers could not be written"):
+        cache.close()
+    other.execute("COMMIT")
+    other.close()
+
+
+def test_answer_records_are_written_in_batches_in_order(tmp_path):
+    from symoe_agents.records import QuestionResult
+
+    out = tmp_path / "a.jsonl"
+    qs = _questions(500)
+    f = AnswerFile.open(out, qs)
+    for q in qs:
+        f.append(QuestionResult(id=q.id, question=q.question, answer_format="multiple_choice", skills=[], routing="fixed",
+                                experts=[], expert_answers=[], aggregator=None))  # fmt: skip
+    f.close()
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [q.id for q in qs]
+    assert f.total == 500
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_stops_the_run_with_a_clear_error_instead_of_dropping_records(tmp_path):
+    from symoe_agents.records import QuestionResult
+
+    q = _questions(2)
+    rec = [QuestionResult(id=x.id, question=x.question, answer_format="multiple_choice", skills=[], routing="fixed",
+                          experts=[], expert_answers=[], aggregator=None) for x in q]  # fmt: skip
+    f = AnswerFile.open(Path("/dev/full"), q, fresh=True)
+    f.append(rec[0])
+    io_thread.submit(lambda: None).result()  # its write ran (and failed) before this
+    with pytest.raises(OutputError, match="No space left on device.*answer cache"):
+        f.append(rec[1])
+    f.close()
+    assert f.written == 0
+
+
+async def test_the_loop_lag_probe_sees_a_loop_held_by_blocking_work():
+    probe = LoopLagProbe(interval_s=0.01)
+    probe.start()
+    await asyncio.sleep(0.05)
+    time.sleep(0.2)  # what the engine must never do: hold the loop
+    await asyncio.sleep(0.05)
+    report = probe.stop()
+    assert report["max"] >= 150 and report["p99"] >= 150 and report["p50"] < 150
