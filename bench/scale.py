@@ -45,8 +45,8 @@ def write_inputs(folder: Path, n: int) -> Path:
     path = folder / f"q{n}.jsonl"
     with path.open("w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": f"q{i}", "question": f"Question {i}: which of the options is the sum of {i} and {i + 7}?",
-                                "options": [str(2 * i + 7), str(2 * i + 8), str(2 * i + 6), str(i)]}) + "\n")  # fmt: skip
+            f.write(json.dumps({"id": f"q{i}", "question": f"Question {i}: which of the options is the sum of {i} and {i + 7}? "
+                                f"The options are: (A) {2 * i + 7} (B) {2 * i + 8} (C) {2 * i + 6} (D) {i}"}) + "\n")  # fmt: skip
     return path
 
 

@@ -11,7 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from symoe_agents.events import Event, RunSummary
+from symoe_agents.events import Event
+from symoe_agents.summary import RunSummary
 from symoe_agents.records import QuestionResult
 
 

@@ -7,7 +7,8 @@ from .api import SymbolicMoE
 from .cache import AnswerCache
 from .config import Config, load_config
 from .errors import CacheError, ConfigError, EndpointError, InputError, ProfileError, OutputError, PromptError, ServerStartError, SymoeError
-from .events import Event, EventLog, RunSummary
+from .events import Event, EventLog
+from .summary import RunSummary
 from .formats import AnswerFormat
 from .records import AggregatorAnswer, ExpertAnswer, Question, QuestionResult
 from .schedule import Schedule

@@ -17,9 +17,10 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import openai
+from openai.types.chat import ChatCompletion
 from asyncio_throttle import Throttler
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
@@ -52,6 +53,40 @@ def build_agent(config: Config, role: Role, model: str) -> Agent:
 
 class _NotSent(Exception):
     """The caller said not to send (its server is dead): fail at once, retryably."""
+
+
+class ModelClient(Protocol):
+    """The one seam where requests meet a model: a chat completion per call, raising the
+    ``openai`` errors (status, connection, timeout) on failure. Everything above it (slots,
+    retries, seeds, records) is the same whatever answers here."""
+
+    async def complete(self, **request: Any) -> ChatCompletion: ...
+
+    async def aclose(self) -> None: ...
+
+
+#: opens the client of one endpoint: (endpoint, request timeout in s, requests in flight)
+Connect = Callable[[Endpoint, float, int], ModelClient]
+
+
+class OpenAIClient:
+    """The default client: ``openai.AsyncOpenAI`` over HTTP, its own retries off (the
+    runner's tenacity retries instead)."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float, max_in_flight: int):
+        self._client = openai.AsyncOpenAI(
+            base_url=endpoint.base_url,
+            api_key=endpoint.api_key,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=_pooled_client(max_in_flight),
+        )
+
+    async def complete(self, **request: Any) -> ChatCompletion:
+        return await self._client.chat.completions.create(**request)
+
+    async def aclose(self) -> None:
+        await self._client.close()
 
 
 def _pooled_client(max_in_flight: int):
@@ -142,18 +177,16 @@ class AgentRunner:
     with backoff. A request waiting out its backoff gives its slots back, so a retry never
     keeps another request from the server."""
 
-    def __init__(self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None):
+    def __init__(
+        self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None, connect: Connect = OpenAIClient
+    ):
+        """``connect`` opens the model client (``OpenAIClient`` unless a caller puts another
+        model there, e.g. a scripted one in a test)."""
         self.endpoint = endpoint
         self.concurrency = concurrency
         self.run_seed = run_seed
         self.max_in_flight = max_in_flight or concurrency.max_in_flight or SERIAL_IN_FLIGHT
-        self._client = openai.AsyncOpenAI(
-            base_url=endpoint.base_url,
-            api_key=endpoint.api_key,
-            max_retries=0,  # tenacity owns retries
-            timeout=concurrency.request_timeout_s,
-            http_client=_pooled_client(self.max_in_flight),
-        )
+        self._client = connect(endpoint, concurrency.request_timeout_s, self.max_in_flight)
         self._slots = asyncio.Semaphore(self.max_in_flight)
         # a request of n samples takes its n slots one by one; one taker at a time, in arrival
         # order, so two wide requests never each hold part of what both need
@@ -165,7 +198,7 @@ class AgentRunner:
         self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._client.aclose()
 
     async def __aenter__(self) -> "AgentRunner":
         return self
@@ -253,7 +286,7 @@ class AgentRunner:
                         self.peak_in_flight = max(self.peak_in_flight, self._open)
                         try:
                             async with asyncio.timeout(self.concurrency.request_timeout_s):
-                                response = await self._client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+                                response = await self._client.complete(**kwargs)
                         finally:
                             self._open -= n
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group

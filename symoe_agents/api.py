@@ -23,10 +23,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .agents import Connect, OpenAIClient
 from .cache import AnswerCache
 from .config import Config, load_config
 from .controller import BatchOutcome, Controller, OnResult, Progress
-from .events import EventLog, RunSummary
+from .events import EventLog
+from .summary import RunSummary
 from .inputs import as_questions
 from .methods import Method
 from .preflight import PreflightError, preflight
@@ -46,12 +48,15 @@ class SymbolicMoE:
         progress: Progress | None = None,
         check: bool = True,
         cache: str | Path | AnswerCache | None = None,
+        connect: Connect = OpenAIClient,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
         ``check=False`` skips preflight, for callers that already ran it on this config.
         ``cache``: an SQLite answer cache (a path, or an open ``AnswerCache``): every answer
         is stored as it arrives and reused instead of being requested again.
+        ``connect``: opens the client through which requests meet a model (by default the
+        ``openai`` client; a test may put a scripted model there).
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
@@ -59,6 +64,7 @@ class SymbolicMoE:
         self._progress = progress
         self._check = check
         self._cache_arg = cache
+        self._connect = connect
         self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
         self._controller: Controller | None = None
@@ -73,7 +79,7 @@ class SymbolicMoE:
         if self.cache is None and self._cache_arg is not None:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
-        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache)
+        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache, self._connect)
         self._closed = False
         return self
 

@@ -7,20 +7,14 @@ exits 130 (SIGINT) or 143 (SIGTERM). A second signal kills the servers at once a
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .answer_file import AnswerFile
-from .cli_common import TerminalProgress, err, logged, run_with_signals
-from .cache import AnswerCache
-from .config import Config, embedded_config_text, load_config
-from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
-from .events import EventLog, RunSummary
-from .inputs import read_questions_skipping
-from .preflight import preflight
+from .cli_common import err
+from .config import embedded_config_text, load_config
+from .errors import ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -34,144 +28,9 @@ def _root() -> None:
     """Symbolic Mixture-of-Experts on local OpenAI-compatible servers."""
 
 
-@app.command()
-def solve(
-    input: Annotated[Path, typer.Argument(help="questions: JSONL with 'question' per line, or the upstream JSON array")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="answers JSONL (default: INPUT_STEM.answers.jsonl)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in embedded CPU pool)")] = None,
-    k: Annotated[Optional[int], typer.Option("--k", min=1, help="experts per question (overrides the config)")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="routing and sampling seed (overrides the config)")] = None,
-    profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
-    events: Annotated[Optional[Path], typer.Option("--events", help="append lifecycle events as JSONL here")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="infer skills and route, print the schedule, answer nothing")] = False,
-    no_profiles: Annotated[bool, typer.Option("--no-profiles", help="ignore profiles: recruit experts uniformly at random")] = False,
-    cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache (default: OUTPUT with suffix .cache.sqlite)")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="neither reuse nor store model answers (questions in OUTPUT are still skipped)")] = False,
-    fresh: Annotated[bool, typer.Option("--fresh", help="start over: overwrite OUTPUT and request every answer again (new answers replace cached ones)")] = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="ask again the questions whose record in OUTPUT lists errors")] = False,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid records and list the invalid ones in the summary, instead of refusing the file")] = False,
-) -> None:
-    """Solve a question set: infer skills, recruit experts, answer group by group, aggregate.
+from .cli_solve import solve  # noqa: E402
 
-    Re-running the same command resumes: questions already in OUTPUT are not asked again and
-    answers already in the cache are not requested again."""
-    out_path = output or Path(f"{input.stem}.answers.jsonl")
-    try:
-        cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
-        if no_profiles:
-            cfg = cfg.without_profiles()
-        questions, skipped = read_questions_skipping(input, skip_invalid)
-        if out_path.resolve() == input.resolve():
-            raise OutputError(f"the output {out_path} is the input file; choose another -o")
-    except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
-        err(f"error: {exc}")
-        raise typer.Exit(2) from None
-    problems = preflight(cfg)
-    if problems:
-        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
-        raise typer.Exit(2)
-    run = _SolveRun(cfg, questions, skipped, out_path, None if no_cache else (cache or out_path.with_suffix(".cache.sqlite")), fresh, retry_failed)
-    code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
-    raise typer.Exit(code)
-
-
-class _SolveRun:
-    """One ``symoe solve``: the answers file, the cache and the batch, and what to say on a stop."""
-
-    def __init__(self, cfg: Config, questions, skipped: list[str], out_path: Path, cache_path: Path | None, fresh: bool, retry_failed: bool):
-        self.cfg = cfg
-        self.questions = questions
-        self.skipped = skipped
-        self.out_path = out_path
-        self.cache_path = cache_path
-        self.fresh = fresh
-        self.retry_failed = retry_failed
-        self.answers: AnswerFile | None = None
-        self.cache: AnswerCache | None = None
-
-    def resume_hint(self) -> str:
-        done = f"{self.answers.total} questions are in {self.out_path}" if self.answers else f"answers so far are in {self.out_path}"
-        kept = f", and {self.cache.stored} new answers in the cache {self.cache_path}" if self.cache else ""
-        return f"{done}{kept}. Re-run the same command (without --fresh) to resume."
-
-    async def main(self, events_path: Path | None, dry_run: bool) -> int:
-        try:
-            try:
-                with logged(events_path) as (log, progress):
-                    summary = await self._solve(log, progress, dry_run)
-            finally:
-                await self._close()  # what is queued is written, on any path
-        except (ProfileError, OutputError, CacheError) as exc:
-            err(f"error: {exc}")
-            return 2
-        except SymoeError as exc:  # a server that cannot start, among others
-            err(f"error: {exc}")
-            return 1
-        if summary is None:  # a dry run, or nothing left to do
-            return 0
-        assert self.answers is not None
-        summary.resumed_questions = len(self.answers.state.done)
-        summary.skipped_inputs = self.skipped
-        err("\n" + summary.render())
-        where = f"answers: {self.out_path} ({self.answers.total} questions)"
-        if self.cache is not None:
-            where += f"   cache: {self.cache_path}"
-        err(where + (f"   events: {events_path}" if events_path else ""))
-        return 1 if summary.failed_questions else 0
-
-    async def _close(self) -> None:
-        """Close the answers file, then the cache, each writing what it has queued; the
-        first error is raised once both are closed."""
-        failure: SymoeError | None = None
-        for closing in (self.answers, self.cache):
-            if closing is None:
-                continue
-            try:
-                await asyncio.shield(closing.aclose())
-            except SymoeError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    async def _solve(self, log: EventLog, progress: TerminalProgress, dry_run: bool) -> RunSummary | None:
-        """The batch itself; None when nothing was solved (dry run, or all answered)."""
-        from .api import SymbolicMoE
-
-        cfg = self.cfg
-        todo = self.questions
-        if not dry_run:
-            self.answers = await asyncio.to_thread(AnswerFile.open, self.out_path, self.questions, self.fresh, self.retry_failed)
-            todo = self._report_resume()
-            if not todo:
-                err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
-                return None
-            if self.cache_path is not None:
-                self.cache = AnswerCache(self.cache_path, read=not self.fresh)
-        err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
-        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
-            err(f"[symoe] {moe.routing_note}")
-            if dry_run:
-                print((await moe.plan(todo)).describe())
-                return None
-            assert self.answers is not None
-            summary = await moe.solve_each(todo, self.answers.append)
-            if moe.alignment_warning:
-                err(f"[symoe] warning: {moe.alignment_warning}")
-            return summary
-
-    def _report_resume(self) -> list:
-        assert self.answers is not None
-        st = self.answers.state
-        if st.dropped_partial_line:
-            err(f"[symoe] {self.out_path}: dropped an incomplete last line (a crash while writing); that question is asked again")
-        if st.retried:
-            err(f"[symoe] --retry-failed: asking again {len(st.retried)} questions whose records listed errors")
-        if st.foreign:
-            err(f"[symoe] note: {self.out_path} also holds {len(st.foreign)} answers to questions not in this input (kept)")
-        todo = self.answers.pending(self.questions)
-        if st.done and todo:
-            err(f"[symoe] resuming {self.out_path}: {len(self.questions) - len(todo)} of {len(self.questions)} questions already answered")
-        return todo
+app.command("solve")(solve)
 
 
 @app.command("config")

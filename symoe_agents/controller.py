@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 import psutil
 
 from . import routing, routing_batch
-from .agents import Agent, build_agent
+from .agents import Agent, Connect, OpenAIClient, build_agent
 from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
 from .config import Config, uses_cpu
 from .errors import ServerStartError
-from .events import EventLog, EventTally, RunSummary
+from .events import EventLog
+from .summary import EventTally, OutcomeTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
 from .formats import AnswerFormat
 from .placement import Device, Lane, Placement, Stage, place
@@ -58,7 +59,8 @@ from .loop_lag import LoopLagProbe
 from .run_store import RunStore
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
-from symoe_agents.eval import extract_answer, is_correct, normalize_math
+from .extract import extract_answer
+from .scoring import judged, normalize_math
 from symoe_agents.servers import ServerManager
 
 #: receives each question's record as it finishes (may be a coroutine function)
@@ -93,14 +95,15 @@ class Controller:
         events: EventLog,
         progress: Progress | None = None,
         cache: AnswerCache | None = None,
+        connect: Connect = OpenAIClient,
     ):
         self.config = config
         self.manager = manager
         self.events = events
-        self.groups = GroupRunner(config, manager, events, progress, cache)
+        self.groups = GroupRunner(config, manager, events, progress, cache, connect)
         self.progress = self.groups.progress
         self.cache = cache  # None: every call is sent
-        self.tally = _Tally()
+        self.tally = OutcomeTally()
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
@@ -325,7 +328,7 @@ class Controller:
         """Solve a batch; each record goes to ``on_result`` as its question finishes (none
         is kept here). ``method`` swaps the routing policy for the baselines of ``eval``."""
         self.method = method or Method("symoe", "skills", self.config.k)
-        self.tally = _Tally()
+        self.tally = OutcomeTally()
         events = EventTally()
         self.events.listen(events.add)
         probe = LoopLagProbe()
@@ -516,9 +519,7 @@ class Controller:
             status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.pop(qid, None), _same_as(p)
         )
         gold = p.question.gold_answer
-        correct = None
-        if gold is not None:  # math-verify may take long on a hostile answer: never on the loop
-            correct = await asyncio.to_thread(is_correct, final, gold, p.fmt) if p.fmt is AnswerFormat.MATH else is_correct(final, gold, p.fmt)
+        correct = await judged(final, gold, p.fmt) if gold is not None else None
         skill_texts = stored["skills"]
         route = run.routes[qid]
         result = QuestionResult(
@@ -540,41 +541,6 @@ class Controller:
         summary = events.summary()
         self.tally.fill(summary)
         return summary
-
-
-@dataclass
-class _Tally:
-    """The run's counters, kept as its questions finish (no record is kept)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    questions: int = 0
-    graded: int = 0
-    correct: int = 0
-    failed_questions: int = 0
-    outcomes: RunSummary = field(default_factory=RunSummary)
-
-    def count(self, r: QuestionResult) -> None:
-        self.questions += 1
-        for c in [*r.expert_answers, *([r.aggregator_answer] if r.aggregator_answer else [])]:
-            self.prompt_tokens += c.prompt_tokens
-            self.completion_tokens += c.completion_tokens
-        self.outcomes.count_outcome(r)
-        if r.correct is not None:
-            self.graded += 1
-            self.correct += bool(r.correct)
-        if r.errors:
-            self.failed_questions += 1
-
-    def fill(self, summary: RunSummary) -> None:
-        for name in ("aggregator_answered", "aggregator_unparsable", "aggregator_failed", "aggregations_skipped",
-                     "no_expert_answers", "fallbacks_used", "unanswered", "truncated"):  # fmt: skip
-            setattr(summary, name, getattr(self.outcomes, name))
-        summary.questions = self.questions
-        summary.prompt_tokens, summary.completion_tokens = self.prompt_tokens, self.completion_tokens
-        summary.graded = self.graded
-        summary.correct = self.correct if self.graded else None
-        summary.failed_questions = self.failed_questions
 
 
 def _same_as(p: Prepared) -> Callable[[str], str]:

@@ -1,6 +1,6 @@
 """Structured lifecycle events: every server start/ready/stop and group start/end.
 
-Events are what the schedule *did*; they feed the end-of-run summary, the optional JSONL
+Events are what the schedule *did*; they feed the end-of-run summary (``summary``), the optional JSONL
 log (``--events FILE``) and the progress display. They never carry API keys: commands are
 recorded with the key replaced by ``***``.
 """
@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
-    from .records import QuestionResult
 
 EventKind = Literal[
     "run_start",
@@ -87,161 +85,3 @@ class EventLog:
         if self._file:
             self._file.close()
             self._file = None
-
-
-class GroupTiming(BaseModel):
-    group: str
-    requests: int
-    duration_s: float
-    failed: int = 0
-    cached: int = 0
-
-
-class RunSummary(BaseModel):
-    questions: int = 0
-    model_loads: int = 0
-    loads_by_model: dict[str, int] = {}
-    load_time_s: float = 0.0
-    groups: list[GroupTiming] = []
-    wall_s: float = 0.0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    correct: int | None = None
-    graded: int = 0
-    failed_questions: int = 0
-    calls_sent: int = 0
-    cached_answers: int = 0
-    resumed_questions: int = 0
-    skipped_inputs: list[str] = []
-    # what became of the aggregator's calls, and of the final answers
-    aggregator_answered: int = 0
-    aggregator_unparsable: int = 0
-    aggregator_failed: int = 0
-    aggregations_skipped: int = 0  # aggregate = "on-disagreement": the experts agreed; one call saved each
-    no_expert_answers: int = 0
-    fallbacks_used: int = 0
-    unanswered: int = 0  # no final answer: scored wrong
-    truncated: dict[str, int] = {}  # calls cut off at max_tokens, by role
-
-    @property
-    def accuracy(self) -> float | None:
-        return None if not self.graded or self.correct is None else self.correct / self.graded
-
-    @property
-    def calls_saved(self) -> int:
-        return self.aggregations_skipped
-
-    def count_outcome(self, r: "QuestionResult") -> None:
-        """Add one finished question's aggregator outcome, final answer and truncations."""
-        status = r.aggregator_status
-        if status == "answered":
-            self.aggregator_answered += 1
-        elif status == "unparsable":
-            self.aggregator_unparsable += 1
-        elif status == "failed":
-            self.aggregator_failed += 1
-        elif status == "skipped-consensus":
-            self.aggregations_skipped += 1
-        elif status == "no-expert-answers":
-            self.no_expert_answers += 1
-        if r.final_source == "fallback-expert-majority":
-            self.fallbacks_used += 1
-        if r.final_answer is None:
-            self.unanswered += 1
-        for call in r.truncated:
-            role = call.split(" ", 1)[0]
-            self.truncated[role] = self.truncated.get(role, 0) + 1
-
-    def outcome_lines(self) -> list[str]:
-        lines = []
-        asked = self.aggregator_answered + self.aggregator_unparsable + self.aggregator_failed
-        if asked or self.aggregations_skipped or self.no_expert_answers:
-            line = (f"aggregator: {self.aggregator_answered} answered, {self.aggregator_unparsable} unparsable, "
-                    f"{self.aggregator_failed} failed")  # fmt: skip
-            if self.no_expert_answers:
-                line += f", {self.no_expert_answers} not asked (no expert answered)"
-            if self.aggregations_skipped:
-                line += f", {self.aggregations_skipped} skipped (experts agreed; {self.calls_saved} calls saved)"
-            lines.append(line)
-        if self.fallbacks_used:
-            lines.append(f"fallback to the experts' majority: {self.fallbacks_used} questions")
-        if self.unanswered:
-            lines.append(f"no final answer: {self.unanswered} questions (scored wrong)")
-        if self.truncated:
-            parts = ", ".join(f"{role} {n}" for role, n in sorted(self.truncated.items()))
-            lines.append(f"cut off at max_tokens: {parts} calls (raise sampling.<role>.max_tokens)")
-        return lines
-
-    def render(self) -> str:
-        lines = [
-            f"questions: {self.questions}   model loads: {self.model_loads}   wall time: {self.wall_s:.1f} s"
-            f"   (of which server start-up {self.load_time_s:.1f} s)",
-            f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion"
-            f"   calls sent: {self.calls_sent}" + (f", answers reused from the cache: {self.cached_answers}" if self.cached_answers else ""),
-        ]
-        if self.resumed_questions:
-            lines.insert(0, f"resumed: {self.resumed_questions} questions were already answered by an earlier run")
-        for g in self.groups:
-            fail = f", {g.failed} failed" if g.failed else ""
-            cached = f", {g.cached} cached" if g.cached else ""
-            lines.append(f"  {g.group:<32} {g.requests:>5} requests {g.duration_s:>8.1f} s{cached}{fail}")
-        lines += self.outcome_lines()
-        if self.accuracy is not None:
-            lines.append(f"accuracy: {self.correct}/{self.graded} = {self.accuracy:.1%}")
-        if self.failed_questions:
-            lines.append(f"questions with errors: {self.failed_questions} (see 'errors' in the output)")
-        if self.skipped_inputs:
-            lines.append(f"skipped invalid input records: {len(self.skipped_inputs)}")
-            lines += [f"  {s}" for s in self.skipped_inputs]
-        return "\n".join(lines)
-
-
-class EventTally:
-    """Loads, group timings and wall time, counted event by event (``EventLog.listen``)."""
-
-    def __init__(self) -> None:
-        self._summary = RunSummary()
-        self._started: dict[str, float] = {}
-        self._began: float | None = None
-        self._ended: float | None = None
-
-    def add(self, e: Event) -> None:
-        summary = self._summary
-        if e.kind == "server_start" and e.model:
-            summary.model_loads += 1
-            summary.loads_by_model[e.model] = summary.loads_by_model.get(e.model, 0) + 1
-        elif e.kind == "server_ready" and e.duration_s is not None:
-            summary.load_time_s += e.duration_s
-        elif e.kind == "group_start" and e.group:
-            self._started[e.group] = e.ts
-        elif e.kind == "group_end" and e.group:
-            began = self._started.pop(e.group, e.ts)
-            summary.groups.append(
-                GroupTiming(
-                    group=e.group,
-                    requests=e.requests or 0,
-                    duration_s=e.duration_s if e.duration_s is not None else e.ts - began,
-                    failed=int(e.detail.get("failed", 0)),
-                    cached=int(e.detail.get("cached", 0)),
-                )
-            )
-            summary.calls_sent += int(e.detail.get("calls", 0))
-            summary.cached_answers += int(e.detail.get("cached", 0))
-        elif e.kind == "run_start":
-            self._began = e.ts
-        elif e.kind == "run_end":
-            self._ended = e.ts
-
-    def summary(self) -> RunSummary:
-        out = self._summary.model_copy(deep=True)
-        if self._began is not None and self._ended is not None:
-            out.wall_s = max(0.0, self._ended - self._began)
-        return out
-
-
-def summarize_events(events: Iterable[Event]) -> RunSummary:
-    """Loads and group timings, read off the events alone."""
-    tally = EventTally()
-    for e in events:
-        tally.add(e)
-    return tally.summary()

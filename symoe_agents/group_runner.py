@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from .agents import Agent, AgentRunner, sampling_params
+from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
 from .dispatch import dispatch, pool_size, sample_batches
@@ -114,12 +114,14 @@ class GroupRunner:
         events: EventLog,
         progress: Progress | None = None,
         cache: AnswerCache | None = None,
+        connect: Connect = OpenAIClient,
     ):
         self.config = config
         self.manager = manager
         self.events = events
         self.progress = progress or NoProgress()
         self.cache = cache  # None: every call is sent
+        self.connect = connect  # where requests meet a model
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -261,7 +263,7 @@ class GroupRunner:
                 # of n samples as n sequences; the pool has workers enough to fill the slots
                 # with the narrowest requests
                 narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight) as runner:
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, self.connect) as runner:
 
                     async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
                         # a unit is one request: a whole batch (members not yet final are the

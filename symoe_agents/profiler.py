@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,8 @@ from .agents import build_agent
 from .config import Config
 from .controller import Controller, Progress
 from .errors import ProfileError
-from .eval import extract_answer, is_correct
+from .extract import extract_answer
+from .scoring import is_correct, judged
 from .events import EventLog
 from .formats import AnswerFormat
 from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare, prepare_all, shown_responses
@@ -167,7 +168,7 @@ async def _each_once(
     ids: list[str],
     prompts: dict[str, RenderedPrompt],
     streams: dict[str, str],
-    keep: Callable[[str, str, Completion], None],
+    keep: Callable[[str, str, Completion], Awaitable[None] | None],
 ) -> None:
     """``model`` answers each validation id once, as one group (its server loaded once),
     on ``prompts[id]``; ``keep(model, id, completion)`` stores each answer."""
@@ -223,7 +224,7 @@ async def run_profile(
         order = sorted(pool, key=lambda m: (manager.server_key(m) != skill_server, manager.server_key(m) or "", m))
         new = 0
 
-        def keep_answer(model: str, qid: str, c: Completion) -> None:
+        async def keep_answer(model: str, qid: str, c: Completion) -> None:
             nonlocal new
             p = prepared[qid]
             extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
@@ -231,7 +232,7 @@ async def run_profile(
             store.add_answer({
                 "model": model, "id": qid, "call_key": calls[(model, qid)], "prompt_sha256": c.prompt_sha256,
                 "text": c.text, "extracted": extracted,
-                "correct": is_correct(extracted, p.question.gold_answer, p.fmt), "error": c.error,
+                "correct": await judged(extracted, p.question.gold_answer, p.fmt), "error": c.error,
                 "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                 "completion_tokens": c.completion_tokens, "latency_s": round(c.latency_s, 3),
             })  # fmt: skip
@@ -288,13 +289,13 @@ async def run_pick_aggregator(
         calls = _call_keys(ctrl, "aggregator", candidates, prompts, streams)
         done = store.aggregations(calls)
 
-        def keep_aggregation(model: str, qid: str, c: Completion) -> None:
+        async def keep_aggregation(model: str, qid: str, c: Completion) -> None:
             p = prepared[qid]
             extracted = extract_answer(c.text, p.fmt, p.letters, p.question.question)
             assert p.question.gold_answer is not None  # profile refuses questions without one
             store.add_aggregation({
                 "model": model, "id": qid, "seed": seed, "call_key": calls[(model, qid)], "prompt_sha256": c.prompt_sha256,
-                "text": c.text, "extracted": extracted, "correct": is_correct(extracted, p.question.gold_answer, p.fmt),
+                "text": c.text, "extracted": extracted, "correct": await judged(extracted, p.question.gold_answer, p.fmt),
                 "error": c.error,
                 "finish_reason": c.finish_reason,
             })  # fmt: skip

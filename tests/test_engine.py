@@ -31,11 +31,12 @@ from symoe_agents.schedule import Group, Requests
 from symoe_agents.servers import ServerManager
 
 
-def _hosted_config(api: ScriptedAPI, models: list[str], k: int = 2, in_flight: int = 4):
+def _hosted_config(api: ScriptedAPI | str, models: list[str], k: int = 2, in_flight: int = 4):
+    base_url = api if isinstance(api, str) else api.base_url
     return parse_config(
         {
             "k": k,
-            "models": {m: {"backend": "openai", "base_url": api.base_url, "model": m} for m in models},
+            "models": {m: {"backend": "openai", "base_url": base_url, "model": m} for m in models},
             "roles": {"skill_inferencer": models[0], "experts": models[1:-1], "aggregator": models[-1]},
             "sampling": {"skill_inferencer": {"samples": 2}},
             "concurrency": {"max_in_flight": in_flight},
@@ -127,6 +128,36 @@ async def test_solve_batch_still_returns_every_record_in_input_order():
         async with SymbolicMoE(cfg, check=False) as moe:
             results = await moe.solve_batch(list(reversed(_questions(12))))
     assert [r.id for r in results] == [f"q{i}" for i in reversed(range(12))]
+
+
+async def test_a_scripted_model_stands_where_requests_meet_a_model():
+    """``connect`` is the one seam between the engine and a model: nothing listens at the
+    configured URL, so every answer here came through the scripted client."""
+    from openai.types.chat import ChatCompletion
+
+    seen: list[tuple[str, str]] = []
+
+    class Scripted:
+        def __init__(self, endpoint, timeout_s: float, max_in_flight: int):
+            self.model = endpoint.served_model
+
+        async def complete(self, **request) -> ChatCompletion:
+            seen.append((self.model, request["model"]))
+            text = "Keywords: counting" if request["model"] == "sk" else "The answer is (B)"
+            return ChatCompletion.model_validate({
+                "id": "scripted", "object": "chat.completion", "created": 0, "model": request["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            })  # fmt: skip
+
+        async def aclose(self) -> None:
+            pass
+
+    cfg = _hosted_config("http://127.0.0.1:9/v1", ["sk", "e1", "e2", "agg"], k=2)
+    async with SymbolicMoE(cfg, check=False, connect=Scripted) as moe:
+        results = await moe.solve_batch(_questions(5))
+    assert [r.final_answer for r in results] == ["B"] * 5 and not any(r.errors for r in results)
+    assert len(seen) == 5 * 2 + 5 * 2 + 5 and all(client == asked for client, asked in seen)
 
 
 def _answer(text: str) -> Completion:

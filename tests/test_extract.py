@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import UPSTREAM, listed_letters
-from symoe_agents.eval import extract_answer, extract_boxed, extract_choice, extract_free, extract_math, is_correct
+from symoe_agents.extract import extract_answer, extract_boxed, extract_choice, extract_free, extract_math
+from symoe_agents.scoring import is_correct
 from symoe_agents.formats import AnswerFormat, detect_format, gold_alternatives, option_letters
 from symoe_agents.reasoning import strip_reasoning
 
@@ -406,7 +407,7 @@ def test_format_detection_on_the_upstream_sets_is_exact(name, fmt, n):
      "x^{-1}", "(1+n)!", "\\frac{1}{n+1}\\binom{2n}{n}", "2x^{2024}", "(-1)^{2024}", "\\left(\\frac{1}{2}\\right)^{200}"],
 )  # fmt: skip
 def test_ordinary_answers_are_compared_symbolically(value):
-    from symoe_agents.eval.score import symbolic_checkable
+    from symoe_agents.scoring import symbolic_checkable
 
     assert symbolic_checkable(value)
 
@@ -418,7 +419,7 @@ def test_ordinary_answers_are_compared_symbolically(value):
 )  # fmt: skip
 def test_answers_sympy_cannot_finish_are_left_to_the_normaliser(value):
     """Each of these kept math-verify (timeouts off) busy for minutes or for ever here."""
-    from symoe_agents.eval.score import symbolic_checkable
+    from symoe_agents.scoring import symbolic_checkable
 
     assert not symbolic_checkable(value)
     assert is_correct(value, value, MATH)  # the normaliser still finds a thing equal to itself

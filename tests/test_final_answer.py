@@ -300,7 +300,7 @@ async def test_a_moa_slot_that_recovers_in_the_second_layer_keeps_no_first_layer
 
 
 def test_equivalent_math_answers_vote_together():
-    from symoe_agents.eval import normalize_math
+    from symoe_agents.scoring import normalize_math
 
     assert majority(["34", "33", "033"]) == "34"  # as strings, three different votes
     assert majority(["34", "33", "033"], normalize_math) == "33"

@@ -98,3 +98,14 @@ def test_the_graph_sees_imports_inside_functions():
     assert "symoe_agents.profiler" in graph["symoe_agents.cli_profiles"]  # only inside profile()
     assert "symoe_agents.cache" in graph["symoe_agents.cli_eval"]  # only inside evaluate()
     assert "symoe_agents.cli_common" in graph["symoe_agents.cli_profiles"]
+
+
+def test_the_core_never_imports_eval_which_stands_on_the_api():
+    """eval/ is a user of the engine (its harness runs methods through the API): the engine
+    imports nothing of it, so scoring and extraction live in the core. The command line sits
+    above both and may import either."""
+    graph = module_graph()
+    assert "symoe_agents.api" in graph["symoe_agents.eval.harness"]
+    core = [m for m in graph if not m.startswith(("symoe_agents.eval", "symoe_agents.cli"))]
+    reaching = {m: sorted(t for t in graph[m] if t.startswith("symoe_agents.eval")) for m in core}
+    assert {m: t for m, t in reaching.items() if t} == {}

@@ -22,7 +22,8 @@ def test_wheel_layout(tmp_path):
         "symoe_agents/servers/llamacpp.py",
         "symoe_agents/servers/launcher.py",  # run by path: they must ship as files
         "symoe_agents/servers/watchdog.py",
-        "symoe_agents/eval/extract.py",
+        "symoe_agents/extract.py",
+        "symoe_agents/eval/harness.py",
         "symoe_agents/prompts/skills.md",
         "symoe_agents/prompts/aggregator.md",
         "symoe_agents/data/embedded.toml",

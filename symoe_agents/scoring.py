@@ -18,6 +18,7 @@ normaliser only. Measured on these cores: 2^{100000}, 10000!, \binom{1000}{500} 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -219,3 +220,12 @@ def is_correct(predicted: str | None, gold: str, fmt: AnswerFormat) -> bool:
     if pred == want:
         return True
     return len(pred.split()) <= 12 and f" {want} " in f" {pred} "
+
+
+async def judged(predicted: str | None, gold: str, fmt: AnswerFormat) -> bool:
+    """``is_correct`` from async code: a math answer is checked on a worker thread, since
+    math-verify (its timeouts off, see above) may take long on a hostile answer and must
+    not hold the event loop; letters and free text are checked at once."""
+    if fmt is AnswerFormat.MATH and predicted is not None:
+        return await asyncio.to_thread(is_correct, predicted, gold, fmt)
+    return is_correct(predicted, gold, fmt)
