@@ -50,14 +50,14 @@ def write_inputs(folder: Path, n: int) -> Path:
     return path
 
 
-def write_config(folder: Path, base_url: str, k: int, skill_samples: int, in_flight: int) -> Path:
+def write_config(folder: Path, base_url: str, k: int, skill_samples: int, in_flight: int | None) -> Path:
     models = "".join(f'[models.{m}]\nbackend = "openai"\nbase_url = "{base_url}"\nmodel = "{m}"\n\n' for m in [*EXPERTS, "skiller", "judge"])
     path = folder / "scale.toml"
     path.write_text(
         f"k = {k}\n\n{models}"
         f'[roles]\nskill_inferencer = "skiller"\nexperts = {json.dumps(EXPERTS)}\naggregator = "judge"\n\n'
         f"[sampling.skill_inferencer]\nsamples = {skill_samples}\n\n"
-        f"[concurrency]\nmax_in_flight = {in_flight}\n"
+        + (f"[concurrency]\nmax_in_flight = {in_flight}\n" if in_flight else "")
     )
     return path
 
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--answer-bytes", type=int, default=1024)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--skill-samples", type=int, default=1)
-    ap.add_argument("--in-flight", type=int, default=64)
+    ap.add_argument("--in-flight", type=int, default=None, help="sequences in flight per group (default: the config's, 8 for a hosted API)")
     ap.add_argument("--interrupts", type=int, default=3, help="SIGINT runs (0: none)")
     ap.add_argument("--no-cache", action="store_true", help="run with --no-cache (the run-scoped store holds the answers)")
     args = ap.parse_args()
@@ -121,7 +121,7 @@ def main() -> None:
             folder = Path(tmp)
             config = write_config(folder, f"http://127.0.0.1:{port}/v1", args.k, args.skill_samples, args.in_flight)
             print(f"symoe solve through a stand-in hosted endpoint: {args.answer_bytes}-byte answers, k={args.k}, "
-                  f"{args.skill_samples} skill sample(s), {args.in_flight} in flight, cache {'off' if args.no_cache else 'on'}")  # fmt: skip
+                  f"{args.skill_samples} skill sample(s), {args.in_flight or 'default (8)'} in flight, cache {'off' if args.no_cache else 'on'}")  # fmt: skip
             print(f"{'questions':>10} {'peak RSS':>10} {'wall':>9} {'calls/s':>8} {'answered':>9}  loop lag p50/p99/max ms")
             rows = {}
             for n in sizes:

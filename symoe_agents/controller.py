@@ -30,6 +30,7 @@ config opts into a fallback; every record says where its final answer came from.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import re
 from collections import Counter
@@ -343,6 +344,7 @@ class Controller:
                 probe.stop()
                 await self.manager.release_all()
             finally:
+                gc.unfreeze()
                 self.events.unlisten(events.add)
                 if store is not None:
                     await asyncio.shield(store.aclose())
@@ -389,6 +391,10 @@ class Controller:
             cfg.roles.skill_inferencer, self.aggregator, cfg.sampling.skill_inferencer.samples,
         )  # fmt: skip
         placement = await self.place(schedule)
+        # the batch's columns live as long as the run: keep the collector from scanning them
+        # again in every full collection (at 100,000 questions one took most of a second of
+        # the loop's time; they are unfrozen when the run ends)
+        gc.freeze()
 
         if dry_run:
             self.events.emit("run_end")
