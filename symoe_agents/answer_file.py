@@ -109,6 +109,8 @@ class AnswerFile:
     @classmethod
     def open(cls, path: Path, questions: Sequence[Question], fresh: bool = False, retry_failed: bool = False) -> "AnswerFile":
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_file():
+            raise OutputError(f"the output {path} is not a regular file (a device or a folder); choose another -o")
         state = ResumeState()
         if path.exists() and not fresh:
             with open(path, "rb") as f:
@@ -133,7 +135,7 @@ class AnswerFile:
         if self._error is not None:
             self._reported = True
             raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
-                              "the answers are in the answer cache: free space and re-run the same command to resume")  # fmt: skip
+                              "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
         line = json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n"
         with self._lock:
             self._lines.append(line)
@@ -172,12 +174,12 @@ class AnswerFile:
         if self._error is not None and not self._reported:
             self._reported = True
             raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
-                              "the answers are in the answer cache: free space and re-run the same command to resume")  # fmt: skip
+                              "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
 
     def close(self) -> None:
         """Write what is queued and close (waits for the IO thread); a write that failed and
         was not yet reported by ``append`` raises ``OutputError`` here."""
-        io_thread.submit(self._close_now).result()
+        io_thread.wait(self._close_now)
 
     async def aclose(self) -> None:
         await io_thread.run(self._close_now)

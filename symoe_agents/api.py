@@ -25,6 +25,7 @@ from typing import Any
 
 from .agents import Connect, OpenAIClient
 from .cache import AnswerCache
+from .errors import CacheError
 from .config import Config, load_config
 from .controller import BatchOutcome, Controller, OnResult, Progress
 from .events import EventLog
@@ -49,6 +50,7 @@ class SymbolicMoE:
         check: bool = True,
         cache: str | Path | AnswerCache | None = None,
         connect: Connect = OpenAIClient,
+        scratch_dir: str | Path | None = None,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
@@ -57,6 +59,8 @@ class SymbolicMoE:
         is stored as it arrives and reused instead of being requested again.
         ``connect``: opens the client through which requests meet a model (by default the
         ``openai`` client; a test may put a scripted model there).
+        ``scratch_dir``: where a batch keeps its answers until its questions finish (about
+        the size of its answers; default: the temporary folder, which may be in memory).
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
@@ -65,6 +69,7 @@ class SymbolicMoE:
         self._check = check
         self._cache_arg = cache
         self._connect = connect
+        self._scratch_dir = str(scratch_dir) if scratch_dir is not None else None
         self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
         self._controller: Controller | None = None
@@ -79,7 +84,7 @@ class SymbolicMoE:
         if self.cache is None and self._cache_arg is not None:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
-        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache, self._connect)
+        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir)
         self._closed = False
         return self
 
@@ -91,8 +96,15 @@ class SymbolicMoE:
                 await self._manager.aclose()
         finally:
             if self.cache is not None and not isinstance(self._cache_arg, AnswerCache):
-                await self.cache.aclose()  # opened here, closed here; a caller's own cache stays open
-                self.cache = None
+                cache, self.cache = self.cache, None
+                try:
+                    await cache.aclose()  # opened here, closed here; a caller's own cache stays open
+                except CacheError as failure:
+                    leaving = exc[1] if len(exc) > 1 else None
+                    if not isinstance(leaving, BaseException):
+                        raise
+                    # leaving on an error or a cancellation: that stays what the caller gets
+                    leaving.add_note(f"and closing the answer cache failed: {failure}")
 
     def _ready(self) -> Controller:
         if self._controller is None:

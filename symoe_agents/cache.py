@@ -9,15 +9,15 @@ them again; a group whose answers are all cached does not even start its server.
 
 Why SQLite: atomic commits, one file, safe with several readers and writers, in the
 standard library. WAL with ``synchronous=NORMAL``: a commit survives the process being
-killed (it is in the WAL before ``put`` returns); only a power loss may roll back the last
-few commits, never corrupt the file.
+killed; only a power loss may roll back the last few commits, never corrupt the file.
 
 All of its SQLite work runs on the IO thread (``io_thread``), never on the event loop:
 ``put`` and ``note_attempt`` queue their rows and return at once; the thread writes what is
-queued in one transaction (under load, many answers per commit). A database another
-process keeps locked past the busy timeout, or a full disk, leaves the rows queued and
-retried, never a failed call: the answer stays in memory until it is written or until
-``close``, which says how many could not be.
+queued in one transaction (under load, many answers per commit), moments after ``put``: a
+crash loses at most those moments' answers. A database another process keeps locked past
+the busy timeout, or a full disk, leaves the rows queued and retried every few seconds,
+never a failed call: the answer stays in memory (and is found by ``get``) until it is
+written, or until ``close``, which says how many could not be.
 
 Failed calls are not cached: a re-run asks again. ``attempts`` counts how often each key
 was sent, which is how the soak script measures calls repeated because of faults.
@@ -63,10 +63,11 @@ class CallIdentity:
 class AnswerCache:
     """``get`` and ``put`` completions by key; ``note_attempt`` before each send."""
 
-    def __init__(self, path: str | Path, read: bool = True, busy_timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, read: bool = True, busy_timeout_s: float = 5.0, retry_s: float = 2.0):
         """``read=False``: answers are stored but never reused (``--fresh``).
         ``busy_timeout_s``: how long a write waits for another process's lock before its
-        rows are kept for the next flush."""
+        rows are kept for a flush ``retry_s`` later (the IO thread waits meanwhile, so this is
+        short)."""
         self.path = Path(path)
         self.read = read
         self.hits = 0
@@ -93,6 +94,7 @@ class AnswerCache:
         self._attempts: list[tuple[str]] = []
         self._flush_queued = False
         self.write_error: str | None = None  # the last failed write, while rows wait for a retry
+        self._retry_s = retry_s
 
     def _create(self) -> None:
         self._db.executescript(
@@ -115,6 +117,9 @@ class AnswerCache:
         if not self.read:
             return None
         row = self._db.execute("SELECT completion FROM answers WHERE key = ?", (key,)).fetchone()
+        if row is None and self.write_error is not None:  # a row waiting out a failed write
+            with self._lock:
+                row = next(((r[5],) for r in reversed(self._answers) if r[0] == key), None)
         if row is None:
             return None
         self.hits += 1
@@ -122,7 +127,7 @@ class AnswerCache:
 
     def get(self, key: str) -> Completion | None:
         """The cached answer for ``key`` (waits for the IO thread: not for the event loop)."""
-        return io_thread.submit(self._get_now, key).result()
+        return io_thread.wait(self._get_now, key)
 
     async def aget(self, key: str) -> Completion | None:
         """The cached answer for ``key``, read on the IO thread (after every queued write)."""
@@ -151,6 +156,8 @@ class AnswerCache:
     def _flush(self) -> None:
         """On the IO thread: write every queued row in one transaction. On failure the rows
         go back to the queue, to be written by the next flush."""
+        if self._db is None:
+            return  # closed
         with self._lock:
             answers, self._answers = self._answers, []
             attempts, self._attempts = self._attempts, []
@@ -164,16 +171,27 @@ class AnswerCache:
                 self._db.executemany("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", attempts)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows
+        except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows, try again
             self.write_error = str(exc)
             with self._lock:
                 self._answers[:0] = answers
                 self._attempts[:0] = attempts
+            retry = threading.Timer(self._retry_s, self._retry)
+            retry.daemon = True
+            retry.start()
             return
         self.write_error = None
         self.stored += len(answers)
+
+    def _retry(self) -> None:
+        with self._lock:
+            if self._flush_queued or self._db is None or not (self._answers or self._attempts):
+                return
+            self._flush_queued = True
+        io_thread.submit(self._flush)
 
     def _pending(self) -> int:
         with self._lock:
@@ -181,20 +199,23 @@ class AnswerCache:
 
     def attempt_counts(self) -> dict[str, int]:
         """How often each key was sent: the soak's and the crash test's measure of repeats."""
-        return io_thread.submit(lambda: (self._flush(), dict(self._db.execute("SELECT key, n FROM attempts")))[1]).result()
+        return io_thread.wait(lambda: (self._flush(), dict(self._db.execute("SELECT key, n FROM attempts")))[1])
 
     def _close_now(self) -> None:
+        if self._db is None:
+            return  # closed already
         try:
             self._flush()
             if self._pending():
                 raise CacheError(f"{self.path}: {self._pending()} answers could not be written to the answer cache ({self.write_error}); "
-                                 "their questions' records are in the answers file")  # fmt: skip
+                                 "a re-run asks for them again")  # fmt: skip
         finally:
             self._db.close()
+            self._db = None  # type: ignore[assignment]
 
     def close(self) -> None:
         """Write what is queued and close (waits for the IO thread)."""
-        io_thread.submit(self._close_now).result()
+        io_thread.wait(self._close_now)
 
     async def aclose(self) -> None:
         await io_thread.run(self._close_now)

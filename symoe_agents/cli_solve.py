@@ -83,8 +83,10 @@ class _SolveRun:
             try:
                 with logged(events_path) as (log, progress):
                     summary = await self._solve(log, progress, dry_run)
-            finally:
-                await self._close()  # what is queued is written, on any path
+            except BaseException:
+                await self._close(quiet=True)  # what is queued is written; the first error stays the one reported
+                raise
+            await self._close()
         except (ProfileError, OutputError, CacheError) as exc:
             err(f"error: {exc}")
             return 2
@@ -103,9 +105,10 @@ class _SolveRun:
         err(where + (f"   events: {events_path}" if events_path else ""))
         return 1 if summary.failed_questions else 0
 
-    async def _close(self) -> None:
+    async def _close(self, quiet: bool = False) -> None:
         """Close the answers file, then the cache, each writing what it has queued; the
-        first error is raised once both are closed."""
+        first error is raised once both are closed (``quiet``: printed instead, when the run
+        already ends on an error or a signal that must stay its outcome)."""
         failure: SymoeError | None = None
         for closing in (self.answers, self.cache):
             if closing is None:
@@ -113,8 +116,10 @@ class _SolveRun:
             try:
                 await asyncio.shield(closing.aclose())
             except SymoeError as exc:
+                if quiet:
+                    err(f"error: {exc}")
                 failure = failure or exc
-        if failure is not None:
+        if failure is not None and not quiet:
             raise failure
 
     async def _solve(self, log: EventLog, progress: TerminalProgress, dry_run: bool) -> RunSummary | None:
@@ -130,9 +135,9 @@ class _SolveRun:
                 err(f"[symoe] all {len(self.questions)} questions are already answered in {self.out_path}; nothing to do (--fresh starts over)")
                 return None
             if self.cache_path is not None:
-                self.cache = AnswerCache(self.cache_path, read=not self.fresh)
+                self.cache = await asyncio.to_thread(AnswerCache, self.cache_path, not self.fresh)
         err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
-        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache) as moe:  # preflight ran above
+        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache, scratch_dir=self.out_path.parent) as moe:  # preflight ran above
             err(f"[symoe] {moe.routing_note}")
             if dry_run:
                 print((await moe.plan(todo)).describe())

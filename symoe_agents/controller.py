@@ -45,7 +45,7 @@ from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
 from .config import Config, uses_cpu
-from .errors import ServerStartError
+from .errors import ServerStartError, SymoeError
 from .events import EventLog
 from .summary import EventTally, OutcomeTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
@@ -97,7 +97,10 @@ class Controller:
         progress: Progress | None = None,
         cache: AnswerCache | None = None,
         connect: Connect = OpenAIClient,
+        scratch_dir: str | None = None,
     ):
+        """``scratch_dir``: where the run's answer store is made (default: the temporary folder)."""
+        self.scratch_dir = scratch_dir
         self.config = config
         self.manager = manager
         self.events = events
@@ -330,15 +333,25 @@ class Controller:
         is kept here). ``method`` swaps the routing policy for the baselines of ``eval``."""
         self.method = method or Method("symoe", "skills", self.config.k)
         self.tally = OutcomeTally()
-        events = EventTally()
-        self.events.listen(events.add)
-        probe = LoopLagProbe()
-        probe.start()
         prepared = prepare_all(questions)
-        self.events.emit("run_start", requests=len(questions))
-        store = None if dry_run else await asyncio.to_thread(RunStore)
+        events = EventTally()
+        probe = LoopLagProbe()
+        store: RunStore | None = None
+        self.events.listen(events.add)
+        probe.start()
         try:
+            self.events.emit("run_start", requests=len(questions))
+            if not dry_run:
+                store = await asyncio.to_thread(RunStore, self.scratch_dir)
             return await self._run(prepared, store, dry_run, on_result, events, probe)
+        except BaseExceptionGroup as group:
+            # an error raised by a callback (a full disk under ``on_result``, a store that
+            # cannot be read) reaches here wrapped by each task group it crossed: the caller
+            # gets the error itself, as it would from a plain call
+            leaf = _first_symoe_error(group)
+            if leaf is None:
+                raise
+            raise leaf from None
         finally:
             try:
                 probe.stop()
@@ -547,6 +560,17 @@ class Controller:
         summary = events.summary()
         self.tally.fill(summary)
         return summary
+
+
+def _first_symoe_error(group: BaseExceptionGroup) -> SymoeError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, SymoeError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_symoe_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _same_as(p: Prepared) -> Callable[[str], str]:

@@ -247,6 +247,8 @@ class GroupRunner:
                     share=await self.share(group.model, device, co_resident) if device else None,
                 )
             except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
+                for u in range(first + 1, len(units)):  # what is cached or skipped needs no server
+                    await prepare(units[u], every)
                 await fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return stats
             slots = prompt_cache_slots(model)

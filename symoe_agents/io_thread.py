@@ -3,9 +3,9 @@
 The answer cache, the run's answer store and the answers file all do their IO here, one
 job after another in submission order: a read submitted after a write sees it, and the
 writes of many answers can be batched into one transaction or one fsync. The thread is
-made on first use and lives as long as the process (it is a daemon: an exit never waits
-for it; what it had not written is what a crash would lose, which the answer cache and
-the answers file are each built to survive).
+made on first use and lives as long as the process; a normal exit waits for what is
+queued (that is what makes it written). What a crash catches queued is what it loses,
+which the answer cache and the answers file are each built to survive.
 """
 
 from __future__ import annotations
@@ -38,9 +38,25 @@ def submit(fn: Callable[..., T], *args: object) -> concurrent.futures.Future[T]:
 async def run(fn: Callable[..., T], *args: object) -> T:
     """Run ``fn(*args)`` on the IO thread and wait for it without holding the loop.
 
-    A cancelled wait does not undo the job: it runs to its end (a write half done would be
-    worse), and its error, if any, is dropped with it."""
-    return await asyncio.wrap_future(submit(fn, *args))
+    A cancelled wait does not cancel the job: it runs when its turn comes (a close or a
+    write skipped because its caller was cancelled would lose what it was to write); its
+    result, or error, is then dropped."""
+    job = asyncio.wrap_future(submit(fn, *args))
+    job.add_done_callback(_retrieved)  # an error nobody waits for any more is not logged as lost
+    return await asyncio.shield(job)
+
+
+def _retrieved(job: asyncio.Future) -> None:
+    if not job.cancelled():
+        job.exception()
+
+
+def wait(fn: Callable[..., T], *args: object) -> T:
+    """Run ``fn(*args)`` on the IO thread and block until it is done; called from the IO
+    thread itself, it runs at once (waiting for its own queue would never end)."""
+    if in_io_thread():
+        return fn(*args)
+    return submit(fn, *args).result()
 
 
 def in_io_thread() -> bool:

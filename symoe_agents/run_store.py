@@ -18,6 +18,9 @@ import os
 import sqlite3
 import tempfile
 import threading
+from pathlib import Path
+
+import psutil
 
 from . import io_thread
 from .errors import SymoeError
@@ -31,7 +34,8 @@ class RunStore:
     """``put(question, role, slot, text)``; ``await get(question, role)`` -> {slot: text}."""
 
     def __init__(self, folder: str | None = None):
-        fd, self.path = tempfile.mkstemp(prefix="symoe-run-", suffix=".sqlite", dir=folder)
+        _remove_stale(folder or tempfile.gettempdir())
+        fd, self.path = tempfile.mkstemp(prefix=f"symoe-run-{os.getpid()}-", suffix=".sqlite", dir=folder)
         os.close(fd)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # used from the IO thread only
         self._db.executescript(
@@ -96,4 +100,13 @@ class RunStore:
         await io_thread.run(self._close_now)
 
     def close(self) -> None:
-        io_thread.submit(self._close_now).result()
+        io_thread.wait(self._close_now)
+
+
+def _remove_stale(folder: str) -> None:
+    """Stores left by a process that was killed (SIGKILL runs no cleanup): their process is
+    gone, so no one will read them again."""
+    for path in Path(folder).glob("symoe-run-*-*.sqlite"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import tempfile
 import time
@@ -31,12 +32,15 @@ from symoe_agents.schedule import Group, Requests
 from symoe_agents.servers import ServerManager
 
 
-def _hosted_config(api: ScriptedAPI | str, models: list[str], k: int = 2, in_flight: int = 4):
+def _hosted_config(api: ScriptedAPI | str, models: list[str], k: int = 2, in_flight: int = 4, **top):
     base_url = api if isinstance(api, str) else api.base_url
+    keys = top.pop("keys", {})
     return parse_config(
         {
             "k": k,
-            "models": {m: {"backend": "openai", "base_url": base_url, "model": m} for m in models},
+            **top,
+            "models": {m: {"backend": "openai", "base_url": base_url, "model": m, **({"api_key_env": keys[m]} if m in keys else {})}
+                       for m in models},
             "roles": {"skill_inferencer": models[0], "experts": models[1:-1], "aggregator": models[-1]},
             "sampling": {"skill_inferencer": {"samples": 2}},
             "concurrency": {"max_in_flight": in_flight},
@@ -160,6 +164,47 @@ async def test_a_scripted_model_stands_where_requests_meet_a_model():
     assert len(seen) == 5 * 2 + 5 * 2 + 5 and all(client == asked for client, asked in seen)
 
 
+async def test_an_aggregator_that_cannot_start_still_lets_agreeing_questions_skip_it(monkeypatch):
+    """The server is acquired at the first request that must be sent; when that fails, the
+    requests after it that needed no server (here: questions whose experts agree) are still
+    decided as such, not failed with it."""
+    monkeypatch.delenv("SYMOE_TEST_ABSENT_KEY", raising=False)
+
+    q0_calls = 0
+
+    def reply(req: dict) -> str:
+        nonlocal q0_calls
+        prompt = req["messages"][-1]["content"]
+        if req["model"] == "sk":
+            return "Keywords: counting"
+        if "Question number 0:" in prompt:  # q0's two experts disagree, whoever they are
+            q0_calls += 1
+            return "The answer is (A)" if q0_calls == 1 else "The answer is (B)"
+        return "The answer is (B)"
+
+    async with ScriptedAPI([], text=reply) as api:
+        # acquiring the aggregator fails: its key is not set
+        cfg = _hosted_config(api, ["sk", "e1", "e2", "agg"], k=2, aggregate="on-disagreement", keys={"agg": "SYMOE_TEST_ABSENT_KEY"})
+        async with SymbolicMoE(cfg, check=False, seed=1) as moe:
+            results = await moe.solve_batch(_questions(6))
+    by_id = {r.id: r for r in results}
+    assert by_id["q0"].aggregator_status == "failed" and "server unavailable" in by_id["q0"].errors[-1]
+    for qid in ["q1", "q2", "q3", "q4", "q5"]:
+        assert by_id[qid].aggregator_status == "skipped-consensus" and by_id[qid].final_answer == "B", by_id[qid]
+
+
+async def test_an_error_raised_by_on_result_reaches_the_caller_as_itself():
+    async with ScriptedAPI([]) as api:
+        cfg = _hosted_config(api, ["sk", "e1", "e2", "agg"], k=1)
+
+        def on_result(r) -> None:
+            raise OutputError("the disk is full")
+
+        async with SymbolicMoE(cfg, check=False) as moe:
+            with pytest.raises(OutputError, match="the disk is full"):
+                await moe.solve_each(_questions(3), on_result)
+
+
 def _answer(text: str) -> Completion:
     return Completion(model="m", text=text, prompt_tokens=3, completion_tokens=4)
 
@@ -178,6 +223,25 @@ def test_a_cache_locked_by_another_process_keeps_the_answer_and_writes_it_later(
     assert cache.get("k1").text == "first" and cache.get("k2").text == "second" and cache.stored == 2
     assert cache.write_error is None
     cache.close()
+
+
+def test_a_locked_cache_retries_on_its_own_and_serves_what_waits(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = AnswerCache(path, busy_timeout_s=0.1, retry_s=0.2)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    cache.put("k1", _answer("waiting"), "expert", "q0", 0)
+    io_thread.submit(lambda: None).result()
+    assert cache.write_error is not None and cache.get("k1").text == "waiting"  # found while it waits
+    other.execute("COMMIT")
+    other.close()
+    deadline = time.monotonic() + 10
+    while cache.stored == 0 and time.monotonic() < deadline:  # no other put comes to flush it
+        time.sleep(0.05)
+    assert cache.stored == 1 and cache.write_error is None
+    cache.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM answers").fetchone()[0] == 1
 
 
 def test_closing_a_cache_that_stays_locked_says_what_was_not_written(tmp_path):
@@ -213,7 +277,9 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_instead_of_dropping_record
     q = _questions(2)
     rec = [QuestionResult(id=x.id, question=x.question, answer_format="multiple_choice", skills=[], routing="fixed",
                           experts=[], expert_answers=[], aggregator=None) for x in q]  # fmt: skip
-    f = AnswerFile.open(Path("/dev/full"), q, fresh=True)
+    f = AnswerFile.open(tmp_path / "a.jsonl", q, fresh=True)
+    f._f.close()
+    f._f = open("/dev/full", "w", encoding="utf-8")  # fault injection: the disk is full from here on
     f.append(rec[0])
     io_thread.submit(lambda: None).result()  # its write ran (and failed) before this
     with pytest.raises(OutputError, match="No space left on device.*answer cache"):
@@ -230,3 +296,18 @@ async def test_the_loop_lag_probe_sees_a_loop_held_by_blocking_work():
     await asyncio.sleep(0.05)
     report = probe.stop()
     assert report["max"] >= 150 and report["p99"] >= 150 and report["p50"] < 150
+
+
+def test_a_run_store_left_by_a_killed_process_is_removed_and_its_own_goes_with_it(tmp_path):
+    from symoe_agents.run_store import RunStore
+
+    stale = tmp_path / "symoe-run-4194999-abc.sqlite"  # above the kernel's pid limit: that process is gone
+    stale.write_bytes(b"")
+    live = tmp_path / f"symoe-run-{os.getpid()}-other.sqlite"  # a living process's: kept
+    live.write_bytes(b"")
+    store = RunStore(str(tmp_path))
+    assert not stale.exists() and live.exists() and Path(store.path).exists()
+    store.put("q", "skills", 0, "text")
+    assert asyncio.run(store.get("q", "skills")) == {"skills": {0: "text"}}
+    store.close()
+    assert not Path(store.path).exists()
