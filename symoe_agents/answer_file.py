@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +99,7 @@ class AnswerFile:
         self.state = state
         self._f = handle
         self.written = 0
-        self._lock = threading.Lock()
-        self._lines: list[str] = []
-        self._flush_queued = False
+        self._lines: io_thread.WriteQueue[str] = io_thread.WriteQueue(self._flush)
         self._error: OSError | None = None
         self._reported = False
 
@@ -136,18 +133,10 @@ class AnswerFile:
             self._reported = True
             raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
                               "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
-        line = json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n"
-        with self._lock:
-            self._lines.append(line)
-            if self._flush_queued:
-                return
-            self._flush_queued = True
-        io_thread.submit(self._flush)
+        self._lines.add(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
 
     def _flush(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-            self._flush_queued = False
+        lines = self._lines.take()
         if not lines or self._error is not None or self._f.closed:
             return
         try:

@@ -89,10 +89,8 @@ class AnswerCache:
                 )
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
-        self._lock = threading.Lock()
-        self._answers: list[tuple] = []  # rows queued for the IO thread
-        self._attempts: list[tuple[str]] = []
-        self._flush_queued = False
+        # rows for the IO thread: ("answer", row) and ("attempt", (key,)), one transaction a write
+        self._rows: io_thread.WriteQueue[tuple[str, tuple]] = io_thread.WriteQueue(self._flush)
         self.write_error: str | None = None  # the last failed write, while rows wait for a retry
         self._retry_s = retry_s
 
@@ -118,8 +116,7 @@ class AnswerCache:
             return None
         row = self._db.execute("SELECT completion FROM answers WHERE key = ?", (key,)).fetchone()
         if row is None and self.write_error is not None:  # a row waiting out a failed write
-            with self._lock:
-                row = next(((r[5],) for r in reversed(self._answers) if r[0] == key), None)
+            row = next(((r[5],) for kind, r in reversed(self._rows.waiting()) if kind == "answer" and r[0] == key), None)
         if row is None:
             return None
         self.hits += 1
@@ -140,30 +137,21 @@ class AnswerCache:
         if completion.error is not None:
             return
         body = completion.model_dump_json(exclude={"cached", "retryable"})
-        self._queue(self._answers, (key, completion.model, role, question_id, sample, body, time.time()))
+        self._rows.add(("answer", (key, completion.model, role, question_id, sample, body, time.time())))
 
     def note_attempt(self, key: str) -> None:
-        self._queue(self._attempts, (key,))
-
-    def _queue(self, rows: list, row: tuple) -> None:
-        with self._lock:
-            rows.append(row)
-            if self._flush_queued:
-                return  # the queued flush takes this row too
-            self._flush_queued = True
-        io_thread.submit(self._flush)
+        self._rows.add(("attempt", (key,)))
 
     def _flush(self) -> None:
         """On the IO thread: write every queued row in one transaction. On failure the rows
         go back to the queue, to be written by the next flush."""
         if self._db is None:
             return  # closed
-        with self._lock:
-            answers, self._answers = self._answers, []
-            attempts, self._attempts = self._attempts, []
-            self._flush_queued = False
-        if not answers and not attempts:
+        rows = self._rows.take()
+        if not rows:
             return
+        answers = [r for kind, r in rows if kind == "answer"]
+        attempts = [r for kind, r in rows if kind == "attempt"]
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -176,9 +164,7 @@ class AnswerCache:
                 raise
         except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows, try again
             self.write_error = str(exc)
-            with self._lock:
-                self._answers[:0] = answers
-                self._attempts[:0] = attempts
+            self._rows.put_back(rows)
             retry = threading.Timer(self._retry_s, self._retry)
             retry.daemon = True
             retry.start()
@@ -187,15 +173,11 @@ class AnswerCache:
         self.stored += len(answers)
 
     def _retry(self) -> None:
-        with self._lock:
-            if self._flush_queued or self._db is None or not (self._answers or self._attempts):
-                return
-            self._flush_queued = True
-        io_thread.submit(self._flush)
+        if self._db is not None:
+            self._rows.kick()
 
     def _pending(self) -> int:
-        with self._lock:
-            return len(self._answers)
+        return sum(1 for kind, _ in self._rows.waiting() if kind == "answer")
 
     def attempt_counts(self) -> dict[str, int]:
         """How often each key was sent: the soak's and the crash test's measure of repeats."""

@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -61,3 +61,47 @@ def wait(fn: Callable[..., T], *args: object) -> T:
 
 def in_io_thread() -> bool:
     return threading.current_thread().name.startswith("symoe-io")
+
+
+class WriteQueue(Generic[T]):
+    """Items waiting for one write on the IO thread. ``add`` queues an item and, unless a
+    write is queued already (it will take this item too), queues ``write``; ``write`` calls
+    ``take`` for everything queued so far, and ``put_back`` what it could not write, which
+    then goes first. Under load, many items share one commit or one fsync."""
+
+    def __init__(self, write: Callable[[], None]):
+        self._write = write
+        self._lock = threading.Lock()
+        self._items: list[T] = []
+        self._queued = False
+
+    def add(self, item: T) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._queued:
+                return
+            self._queued = True
+        submit(self._write)
+
+    def take(self) -> list[T]:
+        with self._lock:
+            items, self._items = self._items, []
+            self._queued = False
+            return items
+
+    def put_back(self, items: list[T]) -> None:
+        with self._lock:
+            self._items[:0] = items
+
+    def kick(self) -> None:
+        """Queue a write for items that wait with none queued (a retry after a failure)."""
+        with self._lock:
+            if self._queued or not self._items:
+                return
+            self._queued = True
+        submit(self._write)
+
+    def waiting(self) -> list[T]:
+        """A copy of what waits."""
+        with self._lock:
+            return list(self._items)

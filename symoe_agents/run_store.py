@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import tempfile
-import threading
 from pathlib import Path
 
 import psutil
@@ -43,24 +42,15 @@ class RunStore:
             "CREATE TABLE calls (question TEXT NOT NULL, role TEXT NOT NULL, slot INTEGER NOT NULL, body TEXT NOT NULL,"
             " PRIMARY KEY (question, role, slot)) WITHOUT ROWID;"
         )
-        self._lock = threading.Lock()
-        self._rows: list[tuple[str, str, int, str]] = []
-        self._flush_queued = False
+        self._rows: io_thread.WriteQueue[tuple[str, str, int, str]] = io_thread.WriteQueue(self._flush)
         self._error: str | None = None
         self._closed = False
 
     def put(self, question: str, role: str, slot: int, body: str) -> None:
-        with self._lock:
-            self._rows.append((question, role, slot, body))
-            if self._flush_queued:
-                return
-            self._flush_queued = True
-        io_thread.submit(self._flush)
+        self._rows.add((question, role, slot, body))
 
     def _flush(self) -> None:
-        with self._lock:
-            rows, self._rows = self._rows, []
-            self._flush_queued = False
+        rows = self._rows.take()
         if not rows or self._closed:
             return
         try:
