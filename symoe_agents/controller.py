@@ -106,8 +106,6 @@ class Controller:
         self.manager = manager
         self.events = events
         self.groups = GroupRunner(config, manager, events, progress, cache, connect)
-        self.progress = self.groups.progress
-        self.cache = cache  # None: every call is sent
         self.tally = OutcomeTally()
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
