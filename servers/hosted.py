@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from symoe_agents import redaction
 from symoe_agents.config import OpenAIModel
 from symoe_agents.errors import EndpointError
 
@@ -19,4 +20,5 @@ def hosted_endpoint(name: str, cfg: OpenAIModel) -> Endpoint:
                 f"model '{name}': environment variable {cfg.api_key_env} is not set; "
                 f"export {cfg.api_key_env}=<your key> (config: models.{name}.api_key_env)"
             )
+        redaction.remember(key)  # scrubbed from every error message from now on
     return Endpoint(base_url=cfg.base_url, served_model=cfg.model, api_key=key, key_env=cfg.api_key_env)

@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from symoe_agents.servers import Endpoint
 
+from . import redaction
 from .config import SERIAL_IN_FLIGHT, Concurrency, Config, Sampling
 from .prompting import PromptTemplate, RenderedPrompt, load_template
 from .records import Completion
@@ -145,10 +146,11 @@ def sampling_params(agent: Agent, run_seed: int, stream: str, sample: int) -> di
 
 
 def describe_error(exc: BaseException, model: str, endpoint: Endpoint) -> str:
-    """What failed and what to check, with the key itself removed: some APIs echo the key
-    they rejected in their error message, and this text goes to records and logs."""
-    text = _describe(exc, model, endpoint)
-    return text.replace(endpoint.api_key, "***") if len(endpoint.api_key) >= 4 else text
+    """What failed and what to check, with every key and fragment of one removed: some
+    APIs echo the key they rejected in their error message, and this text goes to records
+    and logs. The API's own words are scrubbed before they are cut to length, so a key
+    that straddles the cut cannot leave its first part behind."""
+    return redaction.scrub(_describe(exc, model, endpoint), {endpoint.api_key})
 
 
 def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
@@ -156,7 +158,7 @@ def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
     where = f"model '{model}' ({endpoint.base_url}{key})"
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        said = str(body.get("message") or exc.message)[:300]  # the API's own words, where it gave some
+        said = redaction.scrub(str(body.get("message") or exc.message), {endpoint.api_key})[:300]  # the API's own words
         head = f"{where}: HTTP {exc.status_code} {type(exc).__name__}: {said}"
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return head + (f"; check the key in ${endpoint.key_env}" if endpoint.key_env else "; check the endpoint's API key")

@@ -27,6 +27,8 @@ from typing import Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from . import redaction
+
 AlignMethod = Literal["auto", "minilm", "sentence-transformers", "openai", "exact"]
 
 
@@ -110,6 +112,8 @@ class OpenAIEmbedder:
         import openai
 
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else "not-needed"
+        if self.api_key_env:
+            redaction.remember(key)
         async with openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=3) as client:
             out: list[list[float]] = []
             for i in range(0, len(texts), 512):

@@ -26,7 +26,24 @@ class EchoingAPI(ScriptedAPI):
         self.key = key
 
     def error_message(self, code: int) -> str:
-        return {401: f"Incorrect API key provided: {self.key}", 400: f"bad request for key {self.key}"}.get(code, "error")
+        # the 400's message puts the key across the 300th character, where symoe cuts it
+        return {401: f"Incorrect API key provided: {self.key}", 400: f"bad request {'x' * 270} for key {self.key}"}.get(code, "error")
+
+
+def environments_holding(secret: bytes, but: set[int]) -> dict[int, str]:
+    """Processes (pid: command line) other than ``but`` whose environment holds ``secret``."""
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in but:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if secret in f.read():
+                    with open(f"/proc/{d}/cmdline", "rb") as c:
+                        found[int(d)] = c.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return found
 
 
 async def test_a_planted_key_is_in_no_file_symoe_writes(tmp_path):
@@ -67,17 +84,45 @@ log_dir = "{tmp_path / 'server-logs'}"
             env={**os.environ, "SYMOE_PLANTED_KEY": key},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=600)
+        leaked: dict[int, str] = {}
+
+        async def watch_environments() -> None:  # every process symoe starts, while it lives
+            while True:
+                leaked.update(environments_holding(key.encode(), {os.getpid(), proc.pid}))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.ensure_future(watch_environments())
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=600)
+        finally:
+            watcher.cancel()
     assert proc.returncode == 1, stderr.decode()[-3000:]  # questions whose calls were refused have errors
     assert f"Bearer {key}" in api.auth_headers  # the key was really used
     records = read_jsonl(out_dir / "answers.jsonl")
     errors = " ".join(e for r in records for e in r["errors"])
     assert "HTTP 401" in errors and "$SYMOE_PLANTED_KEY" in errors  # the rejections are reported...
     # ...with the API's own message, and the key it echoed blanked out
-    assert "Incorrect API key provided: ***" in errors and "bad request for key ***" in errors
+    assert "Incorrect API key provided: ***" in errors and "bad request xxx" in errors
+    assert not leaked, f"a process symoe started inherited the hosted key: {leaked}"
+    fragments = {key[i : i + 8].encode() for i in range(len(key) - 7)}
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "c.toml"]
     assert {p.name for p in written} >= {"answers.jsonl", "answers.cache.sqlite", "events.jsonl"}
     assert any(p.parent.name == "server-logs" for p in written)
     for blob, where in [(stdout, "stdout"), (stderr, "stderr"), *((p.read_bytes(), str(p)) for p in written)]:
-        assert key.encode() not in blob, f"the planted key leaked into {where}"
+        assert not [f for f in fragments if f in blob], f"the planted key (or 8 characters of it) leaked into {where}"
         assert b"sk-symoe-" not in blob, f"the local run key leaked into {where}"
+
+
+def test_scrub_removes_a_key_and_every_fragment_of_eight_characters_or_more():
+    from symoe_agents.redaction import scrub
+
+    key = "sk-abcdefghijklmnopqrstuvwxyz0123"
+    assert scrub(f"rejected {key}.", {key}) == "rejected ***."
+    # the tail a cut left, the head of a masked echo, a fragment inside other text
+    assert scrub(f"cut here: {key[:20]}", {key}) == "cut here: ***"
+    assert scrub(f"key ...{key[-8:]}", {key}) == "key ...***"
+    assert scrub(f"x{key[5:17]}y", {key}) == "x***y"
+    # seven characters of a key are ordinary text, and so is text that shares none
+    assert scrub(f"seven {key[3:10]} only", {key}) == f"seven {key[3:10]} only"
+    assert scrub("nothing to hide", {key}) == "nothing to hide"
+    assert scrub("short key abcd here", {"abcd"}) == "short key *** here"
