@@ -463,6 +463,13 @@ class Config(_Strict):
         data.update({k: v for k, v in changes.items() if v is not None})
         return Config.model_validate(data)
 
+    def secret_env_names(self) -> set[str]:
+        """The environment variables this config reads keys from (hosted models, alignment)."""
+        names = {m.api_key_env for m in self.models.values() if isinstance(m, OpenAIModel) and m.api_key_env}
+        if self.alignment.api_key_env:
+            names.add(self.alignment.api_key_env)
+        return names
+
     def without_profiles(self) -> "Config":
         """The same run with uniform random recruiting (and the configured aggregator)."""
         return self.model_copy(update={"profiles": None})
