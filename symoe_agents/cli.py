@@ -15,6 +15,7 @@ import typer
 from .cli_common import err
 from .config import embedded_config_text, load_config
 from .errors import ConfigError
+from .preflight import prompt_problems
 
 app = typer.Typer(
     add_completion=False,
@@ -46,6 +47,10 @@ def show_config(
     except ConfigError as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
+    problems = prompt_problems(cfg.prompts_dir)  # reading a few small files: cheap enough to validate here too
+    if problems:
+        err("\n".join(f"error: {config}: {p}" for p in problems))
+        raise typer.Exit(2)
     print(f"{config}: ok")
     for name, m in cfg.models.items():
         roles = [r for r, v in (("skills", cfg.roles.skill_inferencer), ("aggregator", cfg.roles.aggregator)) if v == name]

@@ -19,7 +19,7 @@ servers_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Star
 def check(
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in pool)")] = None,
 ) -> None:
-    """Preflight only: executables, model files, API-key variables, GPUs. Starts nothing."""
+    """Preflight only: executables, model files, prompts, chat formats, API-key variables, GPUs. Starts nothing."""
     cfg = load_config_or_exit(config)
     problems = preflight(cfg)
     for p in problems:

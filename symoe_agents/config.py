@@ -15,6 +15,8 @@ Every validation problem is reported as ``FILE: dotted.key: message``.
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from importlib.resources import files
 from pathlib import Path
@@ -537,6 +539,21 @@ def load_config(path: str | Path | None = None) -> Config:
     return parse_config(_resolve_paths(data, path.resolve().parent), str(path))
 
 
+#: a top-level ``key = "value"`` line of a path key that ``_resolve_paths`` resolves
+_PATH_LINE = re.compile(r'^(\s*(?:profiles|prompts_dir|model_path|log_dir)\s*=\s*)"([^"\\]*)"', re.MULTILINE)
+
+
 def embedded_config_text() -> str:
-    """The built-in pool's TOML, a working example of every section."""
-    return files("symoe_agents").joinpath("data", "embedded.toml").read_text(encoding="utf-8")
+    """The built-in pool's TOML, a working example of every section. Its relative paths are
+    relative to the package's data folder, so they are printed absolute: a copy saved
+    anywhere (``symoe config > my.toml``) loads the same files. Comments stay as written,
+    which is why the text is edited rather than the TOML parsed and dumped again."""
+    data_dir = Path(str(files("symoe_agents").joinpath("data")))
+    text = (data_dir / "embedded.toml").read_text(encoding="utf-8")
+
+    def absolute(m: re.Match[str]) -> str:
+        if Path(m.group(2)).is_absolute():
+            return m.group(0)
+        return m.group(1) + json.dumps(str(data_dir / m.group(2)), ensure_ascii=False)  # a JSON string is a TOML string
+
+    return _PATH_LINE.sub(absolute, text)

@@ -52,7 +52,7 @@ from .summary import EventTally, OutcomeTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
 from .formats import AnswerFormat
 from .placement import Device, Lane, Placement, Stage, place
-from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses
+from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses, skills_prompt
 from .profiles import Profile, load_profiles, read_aggregator_choice
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
@@ -256,7 +256,7 @@ class Controller:
         unavailable: list[str] = []
 
         def prompt_of(i: int) -> RenderedPrompt:
-            return agent.template.render(question=by_id[group.requests[i].question_id].question.question)
+            return skills_prompt(agent.template, by_id[group.requests[i].question_id])
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]

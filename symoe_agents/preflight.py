@@ -10,10 +10,15 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from .alignment import alignment_problems
 from .config import Config, OpenAIModel
-from .errors import SymoeError
+from .errors import PromptError, SymoeError
+from .formats import AnswerFormat
+from .preparation import Prepared, aggregation_prompt, expert_prompt, skills_prompt
+from .prompting import load_template
+from .records import Question
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,31 @@ def used_models(config: Config) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def prompt_problems(prompts_dir: Path | None) -> list[str]:
+    """Every prompt a run renders, rendered here with sample values through the same functions
+    the run uses (so with exactly the variables it passes), once per answer format: a missing
+    file, a malformed template or an unknown variable is found before the skill and expert
+    groups are paid for, not when the first prompt of a group is built."""
+    if prompts_dir is not None and not prompts_dir.is_dir():
+        return [f"prompts_dir {prompts_dir} is not a folder; fix 'prompts_dir' or remove it to use the built-in prompts"]
+    where = f"prompts_dir {prompts_dir}" if prompts_dir is not None else "built-in prompts"
+    question = Question(id="preflight", question="A sample question? The options are: (A) one (B) two")
+    renders = [lambda: skills_prompt(load_template("skills", prompts_dir), Prepared(question, AnswerFormat.FREE, [], ""))]
+    for fmt in AnswerFormat:  # each format has its own answer instruction template
+        p = Prepared(question, fmt, ["A", "B"] if fmt is AnswerFormat.MULTIPLE_CHOICE else [], "")
+        renders.append(lambda p=p: expert_prompt(load_template("expert", prompts_dir), p, prompts_dir))
+        renders.append(lambda p=p: aggregation_prompt(load_template("aggregator", prompts_dir), p, ["A sample response."], prompts_dir))
+    problems: list[str] = []
+    for render in renders:
+        try:
+            render()
+        except PromptError as exc:
+            message = f"{where}: {exc}"
+            if message not in problems:  # one broken answer template fails the expert and the aggregator prompt alike
+                problems.append(message)
+    return problems
+
+
 def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
     from symoe_agents.servers import backend_for
 
@@ -63,6 +93,8 @@ def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
         assert backend is not None
         problems += [Problem(name, msg) for msg in backend.preflight()]
         gpus_needed = max(gpus_needed, backend.gpus_needed())
+    if models is None:  # a run renders prompts; `servers up MODEL...` does not
+        problems += [Problem(None, msg) for msg in prompt_problems(config.prompts_dir)]
     if models is None and config.profiles is not None:  # the embedder maps skills onto profiles; nothing else uses it
         problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
     if gpus_needed:

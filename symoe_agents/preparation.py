@@ -76,6 +76,11 @@ def answer_instruction(fmt: AnswerFormat, letters: Sequence[str], prompts_dir: P
     return tpl.render().text
 
 
+def skills_prompt(template: PromptTemplate, p: Prepared) -> RenderedPrompt:
+    """What the skill inferencer is asked: the question alone."""
+    return template.render(question=p.question.question)
+
+
 def expert_prompt(template: PromptTemplate, p: Prepared, prompts_dir: Path | None = None) -> RenderedPrompt:
     """What an expert is asked: the question and the answer instruction of its format."""
     return template.render(question=p.question.question, answer_instruction=answer_instruction(p.fmt, p.letters, prompts_dir))

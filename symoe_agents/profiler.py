@@ -38,7 +38,7 @@ from .extract import extract_answer
 from .scoring import is_correct, judged
 from .events import EventLog
 from .formats import AnswerFormat
-from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare, prepare_all, shown_responses
+from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare, prepare_all, shown_responses, skills_prompt
 from .profiles import AGGREGATOR_FILE, Profile, build_profiles, synthetic_aggregation_items
 from .prompting import RenderedPrompt, load_template
 from .records import Completion, Question
@@ -155,7 +155,7 @@ def _skill_keys(ctrl: Controller, prepared: list[Prepared]) -> dict[str, str]:
     agent = build_agent(cfg, "skill_inferencer", model)
     keys = {}
     for p in prepared:
-        first = ctrl.call_key(agent, model, p.stream, 0, agent.template.render(question=p.question.question))
+        first = ctrl.call_key(agent, model, p.stream, 0, skills_prompt(agent.template, p))
         declared = p.question.answer_format.value if p.question.answer_format else None
         keys[p.question.id] = _hash(json.dumps([first, cfg.sampling.skill_inferencer.samples, declared]))
     return keys

@@ -39,6 +39,10 @@ class RenderedPrompt:
     sha256: str
 
 
+def _braced(names: list[str]) -> str:
+    return ", ".join(f"{{{name}}}" for name in names)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -49,18 +53,25 @@ class PromptTemplate:
         try:
             return frozenset(f for _, f, _, _ in string.Formatter().parse(self.text) if f is not None)
         except ValueError as exc:
-            raise PromptError(f"template '{self.name}' is malformed ({exc}); double literal braces: {{{{ }}}}") from None
+            raise PromptError(f"template {self.name}.md is malformed ({exc}); double literal braces: {{{{ }}}}") from None
 
     def render(self, **variables: str) -> RenderedPrompt:
         expected = self.fields
-        missing = expected - variables.keys()
-        unknown = variables.keys() - expected
-        if missing or unknown:
-            raise PromptError(
-                f"template '{self.name}' expects {sorted(expected)}; "
-                f"missing {sorted(missing)}, unexpected {sorted(unknown)}"
-            )
-        text = self.text.format(**variables)
+        not_provided = sorted(expected - variables.keys())
+        unused = sorted(variables.keys() - expected)
+        if not_provided or unused:
+            # worded for whoever edits the file: preflight shows this before a run is paid for
+            parts = []
+            if not_provided:
+                parts.append(f"uses {_braced(not_provided)}, which symoe does not provide; "
+                             f"it provides: {', '.join(sorted(variables)) or 'nothing'}")  # fmt: skip
+            if unused:
+                parts.append(f"lacks {_braced(unused)}, which symoe provides and the prompt needs; add it")
+            raise PromptError(f"template {self.name}.md " + "; ".join(parts))
+        try:
+            text = self.text.format(**variables)
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:  # a bad !conversion, :spec or nested {field}
+            raise PromptError(f"template {self.name}.md is malformed ({type(exc).__name__}: {exc}); double literal braces: {{{{ }}}}") from None
         return RenderedPrompt(text=text, template=self.name, template_sha256=sha256(self.text), sha256=sha256(text))
 
 
@@ -69,7 +80,7 @@ def _read(name: str, directory: str | None) -> str:
     if directory is not None:
         path = Path(directory) / f"{name}.md"
         if not path.is_file():
-            raise PromptError(f"prompt template {path} not found; prompts_dir must hold {name}.md")
+            raise PromptError(f"template {name}.md not found ({path}); copy it from the built-in prompts in {files('symoe_agents.prompts')}")
         return path.read_text(encoding="utf-8").rstrip("\n")
     resource = files("symoe_agents.prompts").joinpath(f"{name}.md")
     if not resource.is_file():

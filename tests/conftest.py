@@ -116,13 +116,43 @@ def llama_server_argv(model: Path, port: int | str, alias: str, *extra: str) -> 
 def small_pool_toml(tmp_path: Path, samples: int = 2, max_tokens: int = 64, extra: str = "") -> Path:
     """The embedded pool with smaller budgets (fewer skill samples, shorter answers), as a
     TOML file: the same real servers, in less time. ``extra`` is appended verbatim."""
-    from symoe_agents.config import embedded_config_text, load_config
+    from symoe_agents.config import embedded_config_text
 
-    text = embedded_config_text()
-    for old in ('profiles = "embedded-profiles"', "samples = 5", "max_tokens = 200"):
+    text = embedded_config_text()  # its paths are absolute: it loads from tmp_path as it is
+    for old in ("samples = 5", "max_tokens = 200"):
         assert old in text, f"the embedded pool's TOML changed: {old!r} is gone"
-    text = text.replace('profiles = "embedded-profiles"', f'profiles = "{load_config().profiles}"')
     text = text.replace("samples = 5", f"samples = {samples}").replace("max_tokens = 200", f"max_tokens = {max_tokens}")
     path = tmp_path / "pool.toml"
     path.write_text(text + extra)
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem that fills up: a 2 MiB tmpfs mounted for the test, so that writes
+    really fail with ENOSPC (mounting needs root, as on this project's machines and CI)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"cannot mount a tmpfs: {r.stderr}"
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write a ballast file in ``folder`` until its filesystem is full; delete it to free."""
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for block in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError:
+                pass
+    return ballast

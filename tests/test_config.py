@@ -121,3 +121,25 @@ def test_built_in_defaults_follow_the_method(tmp_path):
     assert roles.skill_inferencer.samples == 5
     cfg = load_config(write(tmp_path, GOOD))
     assert (cfg.aggregate, cfg.fallback) == ("always", "none")
+
+
+def test_the_printed_pool_runs_from_any_folder(tmp_path, monkeypatch):
+    """`symoe config > my.toml` saved elsewhere loads the same files as the built-in pool."""
+    from typer.testing import CliRunner
+
+    from symoe_agents.cli import app
+    from symoe_agents.config import embedded_config_text
+
+    printed = CliRunner().invoke(app, ["config"])
+    assert printed.exit_code == 0 and printed.output == embedded_config_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    copy = elsewhere / "my.toml"
+    copy.write_text(printed.output)
+    monkeypatch.chdir(tmp_path)  # neither the package's folder nor the copy's
+    builtin, loaded = load_config(), load_config(copy)
+    assert loaded.profiles is not None and loaded.profiles.is_dir()
+    assert loaded.profiles == builtin.profiles and loaded.prompts_dir == builtin.prompts_dir
+    assert loaded.model_dump() == builtin.model_dump()  # every path (and everything else) resolved alike
+    shown = CliRunner().invoke(app, ["config", "--config", str(copy)])
+    assert shown.exit_code == 0 and shown.output.startswith(f"{copy}: ok")

@@ -1,7 +1,11 @@
 import sys
+from importlib.resources import files
+
+import pytest
 
 from symoe_agents.config import load_config, parse_config
 from symoe_agents.preflight import preflight
+from symoe_agents.prompting import TEMPLATE_NAMES
 
 from conftest import ROOT
 
@@ -65,3 +69,117 @@ def test_a_missing_llama_server_says_how_to_build_it(monkeypatch, tmp_path):
     text = "\n".join(map(str, problems))
     assert "llama-server not found beside" in text and "python -m symoe_agents.servers.llama_build" in text
     assert {p.model for p in problems} >= {"smollm2", "gemma3"}
+
+
+def prompts_copy(tmp_path):
+    """A prompts_dir holding copies of the built-in templates, to break one at a time."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name in TEMPLATE_NAMES:
+        (folder / f"{name}.md").write_text(files("symoe_agents.prompts").joinpath(f"{name}.md").read_text())
+    return folder
+
+
+def prompt_messages(prompts_dir):
+    config = load_config().model_copy(update={"prompts_dir": prompts_dir})
+    return [p.message for p in preflight(config) if p.model is None]
+
+
+def test_a_copy_of_the_built_in_prompts_passes(tmp_path):
+    assert prompt_messages(prompts_copy(tmp_path)) == []
+
+
+def test_the_templates_checked_are_every_built_in_one():
+    shipped = {f.name.removesuffix(".md") for f in files("symoe_agents.prompts").iterdir() if f.name.endswith(".md")}
+    assert shipped == set(TEMPLATE_NAMES)
+
+
+@pytest.mark.parametrize("name", TEMPLATE_NAMES)
+def test_every_template_a_run_renders_is_checked(tmp_path, name):
+    folder = prompts_copy(tmp_path)
+    (folder / f"{name}.md").unlink()
+    assert prompt_messages(folder) == [
+        f"prompts_dir {folder}: template {name}.md not found ({folder / name}.md); copy it from the built-in prompts in {files('symoe_agents.prompts')}"
+    ]
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("expert", "Question: {question}\n{foo}\n{answer_instruction}", "template expert.md uses {foo}, which symoe does not provide; it provides: answer_instruction, question"),
+    ("aggregator", "{question}\n{answer_instruction}", "template aggregator.md lacks {responses}, which symoe provides and the prompt needs; add it"),
+    ("skills", "Skills for {question", "template skills.md is malformed (expected '}' before end of string)"),
+    ("answer_math", "Write \\boxed{X}.", "template answer_math.md uses {X}, which symoe does not provide; it provides: nothing"),
+    ("answer_multiple_choice", "Pick one of {letters!z}.", "template answer_multiple_choice.md is malformed (ValueError: Unknown conversion specifier z)"),
+])  # fmt: skip
+def test_a_bad_template_is_a_preflight_problem_naming_the_file_and_the_variable(tmp_path, name, text, says):
+    folder = prompts_copy(tmp_path)
+    (folder / f"{name}.md").write_text(text)
+    messages = prompt_messages(folder)
+    assert len(messages) == 1 and messages[0].startswith(f"prompts_dir {folder}: {says}")
+
+
+def test_a_prompts_dir_that_is_not_a_folder_is_one_problem(tmp_path):
+    assert prompt_messages(tmp_path / "absent") == [
+        f"prompts_dir {tmp_path / 'absent'} is not a folder; fix 'prompts_dir' or remove it to use the built-in prompts"
+    ]
+
+
+def test_servers_up_for_named_models_renders_no_prompts(tmp_path):
+    config = load_config().model_copy(update={"prompts_dir": tmp_path / "absent"})
+    assert not [p for p in preflight(config, ["smollm2"]) if "prompts_dir" in p.message]
+
+
+def test_config_validation_reports_a_bad_template(tmp_path):
+    from typer.testing import CliRunner
+
+    from symoe_agents.cli import app
+
+    folder = prompts_copy(tmp_path)
+    (folder / "expert.md").write_text("{question} {foo} {answer_instruction}")
+    path = tmp_path / "c.toml"
+    path.write_text('prompts_dir = "prompts"\n[models.a]\nbackend = "llamacpp"\nmodel_path = "a.gguf"\n'
+                    '[roles]\nskill_inferencer = "a"\nexperts = ["a"]\naggregator = "a"\n')  # fmt: skip
+    result = CliRunner().invoke(app, ["config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"error: {path}: prompts_dir {folder}: template expert.md uses {{foo}}, which symoe does not provide" in result.output
+
+
+def llamacpp_model(**fields):
+    return cfg({"m": {"backend": "llamacpp", "embedded": "gemma3-270m", **fields}})
+
+
+def test_an_unknown_chat_format_is_refused_by_the_llama_server_that_would_run():
+    from conftest import llama_server
+
+    exe = llama_server()
+    assert preflight(llamacpp_model(chat_format="gemma")) == []
+    problems = preflight(llamacpp_model(chat_format="gemmma"))
+    assert [p.model for p in problems] == ["m"]
+    text = str(problems[0])
+    assert f"chat_format 'gemmma' is not a chat template llama-server ({exe}) knows; use one of: " in text
+    assert ", gemma, " in text and ", chatml, " in text and "llama-2" not in text  # its names, not llama-cpp-python's
+
+
+def test_the_chat_templates_are_read_off_the_llama_server_it_runs(tmp_path):
+    fake = tmp_path / "llama-server"  # refuses every template; its help lists two
+    fake.write_text('#!/bin/sh\n[ "$1" = "--help" ] || exit 1\n'
+                    'echo "  list of built-in templates:"; echo "     alpha, beta-2"; echo "  (env: LLAMA_ARG_CHAT_TEMPLATE)"\n')  # fmt: skip
+    fake.chmod(0o755)
+    problems = preflight(llamacpp_model(chat_format="gamma", executable=str(fake)))
+    assert [str(p) for p in problems] == [
+        f"model 'm': chat_format 'gamma' is not a chat template llama-server ({fake}) knows; use one of: alpha, beta-2; "
+        "or remove it to use the GGUF's own template"
+    ]
+
+
+def test_an_unknown_chat_format_is_refused_for_llama_cpp_python_from_its_own_registry():
+    import importlib.util
+
+    from conftest import require
+
+    require(importlib.util.find_spec("llama_cpp") is not None, 'llama-cpp-python is not installed: pip install "symoe-agents[llama-cpp-python]"')
+    assert preflight(llamacpp_model(server="llama-cpp-python", chat_format="llama-2")) == []
+    assert preflight(llamacpp_model(server="llama-cpp-python", chat_format="llava-1-5")) == []  # built by its server
+    problems = preflight(llamacpp_model(server="llama-cpp-python", chat_format="llama2"))
+    text = str(problems[0])
+    assert len(problems) == 1 and "chat_format 'llama2' is not a chat template llama-cpp-python knows; use one of: " in text
+    assert ", llama-2, " in text and ", llava-1-5, " in text

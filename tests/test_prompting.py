@@ -1,7 +1,7 @@
 import pytest
 
 from symoe_agents.errors import PromptError
-from symoe_agents.prompting import TEMPLATE_NAMES, load_template
+from symoe_agents.prompting import TEMPLATE_NAMES, PromptTemplate, load_template
 
 
 def test_every_builtin_template_loads_and_renders():
@@ -32,10 +32,12 @@ def test_math_instruction_keeps_literal_braces_and_question_braces_survive():
 
 
 def test_missing_or_unknown_variables_are_errors():
-    with pytest.raises(PromptError, match="missing \\['answer_instruction'\\]"):
+    with pytest.raises(PromptError, match="^template expert.md uses {answer_instruction}, which symoe does not provide; it provides: question$"):
         load_template("expert").render(question="Q")
-    with pytest.raises(PromptError, match="unexpected \\['extra'\\]"):
+    with pytest.raises(PromptError, match="^template skills.md lacks {extra}, which symoe provides and the prompt needs; add it$"):
         load_template("skills").render(question="Q", extra="x")
+    with pytest.raises(PromptError, match="^template t.md is malformed \\(ValueError: Unknown format code 'd'"):
+        PromptTemplate("t", "{n:d}").render(n="1")  # found when filled in, not when parsed
 
 
 def test_prompts_dir_override(tmp_path):
