@@ -15,12 +15,12 @@ from .config import Config, load_config
 from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
 from .summary import RunSummary
-from .inputs import read_questions_skipping
+from .inputs import read_questions_skipping, reads_as_stream
 from .preflight import preflight
 
 
 def solve(
-    input: Annotated[Path, typer.Argument(help="questions: JSONL with 'question' per line, or the upstream JSON array")],
+    input: Annotated[Path, typer.Argument(help="questions: JSONL with 'question' per line, or the upstream JSON array; '-' reads standard input")],
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="answers JSONL (default: INPUT_STEM.answers.jsonl)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (default: the built-in embedded CPU pool)")] = None,
     k: Annotated[Optional[int], typer.Option("--k", min=1, help="experts per question (overrides the config)")] = None,
@@ -39,13 +39,18 @@ def solve(
 
     Re-running the same command resumes: questions already in OUTPUT are not asked again and
     answers already in the cache are not requested again."""
+    if output is None and reads_as_stream(input):  # "-" or a pipe: no stem to name the answers after
+        err(f"error: give -o: {input} is read as a stream, so the answers file cannot be named after it")
+        raise typer.Exit(2)
     out_path = output or Path(f"{input.stem}.answers.jsonl")
     try:
         cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
         if no_profiles:
             cfg = cfg.without_profiles()
-        questions, skipped = read_questions_skipping(input, skip_invalid)
-        if out_path.resolve() == input.resolve():
+        questions, skipped, warnings = read_questions_skipping(input, skip_invalid)
+        for warning in warnings:
+            err(f"[symoe] warning: {warning}")
+        if str(input) != "-" and out_path.resolve() == input.resolve():
             raise OutputError(f"the output {out_path} is the input file; choose another -o")
     except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
         err(f"error: {exc}")
