@@ -17,7 +17,12 @@ queued in one transaction (under load, many answers per commit), moments after `
 crash loses at most those moments' answers. A database another process keeps locked past
 the busy timeout, or a full disk, leaves the rows queued and retried every few seconds,
 never a failed call: the answer stays in memory (and is found by ``get``) until it is
-written, or until ``close``, which says how many could not be.
+written. A cache that stays unwritable for ``give_up_s`` stops the run with a
+``CacheError`` (the next ``put`` or lookup raises it), since a run that goes on would keep
+paying for answers it cannot keep. What is still queued at ``close`` is saved to a small
+JSONL file beside the cache (or, if that cannot be written either, in the temporary
+folder), which the next ``AnswerCache`` on the same path writes into the cache: an answer
+paid for is not lost to a lock or a full disk.
 
 Failed calls are not cached: a re-run asks again. ``attempts`` counts how often each key
 was sent, which is how the soak script measures calls repeated because of faults.
@@ -25,9 +30,12 @@ was sent, which is how the soak script measures calls repeated because of faults
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -63,15 +71,21 @@ class CallIdentity:
 class AnswerCache:
     """``get`` and ``put`` completions by key; ``note_attempt`` before each send."""
 
-    def __init__(self, path: str | Path, read: bool = True, busy_timeout_s: float = 5.0, retry_s: float = 2.0):
+    def __init__(
+        self, path: str | Path, read: bool = True, busy_timeout_s: float = 5.0, retry_s: float = 2.0, give_up_s: float = 60.0
+    ):
         """``read=False``: answers are stored but never reused (``--fresh``).
         ``busy_timeout_s``: how long a write waits for another process's lock before its
         rows are kept for a flush ``retry_s`` later (the IO thread waits meanwhile, so this is
-        short)."""
+        short). ``give_up_s``: how long writes (or a lookup) may keep failing before the
+        run is stopped."""
         self.path = Path(path)
         self.read = read
         self.hits = 0
         self.stored = 0
+        self.spilled: tuple[int, Path] | None = None  # (answers, file) saved at close instead
+        self._failing_since: float | None = None
+        self._give_up_s = give_up_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # used only from the IO thread after this (made here so that an error is the caller's)
@@ -93,6 +107,12 @@ class AnswerCache:
         self._rows: io_thread.WriteQueue[tuple[str, tuple]] = io_thread.WriteQueue(self._flush)
         self.write_error: str | None = None  # the last failed write, while rows wait for a retry
         self._retry_s = retry_s
+        # answers a run before this one could not write: written now (or queued, and served)
+        self._spill_sources = [p for p in spill_paths(self.path) if p.exists()]
+        saved = [row for p in self._spill_sources for row in _read_spill(p)]
+        if saved:
+            self._rows.put_back(saved)
+            self._flush()  # on this thread: the IO thread has not used the connection yet
 
     def _create(self) -> None:
         self._db.executescript(
@@ -111,10 +131,34 @@ class AnswerCache:
             """
         )
 
+    def _stuck(self) -> None:
+        """Raise ``CacheError`` once writes have failed for longer than ``give_up_s``."""
+        since = self._failing_since
+        if since is not None and time.monotonic() - since > self._give_up_s:
+            raise CacheError(
+                f"the answer cache {self.path} could not be written for {self._give_up_s:g} s ({self.write_error}): "
+                "another process keeps it locked, or its disk is full; the run stops here so that no more answers are "
+                "paid for than can be kept (those received are saved at exit)"
+            )
+
+    def _select(self, key: str) -> tuple | None:
+        """The row for ``key``, waiting out another process's lock up to ``give_up_s``."""
+        began = time.monotonic()
+        while True:
+            try:
+                return self._db.execute("SELECT completion FROM answers WHERE key = ?", (key,)).fetchone()
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout
+                if time.monotonic() - began > self._give_up_s:
+                    raise CacheError(f"the answer cache {self.path} could not be read for {self._give_up_s:g} s ({exc}); "
+                                     "another process keeps it locked; the run stops here") from None  # fmt: skip
+                time.sleep(min(self._retry_s, 1.0))
+            except sqlite3.DatabaseError as exc:
+                raise CacheError(f"the answer cache {self.path} cannot be read ({exc}); pass --cache with another path, or --no-cache") from None
+
     def _get_now(self, key: str) -> Completion | None:
         if not self.read:
             return None
-        row = self._db.execute("SELECT completion FROM answers WHERE key = ?", (key,)).fetchone()
+        row = self._select(key)
         if row is None and self.write_error is not None:  # a row waiting out a failed write
             row = next(((r[5],) for kind, r in reversed(self._rows.waiting()) if kind == "answer" and r[0] == key), None)
         if row is None:
@@ -128,6 +172,7 @@ class AnswerCache:
 
     async def aget(self, key: str) -> Completion | None:
         """The cached answer for ``key``, read on the IO thread (after every queued write)."""
+        self._stuck()  # every request is looked up before it is sent: a stuck cache stops the sending
         if not self.read:
             return None
         return await io_thread.run(self._get_now, key)
@@ -164,20 +209,24 @@ class AnswerCache:
                 raise
         except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows, try again
             self.write_error = str(exc)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             self._rows.put_back(rows)
             retry = threading.Timer(self._retry_s, self._retry)
             retry.daemon = True
             retry.start()
             return
         self.write_error = None
+        self._failing_since = None
         self.stored += len(answers)
+        for p in self._spill_sources:  # their rows were in this (or an earlier) transaction
+            with contextlib.suppress(OSError):
+                p.unlink()
+        self._spill_sources = []
 
     def _retry(self) -> None:
         if self._db is not None:
             self._rows.kick()
-
-    def _pending(self) -> int:
-        return sum(1 for kind, _ in self._rows.waiting() if kind == "answer")
 
     def attempt_counts(self) -> dict[str, int]:
         """How often each key was sent: the soak's and the crash test's measure of repeats."""
@@ -188,12 +237,40 @@ class AnswerCache:
             return  # closed already
         try:
             self._flush()
-            if self._pending():
-                raise CacheError(f"{self.path}: {self._pending()} answers could not be written to the answer cache ({self.write_error}); "
-                                 "a re-run asks for them again")  # fmt: skip
+            left = self._rows.take()
+            if left:
+                self._spill(left)
         finally:
             self._db.close()
             self._db = None  # type: ignore[assignment]
+
+    def _spill(self, rows: list[tuple[str, tuple]]) -> None:
+        """Save the rows that could not be written where the next run finds them (beside
+        the cache, else in the temporary folder); ``CacheError`` if neither can be written."""
+        answers = sum(1 for kind, _ in rows if kind == "answer")
+        text = "".join(json.dumps([kind, list(row)], ensure_ascii=False) + "\n" for kind, row in rows)
+        why = []
+        for target in spill_paths(self.path):
+            tmp = target.with_name(target.name + ".tmp")
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)  # whole or not at all: it replaces the file its rows came from
+            except OSError as exc:
+                why.append(f"{target}: {exc.strerror or exc}")
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                continue
+            for p in self._spill_sources:
+                if p != target:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            self.spilled = (answers, target)
+            return
+        raise CacheError(f"{self.path}: {answers} answers could not be written to the answer cache ({self.write_error}) "
+                         f"nor saved beside it ({'; '.join(why)}); a re-run asks for them again")  # fmt: skip
 
     def close(self) -> None:
         """Write what is queued and close (waits for the IO thread)."""
@@ -207,3 +284,25 @@ class AnswerCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def spill_paths(cache: Path) -> list[Path]:
+    """Where the answers a run could not write to ``cache`` are saved, in order of preference."""
+    tag = hashlib.sha256(str(cache.resolve()).encode()).hexdigest()[:16]
+    return [cache.with_name(cache.name + ".unsaved.jsonl"), Path(tempfile.gettempdir()) / f"symoe-unsaved-{tag}.jsonl"]
+
+
+def _read_spill(path: Path) -> list[tuple[str, tuple]]:
+    rows: list[tuple[str, tuple]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    kind, row = json.loads(line)
+                except (ValueError, TypeError):
+                    continue  # not ours, or damaged: the rest is still worth keeping
+                if (kind == "answer" and len(row) == 7) or (kind == "attempt" and len(row) == 1):
+                    rows.append((kind, tuple(row)))
+    except OSError:
+        return []
+    return rows

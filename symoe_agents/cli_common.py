@@ -25,7 +25,21 @@ from .preflight import preflight
 
 
 def err(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A message on stderr. A reader that went away (``symoe solve ... 2>&1 | head``, a
+    closed terminal) must not abort a paid batch: stderr then goes to /dev/null."""
+    try:
+        print(msg, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # EPIPE, EIO from a hung-up terminal, a closed stream
+        silence(sys.stderr)
+
+
+def silence(stream: IO[str]) -> None:
+    """Point ``stream``'s descriptor at /dev/null, so that later writes (and Python's
+    flush at exit, which would otherwise turn the exit status into 120) succeed unseen."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 class TerminalProgress:
@@ -44,12 +58,17 @@ class TerminalProgress:
 
     def advance(self) -> None:
         if self.bar is not None:
-            self.bar.update(1)
+            try:
+                self.bar.update(1)
+            except (OSError, ValueError):  # the terminal went away: no bar, the run goes on
+                self.bar, self.tty = None, False
+                silence(self.stream)
 
     def finish(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            with contextlib.suppress(OSError, ValueError):
+                bar.close()
 
     def on_event(self, e: Event) -> None:
         if e.kind == "server_start":
@@ -78,10 +97,13 @@ def logged(events_path: Path | None) -> Iterator[tuple[EventLog, TerminalProgres
         yield log, progress
     finally:
         log.close()
+        if log.write_error:
+            err(f"[symoe] warning: the events file {events_path} could not be written: {log.write_error}")
 
 
 def run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") -> int:
-    """Run the coroutine; turn SIGINT/SIGTERM into cancellation and exit codes 130/143."""
+    """Run the coroutine; turn SIGINT/SIGTERM/SIGHUP into cancellation and exit codes
+    130/143/129 (a closed terminal or an ssh session that drops is a stop like any other)."""
     state = {"signal": None}
 
     async def main() -> int:
@@ -100,7 +122,7 @@ def run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") ->
             err(f"\n[symoe] {signal.Signals(signum).name} received: stopping servers (again to force)")
             task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, on_signal, sig)
         return await coro_factory()
 

@@ -63,6 +63,7 @@ class EventLog:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._listeners: list[Callable[[Event], None]] = []
+        self.write_error: str | None = None  # why the file stopped being written
 
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
@@ -75,13 +76,23 @@ class EventLog:
         event = Event(ts=time.time(), kind=kind, **fields)
         self.events.append(event)
         if self._file:
-            self._file.write(json.dumps(event.model_dump(exclude_none=True)) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps(event.model_dump(exclude_none=True)) + "\n")
+                self._file.flush()
+            except OSError as exc:  # a full disk: events are a diagnosis, never worth stopping a paid batch for
+                self.write_error = f"{exc.strerror or exc}; events after {time.strftime('%H:%M:%S')} are not in the file"
+                self._drop_file()
         for fn in list(self._listeners):
             fn(event)
         return event
 
+    def _drop_file(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as exc:  # what a failed write left buffered fails again
+                self.write_error = self.write_error or str(exc.strerror or exc)
+
     def close(self) -> None:
-        if self._file:
-            self._file.close()
-            self._file = None
+        self._drop_file()

@@ -162,8 +162,8 @@ def test_dry_run_routes_and_prints_the_plan_without_answering(tmp_path):
     assert pids_alive(server_pids(events)) == []
 
 
-@pytest.mark.parametrize("sig, code, times", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1), (signal.SIGINT, 130, 2)],
-                         ids=["sigterm", "ctrl-c", "ctrl-c-twice-forces"])
+@pytest.mark.parametrize("sig, code, times", [(signal.SIGTERM, 143, 1), (signal.SIGHUP, 129, 1), (signal.SIGINT, 130, 1), (signal.SIGINT, 130, 2)],
+                         ids=["sigterm", "sighup", "ctrl-c", "ctrl-c-twice-forces"])
 def test_signal_stops_every_server_and_exits_with_the_signal_code(tmp_path, sig, code, times):
     ev = tmp_path / "ev.jsonl"
     proc = subprocess.Popen(
