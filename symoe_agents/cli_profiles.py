@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .cli_common import err, load_checked, logged_run, run_with_signals
-from .errors import InputError
+from . import run_lock
+from .errors import InputError, OutputError
 from .inputs import read_questions
+from .output_paths import check_distinct, check_file_target, check_folder_target
 
 def profile(
     validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
@@ -23,7 +26,11 @@ def profile(
     cfg = load_checked(config)
     try:
         questions = read_questions(validation)
-    except InputError as exc:
+        check_distinct({"VALIDATION": None if str(validation) == "-" else validation, "-o": output, "--events": events})
+        check_folder_target(output, "the profiles folder", "-o")
+        if events is not None:
+            check_file_target(events, "the events file", "--events", devices_ok=True)
+    except (InputError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 
@@ -39,7 +46,14 @@ def profile(
         print(f"profiles written to {output} ({run.new_answers} new answers, {run.reused_answers} reused)")
         return 0
 
-    raise typer.Exit(run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume."))
+    with contextlib.ExitStack() as held:
+        try:  # one run per profiles folder
+            held.enter_context(run_lock.exclusive(output, "the profiles folder"))
+        except OutputError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        code = run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume.")
+    raise typer.Exit(code)
 
 
 def pick_aggregator(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from . import run_lock
 from .answer_file import AnswerFile
 from .cache import AnswerCache
 from .cli_common import TerminalProgress, err, logged, run_with_signals
@@ -16,6 +18,7 @@ from .errors import CacheError, ConfigError, InputError, OutputError, ProfileErr
 from .events import EventLog
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
+from .output_paths import check_distinct, check_file_target
 from .preflight import preflight
 
 
@@ -50,18 +53,37 @@ def solve(
         questions, skipped, warnings = read_questions_skipping(input, skip_invalid)
         for warning in warnings:
             err(f"[symoe] warning: {warning}")
-        if str(input) != "-" and out_path.resolve() == input.resolve():
-            raise OutputError(f"the output {out_path} is the input file; choose another -o")
+        cache_path = None if no_cache else (cache or out_path.with_suffix(".cache.sqlite"))
+        _check_targets(input, out_path, events, cache_path, dry_run)
     except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
-    problems = preflight(cfg)
-    if problems:
-        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
-        raise typer.Exit(2)
-    run = _SolveRun(cfg, questions, skipped, out_path, None if no_cache else (cache or out_path.with_suffix(".cache.sqlite")), fresh, retry_failed)
-    code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
+    with contextlib.ExitStack() as held:
+        try:
+            if not dry_run:  # one run per answers file, from before its state is read
+                held.enter_context(run_lock.exclusive(out_path))
+        except OutputError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
+        problems = preflight(cfg)
+        if problems:
+            err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+            raise typer.Exit(2)
+        run = _SolveRun(cfg, questions, skipped, out_path, cache_path, fresh, retry_failed)
+        code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
     raise typer.Exit(code)
+
+
+def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path: Path | None, dry_run: bool) -> None:
+    """Every file the run will write can be written, and no two of them (or the input) are
+    the same file; ``OutputError`` otherwise, before anything starts."""
+    check_distinct({"INPUT": None if str(input) == "-" else input, "-o": out_path, "--events": events, "--cache": cache_path})
+    if not dry_run:
+        check_file_target(out_path, "the answers file", "-o")
+        if cache_path is not None:
+            check_file_target(cache_path, "the answer cache", "--cache")
+    if events is not None:
+        check_file_target(events, "the events file", "--events", devices_ok=True)
 
 
 class _SolveRun:
@@ -92,11 +114,13 @@ class _SolveRun:
                 await self._close(quiet=True)  # what is queued is written; the first error stays the one reported
                 raise
             await self._close()
-        except (ProfileError, OutputError, CacheError) as exc:
+        except (ProfileError, OutputError, CacheError) as exc:  # a full disk, a locked cache: the user's to fix
             err(f"error: {exc}")
+            self._stopped()
             return 2
         except SymoeError as exc:  # a server that cannot start, among others
             err(f"error: {exc}")
+            self._stopped()
             return 1
         if summary is None:  # a dry run, or nothing left to do
             return 0
@@ -109,6 +133,11 @@ class _SolveRun:
             where += f"   cache: {self.cache_path}"
         err(where + (f"   events: {events_path}" if events_path else ""))
         return 1 if summary.failed_questions else 0
+
+    def _stopped(self) -> None:
+        """After an error mid-run: what was kept, and how to go on."""
+        if self.answers is not None:
+            err(f"[symoe] stopped. {self.resume_hint()}")
 
     async def _close(self, quiet: bool = False) -> None:
         """Close the answers file, then the cache, each writing what it has queued; the
@@ -124,6 +153,10 @@ class _SolveRun:
                 if quiet:
                     err(f"error: {exc}")
                 failure = failure or exc
+        if self.cache is not None and self.cache.spilled:
+            n, where = self.cache.spilled
+            err(f"[symoe] warning: {n} answers could not be written to the answer cache {self.cache_path} ({self.cache.write_error}); "
+                f"they are saved in {where}, and the next run with this cache adds them to it")  # fmt: skip
         if failure is not None and not quiet:
             raise failure
 
