@@ -20,6 +20,7 @@ from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
 from .output_paths import check_distinct, check_file_target
 from .preflight import preflight
+from .run_store import StoreError
 
 
 def solve(
@@ -114,7 +115,7 @@ class _SolveRun:
                 await self._close(quiet=True)  # what is queued is written; the first error stays the one reported
                 raise
             await self._close()
-        except (ProfileError, OutputError, CacheError) as exc:  # a full disk, a locked cache: the user's to fix
+        except (ProfileError, OutputError, CacheError, StoreError) as exc:  # a full disk, a locked cache: the user's to fix
             err(f"error: {exc}")
             self._stopped()
             return 2

@@ -60,7 +60,7 @@ class RunStore:
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
-            self._error = f"{exc} (writing {self.path}; free space in the temporary folder, or set TMPDIR)"
+            self._error = f"{exc} (writing {self.path}; free space in {Path(self.path).parent} and re-run the same command to resume)"
 
     def _get_now(self, question: str, roles: tuple[str, ...]) -> dict[str, dict[int, str]]:
         self._flush()
