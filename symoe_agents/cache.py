@@ -101,6 +101,11 @@ class AnswerCache:
                     f"{self.path}: not a symoe answer cache of this version (schema {version}); "
                     "pass --cache with another path, or --no-cache"
                 )
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):  # nothing is paid for yet: say who to wait for
+                raise CacheError(f"{self.path}: another process kept the answer cache locked for {busy_timeout_s:g} s; "
+                                 "wait for it to finish and run again, or pass --cache with another path") from None  # fmt: skip
+            raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
         except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
         # rows for the IO thread: ("answer", row) and ("attempt", (key,)), one transaction a write

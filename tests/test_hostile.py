@@ -375,3 +375,17 @@ async def test_a_closed_stderr_pipe_does_not_abort_a_paid_batch(tmp_path):
         code = await asyncio.wait_for(proc.wait(), 300)
     assert code == 0
     assert sorted(r["id"] for r in read_jsonl(out)) == sorted(f"q{i}" for i in range(N))
+
+
+def test_a_cache_locked_when_the_run_opens_it_is_refused_before_anything_is_paid(tmp_path):
+    path = tmp_path / "c.sqlite"
+    AnswerCache(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(CacheError, match="another process kept the answer cache locked for 0.2 s; wait for it"):
+            AnswerCache(path, busy_timeout_s=0.2)
+    finally:
+        other.execute("COMMIT")
+        other.close()
