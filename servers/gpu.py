@@ -13,6 +13,8 @@ import asyncio
 import shutil
 from dataclasses import dataclass
 
+from symoe_agents.redaction import child_env
+
 
 @dataclass(frozen=True)
 class GpuInfo:
@@ -34,7 +36,7 @@ class GpuMonitor:
     async def _query(self, *args: str) -> list[list[str]]:
         proc = await asyncio.create_subprocess_exec(
             self.exe, *args, "--format=csv,noheader,nounits",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=child_env(),
         )  # fmt: skip
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout=15)

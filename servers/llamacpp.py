@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 
 from symoe_agents.config import LlamaCppModel
+from symoe_agents.redaction import child_env
 from symoe_agents.errors import ServerStartError
 
 from .base import Launch, missing_executable, options_key
@@ -72,7 +73,7 @@ print(json.dumps(sorted(names)))
 
 def llama_server_chat_templates(exe: str) -> list[str]:
     """The built-in chat templates that ``exe --help`` lists under --chat-template ([] if none)."""
-    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60, env=child_env())
     listed = re.search(r"list of built-in templates:(.*?)\(env:", out.stdout + out.stderr, re.DOTALL)
     return [t for t in re.split(r"[\s,]+", listed.group(1)) if t] if listed else []
 
@@ -90,16 +91,18 @@ def chat_format_problem(c: LlamaCppModel) -> str | None:
         server = f"llama-server ({exe})"
         try:
             # it checks the template while reading its arguments, before --help prints and exits 0
-            if subprocess.run([exe, "--no-jinja", "--chat-template", name, "--help"], capture_output=True, timeout=60).returncode == 0:
+            if subprocess.run([exe, "--no-jinja", "--chat-template", name, "--help"], capture_output=True, timeout=60, env=child_env()).returncode == 0:
                 return None
             known = llama_server_chat_templates(exe)
+            if name in known:  # the probe failed for another reason: do not refuse a name the server lists
+                return None
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"could not ask {server} whether it knows chat_format '{name}' ({exc})"
     else:
         python = c.python or sys.executable
         server = "llama-cpp-python"
         try:
-            out = subprocess.run([python, "-c", _LIST_CHAT_FORMATS], capture_output=True, text=True, timeout=120)
+            out = subprocess.run([python, "-c", _LIST_CHAT_FORMATS], capture_output=True, text=True, timeout=120, env=child_env())
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"could not list llama-cpp-python's chat formats with {python} ({exc})"
         if out.returncode != 0:
@@ -194,7 +197,7 @@ class LlamaCppBackend:
             if importlib.util.find_spec("llama_cpp") is None:
                 return ['llama-cpp-python is not installed; pip install "symoe-agents[llama-cpp-python]"']
             return []
-        probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60)
+        probe = subprocess.run([python, "-c", "import llama_cpp.server"], capture_output=True, timeout=60, env=child_env())
         if probe.returncode != 0:
             return [f"'{python}' cannot import llama_cpp.server; install llama-cpp-python[server] there"]
         return []

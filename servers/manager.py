@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from symoe_agents.config import CommandModel, Config, LlamaCppModel, OpenAIModel, SGLangModel, VLLMModel
+from symoe_agents import redaction
 from symoe_agents.errors import ServerStartError
 from symoe_agents.events import EventLog
 
@@ -92,6 +93,7 @@ class ServerManager:
         self.events = events
         # hex only: a key starting with "-" would be read as a flag by the servers' argparse
         self._api_key = "sk-symoe-" + secrets.token_hex(20)
+        redaction.hide_from_children(config.secret_env_names())  # hosted keys never reach a local server
         self._backends = {name: backend_for(m) for name, m in config.models.items()}
         self._keys: dict[str, str | None] = {}
         self._cpu_at_once_given = cpu_servers_at_once is not None

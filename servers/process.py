@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from symoe_agents.errors import ServerStartError
+from symoe_agents.redaction import child_env
 
 LOOPBACK = "127.0.0.1"
 _HERE = Path(__file__).resolve().parent
@@ -129,7 +130,7 @@ class ServerProcess:
         )
 
     def _inherited(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k not in self.hide_env}
+        return {k: v for k, v in child_env().items() if k not in self.hide_env}
 
     def _tell_watchdog(self) -> subprocess.Popen | None:
         """Tell the watchdog the server is stopped: it exits without acting."""

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from symoe_agents.config import SGLangModel
+from symoe_agents.redaction import child_env
 
 from .gpu import MemoryShare
 from .base import Launch, ModelPathBackend, missing_executable
@@ -109,6 +110,6 @@ class SGLangBackend(ModelPathBackend):
 def _can_import(python: str, module: str) -> bool:
     """Whether ``python`` can import ``module`` (asked once per executable: imports are slow)."""
     try:
-        return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=300).returncode == 0
+        return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=300, env=child_env()).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False

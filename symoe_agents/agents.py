@@ -158,7 +158,11 @@ def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
     where = f"model '{model}' ({endpoint.base_url}{key})"
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
-        said = redaction.scrub(str(body.get("message") or exc.message), {endpoint.api_key})[:300]  # the API's own words
+        said = str(body.get("message") or exc.message)
+        # the API's own words, scrubbed and then cut to 300: first cut to what can hold a key
+        # that straddles character 300 (scrubbing a page of HTML would hold the event loop)
+        longest = max((len(k) for k in (*redaction.known_keys(), endpoint.api_key)), default=0)
+        said = redaction.scrub(said[: 300 + longest], {endpoint.api_key})[:300]
         head = f"{where}: HTTP {exc.status_code} {type(exc).__name__}: {said}"
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             return head + (f"; check the key in ${endpoint.key_env}" if endpoint.key_env else "; check the endpoint's API key")

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import redaction
+from .errors import EndpointError
 
 AlignMethod = Literal["auto", "minilm", "sentence-transformers", "openai", "exact"]
 
@@ -114,12 +115,16 @@ class OpenAIEmbedder:
         key = os.environ.get(self.api_key_env, "") if self.api_key_env else "not-needed"
         if self.api_key_env:
             redaction.remember(key)
-        async with openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=3) as client:
-            out: list[list[float]] = []
-            for i in range(0, len(texts), 512):
-                resp = await client.embeddings.create(model=self.model, input=texts[i : i + 512])
-                out += [_pooled(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
-            return out
+        try:
+            async with openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=3) as client:
+                out: list[list[float]] = []
+                for i in range(0, len(texts), 512):
+                    resp = await client.embeddings.create(model=self.model, input=texts[i : i + 512])
+                    out += [_pooled(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
+                return out
+        except openai.OpenAIError as exc:  # the API's words may quote the key: scrubbed, and no traceback
+            said = redaction.scrub(str(exc)[:2000], {key})[:500]
+            raise EndpointError(f"alignment embeddings from {self.base_url} (model {self.model}) failed: {said}") from None
 
 
 def _pooled(embedding) -> list[float]:

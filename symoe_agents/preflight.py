@@ -19,6 +19,7 @@ from .formats import AnswerFormat
 from .preparation import Prepared, aggregation_prompt, expert_prompt, skills_prompt
 from .prompting import load_template
 from .records import Question
+from .redaction import child_env, hide_from_children
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def visible_gpus() -> list[int] | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=20, env=child_env())
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [i for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]
@@ -81,6 +82,7 @@ def prompt_problems(prompts_dir: Path | None) -> list[str]:
 def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
     from symoe_agents.servers import backend_for
 
+    hide_from_children(config.secret_env_names())  # the probes below are processes too
     problems: list[Problem] = []
     gpus_needed = 0
     for name in models or used_models(config):

@@ -8,6 +8,7 @@ characters or more that also occurs in a known key is replaced, wherever it stan
 
 from __future__ import annotations
 
+import os
 import threading
 
 MIN_FRAGMENT = 8  # shorter runs occur in ordinary text by chance ("Bearer s", "https://")
@@ -58,3 +59,20 @@ def scrub(text: str, keys: set[str] | frozenset[str] | tuple[str, ...] = ()) -> 
             out.append(text[i])
             i += 1
     return "".join(out)
+
+
+_hidden_env: set[str] = set()
+
+
+def hide_from_children(names: set[str] | frozenset[str]) -> None:
+    """Keep these environment variables (a config's key variables) out of every process
+    symoe starts: model servers, their watchdogs, and the probes preflight runs."""
+    with _lock:
+        _hidden_env.update(names)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """symoe's environment without the hidden variables, plus ``extra``."""
+    with _lock:
+        hidden = set(_hidden_env)
+    return {**{k: v for k, v in os.environ.items() if k not in hidden}, **(extra or {})}
