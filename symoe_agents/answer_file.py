@@ -100,7 +100,7 @@ class AnswerFile:
         self._f = handle
         self.written = 0
         self._lines: io_thread.WriteQueue[str] = io_thread.WriteQueue(self._flush)
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._reported = False
 
     @classmethod
@@ -131,9 +131,15 @@ class AnswerFile:
         (a full disk) is raised here, so the run stops instead of losing records."""
         if self._error is not None:
             self._reported = True
-            raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
+            raise OutputError(f"cannot write the answers file {self.path}: {getattr(self._error, 'strerror', None) or self._error}; "
                               "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
-        self._lines.add(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
+        record = result.model_dump(mode="json")
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate somewhere: escaped, the line is still valid JSON
+            line = json.dumps(record) + "\n"
+        self._lines.add(line)
 
     def _flush(self) -> None:
         lines = self._lines.take()
@@ -143,7 +149,7 @@ class AnswerFile:
             self._f.write("".join(lines))
             self._f.flush()
             os.fsync(self._f.fileno())
-        except OSError as exc:
+        except Exception as exc:  # a full disk, usually; anything else must stop the run the same way, not drop lines
             self._error = exc
             return
         self.written += len(lines)
@@ -162,7 +168,7 @@ class AnswerFile:
                 self._error = self._error or exc
         if self._error is not None and not self._reported:
             self._reported = True
-            raise OutputError(f"cannot write the answers file {self.path}: {self._error.strerror or self._error}; "
+            raise OutputError(f"cannot write the answers file {self.path}: {getattr(self._error, 'strerror', None) or self._error}; "
                               "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
 
     def close(self) -> None:

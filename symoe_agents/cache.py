@@ -18,11 +18,12 @@ crash loses at most those moments' answers. A database another process keeps loc
 the busy timeout, or a full disk, leaves the rows queued and retried every few seconds,
 never a failed call: the answer stays in memory (and is found by ``get``) until it is
 written. A cache that stays unwritable for ``give_up_s`` stops the run with a
-``CacheError`` (the next ``put`` or lookup raises it), since a run that goes on would keep
-paying for answers it cannot keep. What is still queued at ``close`` is saved to a small
-JSONL file beside the cache (or, if that cannot be written either, in the temporary
-folder), which the next ``AnswerCache`` on the same path writes into the cache: an answer
-paid for is not lost to a lock or a full disk.
+``CacheError`` (the group runner stops sending, lets what is in flight finish, and raises
+it), since a run that goes on would keep paying for answers it cannot keep. What is still
+queued at ``close`` is saved to a small JSONL file of its own beside the cache (or, if that
+cannot be written either, in a private folder in the temporary folder), which the next
+``AnswerCache`` on the same path claims and writes into the cache: an answer paid for is
+not lost to a lock or a full disk, nor to another run sharing the cache.
 
 Failed calls are not cached: a re-run asks again. ``attempts`` counts how often each key
 was sent, which is how the soak script measures calls repeated because of faults.
@@ -35,6 +36,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import tempfile
 import threading
 import time
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import io_thread
+import psutil
+
 from .errors import CacheError
 from .records import Completion
 
@@ -113,8 +117,13 @@ class AnswerCache:
         self.write_error: str | None = None  # the last failed write, while rows wait for a retry
         self._retry_s = retry_s
         # answers a run before this one could not write: written now (or queued, and served)
-        self._spill_sources = [p for p in spill_paths(self.path) if p.exists()]
-        saved = [row for p in self._spill_sources for row in _read_spill(p)]
+        self._spill_sources: list[Path] = []
+        saved: list[tuple[str, tuple]] = []
+        for claimed in _claim_spills(self.path):
+            rows = _read_spill(claimed)
+            if rows is not None:  # a file that cannot be read is left for a later run, never deleted unread
+                self._spill_sources.append(claimed)
+                saved += rows
         if saved:
             self._rows.put_back(saved)
             self._flush()  # on this thread: the IO thread has not used the connection yet
@@ -136,15 +145,17 @@ class AnswerCache:
             """
         )
 
-    def _stuck(self) -> None:
-        """Raise ``CacheError`` once writes have failed for longer than ``give_up_s``."""
+    def stuck(self) -> CacheError | None:
+        """The error to stop the run with once writes have failed for longer than
+        ``give_up_s`` (None while they succeed, or fail for less)."""
         since = self._failing_since
-        if since is not None and time.monotonic() - since > self._give_up_s:
-            raise CacheError(
-                f"the answer cache {self.path} could not be written for {self._give_up_s:g} s ({self.write_error}): "
-                "another process keeps it locked, or its disk is full; the run stops here so that no more answers are "
-                "paid for than can be kept (those received are saved at exit)"
-            )
+        if since is None or time.monotonic() - since <= self._give_up_s:
+            return None
+        return CacheError(
+            f"the answer cache {self.path} could not be written for {self._give_up_s:g} s ({self.write_error}): "
+            "another process keeps it locked, or its disk is full; the run stops here so that no more answers are "
+            "paid for than can be kept (those received are saved at exit)"
+        )
 
     def _select(self, key: str) -> tuple | None:
         """The row for ``key``, waiting out another process's lock up to ``give_up_s``."""
@@ -177,7 +188,6 @@ class AnswerCache:
 
     async def aget(self, key: str) -> Completion | None:
         """The cached answer for ``key``, read on the IO thread (after every queued write)."""
-        self._stuck()  # every request is looked up before it is sent: a stuck cache stops the sending
         if not self.read:
             return None
         return await io_thread.run(self._get_now, key)
@@ -203,16 +213,19 @@ class AnswerCache:
         answers = [r for kind, r in rows if kind == "answer"]
         attempts = [r for kind, r in rows if kind == "attempt"]
         try:
+            if self._db.in_transaction:  # a ROLLBACK that failed last time (a full disk) left one open
+                self._db.execute("ROLLBACK")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)", answers)
                 self._db.executemany("INSERT INTO attempts VALUES (?, 1) ON CONFLICT(key) DO UPDATE SET n = n + 1", attempts)
                 self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:  # busy past the timeout, disk full: keep the rows, try again
+        except Exception as exc:  # busy past the timeout, disk full (or anything else): keep the rows, try again
             self.write_error = str(exc)
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
@@ -251,27 +264,31 @@ class AnswerCache:
 
     def _spill(self, rows: list[tuple[str, tuple]]) -> None:
         """Save the rows that could not be written where the next run finds them (beside
-        the cache, else in the temporary folder); ``CacheError`` if neither can be written."""
+        the cache, else in a private folder in the temporary folder); ``CacheError`` if
+        neither can be written. Each run writes its own file, so two runs sharing a cache
+        never overwrite each other's."""
         answers = sum(1 for kind, _ in rows if kind == "answer")
-        text = "".join(json.dumps([kind, list(row)], ensure_ascii=False) + "\n" for kind, row in rows)
+        text = "".join(json.dumps([kind, list(row)]) + "\n" for kind, row in rows)
         why = []
-        for target in spill_paths(self.path):
-            tmp = target.with_name(target.name + ".tmp")
+        for folder, prefix in _spill_places(self.path):
+            target = folder / f"{prefix}{os.getpid()}-{os.urandom(4).hex()}.jsonl"
+            partial = target.with_name(target.name + ".partial")  # not a spill until renamed: never read half written
             try:
-                with open(tmp, "w", encoding="utf-8") as f:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with open(fd, "w", encoding="utf-8") as f:
                     f.write(text)
                     f.flush()
                     os.fsync(f.fileno())
-                os.replace(tmp, target)  # whole or not at all: it replaces the file its rows came from
+                os.rename(partial, target)
             except OSError as exc:
-                why.append(f"{target}: {exc.strerror or exc}")
+                why.append(f"{folder}: {exc.strerror or exc}")
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    partial.unlink()
                 continue
-            for p in self._spill_sources:
-                if p != target:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+            for p in self._spill_sources:  # their rows are in this file now
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            self._spill_sources = []
             self.spilled = (answers, target)
             return
         raise CacheError(f"{self.path}: {answers} answers could not be written to the answer cache ({self.write_error}) "
@@ -291,23 +308,82 @@ class AnswerCache:
         self.close()
 
 
-def spill_paths(cache: Path) -> list[Path]:
-    """Where the answers a run could not write to ``cache`` are saved, in order of preference."""
-    tag = hashlib.sha256(str(cache.resolve()).encode()).hexdigest()[:16]
-    return [cache.with_name(cache.name + ".unsaved.jsonl"), Path(tempfile.gettempdir()) / f"symoe-unsaved-{tag}.jsonl"]
+def _private_tmp() -> Path | None:
+    """This user's folder for spills in the temporary folder, 0700; None if it cannot be made
+    or is not safely ours (another user could otherwise plant answers for us to import)."""
+    folder = Path(tempfile.gettempdir()) / f"symoe-unsaved-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return folder
 
 
-def _read_spill(path: Path) -> list[tuple[str, tuple]]:
+def _spill_places(cache: Path) -> list[tuple[Path, str]]:
+    """(folder, name prefix) where a spill of ``cache`` may be, by preference."""
+    places = [(cache.parent, f"{cache.name}.unsaved-")]
+    private = _private_tmp()
+    if private is not None:
+        places.append((private, hashlib.sha256(str(cache.resolve()).encode()).hexdigest()[:16] + "-"))
+    return places
+
+
+def spill_files(cache: Path) -> list[Path]:
+    """The spills of ``cache`` waiting for a run, including those a run claimed and did not finish."""
+    found = []
+    for folder, prefix in _spill_places(Path(cache)):
+        with contextlib.suppress(OSError):
+            found += [p for p in folder.iterdir() if p.name.startswith(prefix) and (p.name.endswith(".jsonl") or ".jsonl.claimed-" in p.name)]
+    return sorted(found)
+
+
+def _claim_spills(cache: Path) -> list[Path]:
+    """Take the waiting spills for this process by renaming them (atomic: two runs opening
+    one cache never both import a file). A file claimed by a process that is gone (killed
+    before its import was written) is taken again."""
+    claimed = []
+    for p in spill_files(cache):
+        if ".jsonl.claimed-" in p.name:
+            owner = p.name.rsplit("-", 1)[1]
+            if owner.isdigit() and (int(owner) == os.getpid() or psutil.pid_exists(int(owner))):
+                continue
+            base = p.name.split(".claimed-")[0]
+        else:
+            base = p.name
+        mine = p.with_name(f"{base}.claimed-{os.getpid()}")
+        try:
+            os.rename(p, mine)
+        except OSError:
+            continue  # another run took it first
+        claimed.append(mine)
+    return claimed
+
+
+def _read_spill(path: Path) -> list[tuple[str, tuple]] | None:
+    """The rows of a spill file; None if it cannot be read. Lines that are damaged or not
+    rows of this schema are skipped: the rest is still worth keeping."""
     rows: list[tuple[str, tuple]] = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     kind, row = json.loads(line)
-                except (ValueError, TypeError):
-                    continue  # not ours, or damaged: the rest is still worth keeping
-                if (kind == "answer" and len(row) == 7) or (kind == "attempt" and len(row) == 1):
+                except (ValueError, TypeError, RecursionError):
+                    continue
+                if kind == "answer" and isinstance(row, list) and len(row) == 7 and _answer_row(row):
+                    rows.append((kind, tuple(row)))
+                elif kind == "attempt" and isinstance(row, list) and len(row) == 1 and isinstance(row[0], str):
                     rows.append((kind, tuple(row)))
     except OSError:
-        return []
+        return None
     return rows
+
+
+def _answer_row(row: list) -> bool:
+    """Types SQLite can bind, as ``put`` makes them: a damaged row must not fail every flush after it."""
+    key, model, role, qid, sample, body, at = row
+    return (all(isinstance(v, str) for v in (key, model, role, qid, body)) and isinstance(sample, int)
+            and isinstance(at, (int, float)) and not isinstance(sample, bool))  # fmt: skip

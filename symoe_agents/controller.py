@@ -46,7 +46,7 @@ from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
 from .config import Config, uses_cpu
-from .errors import ServerStartError, SymoeError
+from .errors import CacheError, OutputError, ServerStartError, SymoeError
 from .events import EventLog
 from .summary import EventTally, OutcomeTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
@@ -58,7 +58,7 @@ from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
 from .group_runner import GroupRunner, Progress
 from .loop_lag import LoopLagProbe
-from .run_store import RunStore
+from .run_store import RunStore, StoreError
 from .schedule import Group, Schedule, plan_schedule, skill_group
 from .skills import infer_keywords
 from .extract import extract_answer
@@ -208,10 +208,16 @@ class Controller:
             if admitted == total and stage.prestart_next and later and prestart is None:
                 prestart = asyncio.ensure_future(self._prestart(later[0]))
 
+        halted: list[SymoeError] = []
+
         async def run_lane(lane: Lane) -> None:
             co_resident = lanes_per_device[lane.device.name] > 1
             for k, group in enumerate(lane.groups):
-                await run_group(group, lane.device, co_resident, on_admitted, not multi)
+                try:
+                    await run_group(group, lane.device, co_resident, on_admitted, not multi)
+                except (CacheError, OutputError, StoreError) as exc:  # a stuck cache, a full disk: this lane stops; the others drain
+                    halted.append(exc)  # what they have in flight (raising here would cancel it) and stop at their next send
+                    return
                 nxt = lane.groups[k + 1] if k + 1 < len(lane.groups) else None
                 if multi and group.server and (nxt is None or nxt.server != group.server):
                     others = {g.server for ln in stage.lanes if ln is not lane for g in ln.groups}
@@ -227,6 +233,11 @@ class Controller:
                 prestart.cancel()
                 await asyncio.gather(prestart, return_exceptions=True)
             raise
+        if halted:
+            if prestart is not None:
+                prestart.cancel()
+                await asyncio.gather(prestart, return_exceptions=True)
+            raise halted[0]
         if prestart is not None:
             await prestart
 

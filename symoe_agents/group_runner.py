@@ -174,6 +174,11 @@ class GroupRunner:
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
         stats = GroupStats()
         finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
+        # why this group stops sending (the answer cache stuck, or on_final failing: the
+        # answers file on a full disk); requests in flight then finish and are kept, and the
+        # error is raised once they have: raising at once would cancel answers being paid for
+        halted: list[Exception] = []
+        deferring = False
 
         async def final(i: int, c: Completion) -> None:
             finished[i] = 1
@@ -182,7 +187,12 @@ class GroupRunner:
                 req = requests[i]
                 self.events.emit("request_failed", group=group.name, model=group.model,
                                  detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
-            await _settle(on_final(i, c))
+            try:
+                await _settle(on_final(i, c))
+            except Exception as exc:
+                if not deferring:
+                    raise
+                halted.append(exc)
             self.progress.advance()
 
         async def fail_rest(reason: str) -> None:
@@ -271,6 +281,11 @@ class GroupRunner:
                         # a unit is one request: a whole batch (members not yet final are the
                         # ones that count), sent again whole if any member needs it, so that
                         # its samples are always the ones its cache keys name
+                        stop = cache.stuck() if cache is not None else None
+                        if stop is not None:  # send nothing more; what is in flight finishes and is kept
+                            halted.append(stop)
+                        if halted:
+                            return
                         members = units[u]
                         prepared = await prepare(members, wanted)
                         if prepared is None:
@@ -306,9 +321,15 @@ class GroupRunner:
                     per_question = Counter(question_of(u) for u in order)
                     workers, per_key = pool_size(per_question, max(1, in_flight // narrowest), slots and max(1, slots // narrowest))
                     del per_question
-                    await dispatch(order, one, question_of, workers, per_key)
+                    deferring = True
+                    try:
+                        await dispatch(order, one, question_of, workers, per_key)
+                    finally:
+                        deferring = False
                     stats.calls += runner.calls_sent
                     stats.peak_in_flight = max(stats.peak_in_flight, runner.peak_in_flight)
+                if halted:
+                    raise halted[0]
                 if not retry:
                     break
                 if await self.manager.healthy(group.model):

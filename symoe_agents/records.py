@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
 from .formats import AnswerFormat
 
@@ -39,6 +39,19 @@ class Completion(BaseModel):
     finish_reason: str | None = Field(default=None, description="the server's: 'stop', 'length' (cut off at max_tokens), ...")
     retryable: bool = Field(default=False, description="the error was transient (connection, timeout, 429, 5xx)")
     cached: bool = Field(default=False, description="reused from the answer cache, not requested in this run")
+
+    @field_validator("text", "error")
+    @classmethod
+    def _valid_unicode(cls, v: str | None) -> str | None:
+        """A lone surrogate (an emoji cut in half by a proxy at max_tokens) cannot be written
+        as UTF-8: it would fail the cache's and the answers file's writes, so it becomes U+FFFD."""
+        if v is None:
+            return v
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return v.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return v
 
     @computed_field  # type: ignore[prop-decorator]
     @property

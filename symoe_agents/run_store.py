@@ -14,6 +14,7 @@ answer cache and the answers file have that): no journal, no fsync.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -47,19 +48,24 @@ class RunStore:
         self._closed = False
 
     def put(self, question: str, role: str, slot: int, body: str) -> None:
+        """Queue a text; ``StoreError`` once a write has failed (the group then stops sending,
+        and the answers received are in the answer cache)."""
+        if self._error is not None:
+            raise StoreError(f"the run's answer store failed: {self._error}")
         self._rows.add((question, role, slot, body))
 
     def _flush(self) -> None:
         rows = self._rows.take()
-        if not rows or self._closed:
-            return
+        if not rows or self._closed or self._error is not None:
+            return  # after a failure the file may be damaged (no journal): the first error is the one to tell
         try:
             self._db.execute("BEGIN")
             self._db.executemany("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?)", rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
             self._error = f"{exc} (writing {self.path}; free space in {Path(self.path).parent} and re-run the same command to resume)"
 
     def _get_now(self, question: str, roles: tuple[str, ...]) -> dict[str, dict[int, str]]:
