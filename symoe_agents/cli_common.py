@@ -112,17 +112,26 @@ def run_with_signals(coro_factory, resume_hint: str | Callable[[], str] = "") ->
         assert task is not None
 
         def on_signal(signum: int) -> None:
-            if state["signal"] is not None:  # second signal: force
+            if state["signal"] is not None and signum != signal.SIGINT:
+                return  # a hang-up arrives twice (shell and kernel), a supervisor may repeat SIGTERM: one stop is enough
+            if state["signal"] is not None:  # a second Ctrl-C: force
                 from symoe_agents.servers import live_servers
 
                 for s in live_servers():
                     s.kill_now()
                 os._exit(128 + signum)
             state["signal"] = signum
-            err(f"\n[symoe] {signal.Signals(signum).name} received: stopping servers (again to force)")
+            err(f"\n[symoe] {signal.Signals(signum).name} received: stopping servers (Ctrl-C again to force)")
+            # one stop is under way: a repeated hang-up or SIGTERM is ignored from now until
+            # exit, also after the loop closes (which would put back the default: be killed)
+            for quiet in (signal.SIGTERM, signal.SIGHUP):
+                if loop.remove_signal_handler(quiet):
+                    signal.signal(quiet, signal.SIG_IGN)
             task.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # started under nohup: a closed terminal must not stop the run
             loop.add_signal_handler(sig, on_signal, sig)
         return await coro_factory()
 
@@ -159,11 +168,11 @@ def load_checked(config: Path | None):
 async def logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaitable[T]]) -> T | None:
     """``work(log, progress)`` with its events shown as progress (and appended to
     ``events``); a symoe error is printed and gives None."""
-    with logged(events) as (log, progress):
-        try:
+    try:
+        with logged(events) as (log, progress):
             return await work(log, progress)
-        except SymoeError as exc:
-            err(f"error: {exc}")
-            return None
+    except SymoeError as exc:  # the events file that cannot be opened, too
+        err(f"error: {exc}")
+        return None
 
 

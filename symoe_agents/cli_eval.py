@@ -31,7 +31,7 @@ def evaluate(
     from symoe_agents.eval.report import markdown, write_report
 
     from .cache import AnswerCache
-    from .errors import CacheError
+    from .errors import CacheError, OutputError, SymoeError
     from .methods import build_methods
     from .profiles import load_profiles
 
@@ -63,10 +63,19 @@ def evaluate(
         progress = TerminalProgress(sys.stderr)
         began = time.monotonic()
         try:
-            rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
+            try:
+                rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
+            finally:
+                if answers:
+                    await answers.aclose()
+        except SymoeError as exc:  # a cache stuck or a disk full mid-run, a server that cannot start
+            err(f"error: {exc}")
+            return 2 if isinstance(exc, (CacheError, OutputError)) else 1
         finally:
-            if answers:
-                await answers.aclose()
+            if answers and answers.spilled:
+                n, where = answers.spilled
+                err(f"[symoe] warning: {n} answers could not be written to the answer cache {cache}; they are saved in {where}, "
+                    "and the next run with this cache adds them to it")  # fmt: skip
         files = write_report(rows, output)
         print(markdown(rows))
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))

@@ -26,10 +26,10 @@ def profile(
     cfg = load_checked(config)
     try:
         questions = read_questions(validation)
-        check_distinct({"VALIDATION": None if str(validation) == "-" else validation, "-o": output, "--events": events})
+        check_distinct({"VALIDATION": None if str(validation) == "-" else validation, "-o": output, "--events": events, "--config": config})
         check_folder_target(output, "the profiles folder", "-o")
         if events is not None:
-            check_file_target(events, "the events file", "--events", devices_ok=True)
+            check_file_target(events, "the events file", "--events", devices_ok=True, example="events.jsonl")
     except (InputError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None

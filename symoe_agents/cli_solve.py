@@ -55,7 +55,7 @@ def solve(
         for warning in warnings:
             err(f"[symoe] warning: {warning}")
         cache_path = None if no_cache else (cache or out_path.with_suffix(".cache.sqlite"))
-        _check_targets(input, out_path, events, cache_path, dry_run)
+        _check_targets(input, out_path, events, cache_path, config, dry_run)
     except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -75,16 +75,16 @@ def solve(
     raise typer.Exit(code)
 
 
-def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path: Path | None, dry_run: bool) -> None:
+def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path: Path | None, config: Path | None, dry_run: bool) -> None:
     """Every file the run will write can be written, and no two of them (or the input) are
     the same file; ``OutputError`` otherwise, before anything starts."""
-    check_distinct({"INPUT": None if str(input) == "-" else input, "-o": out_path, "--events": events, "--cache": cache_path})
+    check_distinct({"INPUT": None if str(input) == "-" else input, "-o": out_path, "--events": events, "--cache": cache_path, "--config": config})
     if not dry_run:
         check_file_target(out_path, "the answers file", "-o")
         if cache_path is not None:
-            check_file_target(cache_path, "the answer cache", "--cache")
+            check_file_target(cache_path, "the answer cache", "--cache", example="answers.cache.sqlite")
     if events is not None:
-        check_file_target(events, "the events file", "--events", devices_ok=True)
+        check_file_target(events, "the events file", "--events", devices_ok=True, example="events.jsonl")
 
 
 class _SolveRun:

@@ -8,6 +8,7 @@ recorded with the key replaced by ``***``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from .errors import OutputError
 
 
 EventKind = Literal[
@@ -60,8 +63,15 @@ class EventLog:
         self.events: deque[Event] = deque(maxlen=keep)
         self._file: IO[str] | None = None
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                # non-blocking open: a FIFO nobody reads fails at once (ENXIO) instead of
+                # waiting forever on the event loop, where not even Ctrl-C is handled
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+                os.set_blocking(fd, True)
+                self._file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise OutputError(f"cannot open the events file {path}: {exc.strerror or exc}; choose another --events") from None
         self._listeners: list[Callable[[Event], None]] = []
         self.write_error: str | None = None  # why the file stopped being written
 

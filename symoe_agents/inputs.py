@@ -145,7 +145,7 @@ def _to_question(obj: Any, index: int, check_surrogates: bool = True) -> tuple[Q
     if gold is not None and not isinstance(gold, (str, int, float)):
         return None, "'gold_answer' must be a string or a number"
     fmt = obj.get("answer_format")
-    if fmt is not None and fmt not in {f.value for f in AnswerFormat}:
+    if fmt is not None and (not isinstance(fmt, str) or fmt not in {f.value for f in AnswerFormat}):
         return None, f"unknown answer_format {fmt!r}; use one of: {_FORMATS}"
     category = obj.get("category")
     if category is not None and not isinstance(category, str):

@@ -20,8 +20,14 @@ from .errors import OutputError
 
 def _nearest_existing(path: Path) -> Path:
     p = path
-    while not p.exists() and p != p.parent:
-        p = p.parent
+    while p != p.parent:
+        try:
+            os.stat(p)
+            return p
+        except FileNotFoundError:
+            p = p.parent
+        except OSError:  # unreadable (EACCES), a link loop: the probe below says why
+            return p
     return p
 
 
@@ -35,9 +41,9 @@ def _probe_folder(folder: Path) -> str | None:
         return exc.strerror or str(exc)
 
 
-def check_file_target(path: Path, what: str, option: str, devices_ok: bool = False) -> None:
-    """``path`` can be appended to or created as a file (``devices_ok``: a FIFO or a
-    character device such as /dev/stderr is fine too, as for events)."""
+def check_file_target(path: Path, what: str, option: str, devices_ok: bool = False, example: str = "answers.jsonl") -> None:
+    """``path`` can be appended to or created as a file (``devices_ok``: a FIFO with a
+    reader, or a character device such as /dev/stderr, is fine too, as for events)."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -48,10 +54,15 @@ def check_file_target(path: Path, what: str, option: str, devices_ok: bool = Fal
         raise OutputError(f"{what} {path}: {exc.strerror}; choose another {option}") from None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{what} {path} is a folder; give {option} a file path, e.g. {path / 'answers.jsonl'}")
+            raise OutputError(f"{what} {path} is a folder; give {option} a file path, e.g. {path / example}")
         special = stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode)
         if not stat.S_ISREG(st.st_mode) and not (devices_ok and special):
             raise OutputError(f"{what} {path} is not a regular file; choose another {option}")
+        if stat.S_ISFIFO(st.st_mode):  # opening a FIFO nobody reads would wait forever
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                raise OutputError(f"{what} {path} is a named pipe that no process reads; start its reader first, or choose another {option}") from None
         if stat.S_ISREG(st.st_mode):
             try:  # append mode: creates nothing, truncates nothing
                 with open(path, "ab"):
@@ -74,8 +85,11 @@ def check_folder_target(folder: Path, what: str, option: str, for_file: Path | N
 
 
 def _same(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13): said when it is opened
+        return False
     with contextlib.suppress(OSError):  # hard links, or two spellings the resolver missed
         return os.path.samefile(a, b)
     return False

@@ -81,7 +81,12 @@ def _read(name: str, directory: str | None) -> str:
         path = Path(directory) / f"{name}.md"
         if not path.is_file():
             raise PromptError(f"template {name}.md not found ({path}); copy it from the built-in prompts in {files('symoe_agents.prompts')}")
-        return path.read_text(encoding="utf-8").rstrip("\n")
+        try:
+            return path.read_text(encoding="utf-8").rstrip("\n")
+        except UnicodeDecodeError as exc:
+            raise PromptError(f"template {name}.md ({path}) is not UTF-8 (byte {exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise PromptError(f"template {name}.md ({path}) cannot be read: {exc.strerror}") from None
     resource = files("symoe_agents.prompts").joinpath(f"{name}.md")
     if not resource.is_file():
         raise PromptError(f"built-in prompt template '{name}' is missing from the installed package")

@@ -24,7 +24,12 @@ from .errors import OutputError
 
 
 def lock_path(output: Path) -> Path:
-    return output.parent / f".{output.name}.lock"
+    """Beside the output as it really is: two spellings of one file (a link, ".") share one lock."""
+    try:
+        real = output.resolve()
+    except (OSError, RuntimeError):  # a link loop: the output check refuses it anyway
+        real = output.absolute()
+    return real.parent / f".{real.name}.lock"
 
 
 def _holder(path: Path) -> str:
@@ -40,7 +45,10 @@ def _holder(path: Path) -> str:
 def exclusive(output: Path, what: str = "the answers file") -> Iterator[None]:
     """Hold the lock on ``output`` for the block; ``OutputError`` if another run holds it."""
     path = lock_path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder of {what} {output}: {exc.strerror}; choose another -o") from None
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -53,6 +61,9 @@ def exclusive(output: Path, what: str = "the answers file") -> Iterator[None]:
             raise OutputError(
                 f"{what} {output} is in use by {_holder(path)}; wait for it to finish, or choose another -o"
             ) from None
+        except OSError as exc:  # ENOLCK, EOPNOTSUPP: a file system without locks (some NFS or FUSE mounts)
+            os.close(fd)
+            raise OutputError(f"cannot lock {what} {output} ({exc.strerror}); put it on a local disk with -o") from None
         # the holder before us may have removed the file after we opened it: our lock is
         # then on a file nobody else will find, so take the lock on the new one
         try:

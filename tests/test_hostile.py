@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from conftest import fill_disk, read_jsonl, symoe_async, symoe_cmd
 from standins.openai_standin import ScriptedAPI
 from symoe_agents import SymbolicMoE, run_lock
-from symoe_agents.cache import AnswerCache, spill_paths
+from symoe_agents.cache import AnswerCache, spill_files
 from symoe_agents.cli import app
 from symoe_agents.config import parse_config
 from symoe_agents.errors import CacheError
@@ -41,6 +41,7 @@ class GatedAPI(ScriptedAPI):
     def __init__(self, text="The answer is (B)"):
         super().__init__([], text=self._reply)
         self.gate = asyncio.Event()
+        self.connections = 0  # requests that reached the server, answered or still held at the gate
         self.gate.set()
         self._text = text
         self.on_request = None
@@ -51,6 +52,7 @@ class GatedAPI(ScriptedAPI):
         return self._text
 
     async def _handle(self, reader, writer) -> None:
+        self.connections += 1
         await self.gate.wait()
         await super()._handle(reader, writer)
 
@@ -96,9 +98,15 @@ async def test_a_second_solve_on_the_same_output_is_refused_at_once_naming_the_f
         else:
             first.kill()
             pytest.fail("the first run never took the lock")
-        code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", out, timeout=120)
-        assert code == 2 and f"is in use by process {first.pid}" in stderr, stderr
-        assert api.calls == 0  # the second sent nothing; the first is still held at the gate
+        await asyncio.sleep(1.0)  # the first's requests reach the gate
+        held = api.connections
+        # the same file by another name: a symbolic link to it
+        link = tmp_path / "link.jsonl"
+        link.symlink_to(out)
+        for target in (out, link):
+            code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", target, timeout=120)
+            assert code == 2 and f"is in use by process {first.pid}" in stderr, stderr
+        assert api.connections == held  # the second sent nothing
         api.gate.set()
         _, first_err = await asyncio.wait_for(first.communicate(), 300)
         assert first.returncode == 0, first_err.decode()[-3000:]
@@ -142,7 +150,8 @@ async def test_profile_refuses_a_folder_another_run_is_writing(tmp_path):
 # -- part 2: paths that collide ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["events-is-input", "events-is-output", "output-links-to-input", "cache-is-output", "events-hardlinks-cache"])
+@pytest.mark.parametrize("case", ["events-is-input", "events-is-output", "output-links-to-input", "cache-is-output", "events-hardlinks-cache",
+                                  "events-is-config"])
 def test_two_options_naming_the_same_file_are_refused_before_anything_starts(tmp_path, case):
     q = questions_file(tmp_path)
     before = q.read_bytes()
@@ -163,6 +172,13 @@ def test_two_options_naming_the_same_file_are_refused_before_anything_starts(tmp
     elif case == "cache-is-output":
         args += ["--cache", str(out)]
         pair = "-o and --cache"
+    elif case == "events-is-config":
+        cfg = tmp_path / "c.toml"
+        cfg.write_text('[models.m]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+                       '[roles]\nskill_inferencer = "m"\nexperts = ["m"]\naggregator = "m"\n')
+        q, before = cfg, cfg.read_bytes()  # the file that must stay as it was
+        args += ["--config", str(cfg), "--events", str(cfg)]
+        pair = "--events and --config"
     else:
         cache.write_bytes(b"")
         os.link(cache, tmp_path / "hard.jsonl")
@@ -241,17 +257,16 @@ async def test_a_full_disk_under_the_answers_file_stops_cleanly_and_the_rerun_pa
         no_traceback(stderr)
         assert f"cannot write the answers file {out}: No space left on device" in stderr
         assert "Re-run the same command" in stderr
-        first_calls = api.calls
         (small_disk / "ballast").unlink()  # space again
         code, _, stderr = await symoe_async(*args, env=env, timeout=300)
         assert code == 0, stderr[-3000:]
     assert sorted(r["id"] for r in read_jsonl(out)) == sorted(f"q{i}" for i in range(N))
     assert all(n == 1 for n in attempts(cache).values())  # no answer paid for was asked again
-    assert api.calls == sum(attempts(cache).values()) and api.calls > first_calls
+    assert api.calls == sum(attempts(cache).values())  # and every call the API saw is counted there once
 
 
 async def test_a_full_disk_under_the_cache_keeps_every_answer_for_the_next_run(tmp_path, small_disk, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the subprocess's TMPDIR, for spill_paths
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the subprocess's TMPDIR, for spill_files
     experts = 0
 
     def on_request(body: dict) -> None:
@@ -269,9 +284,9 @@ async def test_a_full_disk_under_the_cache_keeps_every_answer_for_the_next_run(t
         code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", tmp_path / "a.jsonl", "--cache", cache, env=env, timeout=300)
         assert code == 0, stderr[-3000:]  # the answers file is on another disk: the batch finished
         no_traceback(stderr)
-        spill = [p for p in spill_paths(cache) if p.exists()]
-        # beside the cache is the full disk too: the answers went to the temporary folder
-        assert spill == [spill_paths(cache)[1]] and spill[0].parent == tmp_path
+        spill = spill_files(cache)
+        # beside the cache is the full disk too: the answers went to this user's folder in the temporary folder
+        assert len(spill) == 1 and spill[0].parent == tmp_path / f"symoe-unsaved-{os.getuid()}"
         assert f"saved in {spill[0]}" in stderr and "could not be written to the answer cache" in stderr
         paid = api.calls
         (small_disk / "ballast").unlink()
@@ -279,7 +294,7 @@ async def test_a_full_disk_under_the_cache_keeps_every_answer_for_the_next_run(t
         code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", tmp_path / "b.jsonl", "--cache", cache, env=env, timeout=300)
         assert code == 0, stderr[-3000:]
         assert api.calls == paid
-    assert not spill[0].exists()  # written into the cache, then removed
+    assert spill_files(cache) == []  # written into the cache, then removed
     assert [r["final_answer"] for r in read_jsonl(tmp_path / "b.jsonl")] == [r["final_answer"] for r in read_jsonl(tmp_path / "a.jsonl")]
 
 
@@ -346,12 +361,13 @@ def test_closing_a_cache_that_stays_locked_saves_its_answers_and_the_next_one_wr
     other.execute("BEGIN EXCLUSIVE")
     cache.put("k1", Completion(model="m", text="kept"), "expert", "q0", 0)
     cache.close()
-    assert cache.spilled == (1, spill_paths(path)[0]) and spill_paths(path)[0].exists()
+    assert cache.spilled is not None and cache.spilled[0] == 1 and spill_files(path) == [cache.spilled[1]]
+    assert cache.spilled[1].parent == tmp_path  # beside the cache
     other.execute("COMMIT")
     other.close()
     with AnswerCache(path) as again:
         assert again.get("k1").text == "kept" and again.stored == 1
-    assert not spill_paths(path)[0].exists()
+    assert spill_files(path) == []
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT count(*) FROM answers").fetchone()[0] == 1
 
@@ -389,3 +405,108 @@ def test_a_cache_locked_when_the_run_opens_it_is_refused_before_anything_is_paid
     finally:
         other.execute("COMMIT")
         other.close()
+
+
+# -- hang-ups ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["hangup-stops-cleanly-once", "nohup-ignores-it"])
+async def test_a_hangup_stops_like_sigterm_unless_started_under_nohup(tmp_path, nohup):
+    import signal
+
+    async with GatedAPI() as api:
+        cfg, q, out = hosted_toml(tmp_path, api), questions_file(tmp_path), tmp_path / "a.jsonl"
+        api.gate.clear()
+        proc = await asyncio.create_subprocess_exec(
+            *symoe_cmd(), "solve", str(q), "--config", str(cfg), "-o", str(out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None,
+        )  # fmt: skip
+        for _ in range(600):  # the run is under way once a request waits at the gate
+            if api.connections:
+                break
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)  # a hang-up often comes twice: it must not force an unclean exit
+        await asyncio.sleep(0.5)
+        api.gate.set()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 300)
+    stderr = stderr.decode()
+    no_traceback(stderr)
+    if nohup:
+        assert proc.returncode == 0, stderr[-2000:]
+        assert sorted(r["id"] for r in read_jsonl(out)) == sorted(f"q{i}" for i in range(N))
+    else:
+        assert proc.returncode == 129, stderr[-2000:]
+        assert "SIGHUP received" in stderr and "Re-run the same command" in stderr
+
+
+# -- more hostile paths -------------------------------------------------------------------
+
+
+def test_an_events_fifo_that_nobody_reads_is_refused_instead_of_hanging(tmp_path):
+    fifo = tmp_path / "ev.fifo"
+    os.mkfifo(fifo)
+    result = CliRunner().invoke(app, ["solve", str(questions_file(tmp_path)), "-o", str(tmp_path / "a.jsonl"), "--events", str(fifo)])
+    assert result.exit_code == 2 and "is a named pipe that no process reads" in result.output, result.output
+
+
+def test_an_output_that_is_a_symlink_loop_is_one_line_and_exit_2(tmp_path):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    result = CliRunner().invoke(app, ["solve", str(questions_file(tmp_path)), "-o", str(loop)])
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "error:" in result.output and str(loop) in result.output
+
+
+def test_two_runs_sharing_a_locked_cache_both_keep_their_answers(tmp_path):
+    from symoe_agents.records import Completion
+
+    path = tmp_path / "c.sqlite"
+    AnswerCache(path).close()
+    first, second = AnswerCache(path, busy_timeout_s=0.05), AnswerCache(path, busy_timeout_s=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    first.put("k1", Completion(model="m", text="from the first"), "expert", "q0", 0)
+    second.put("k2", Completion(model="m", text="from the second"), "expert", "q1", 0)
+    first.close()
+    second.close()
+    assert len(spill_files(path)) == 2  # one file each: neither overwrote the other
+    other.execute("COMMIT")
+    other.close()
+    with AnswerCache(path) as again:
+        assert again.get("k1").text == "from the first" and again.get("k2").text == "from the second"
+    assert spill_files(path) == []
+
+
+def test_a_lone_surrogate_in_a_model_answer_is_written_not_dropped(tmp_path):
+    from symoe_agents.answer_file import AnswerFile
+    from symoe_agents.records import Completion, QuestionResult
+
+    c = Completion(model="m", text="cut in half: \ud83d")  # a proxy that cut an emoji at max_tokens
+    assert c.text == "cut in half: \ufffd"
+    cache = AnswerCache(tmp_path / "c.sqlite")
+    cache.put("k", c, "expert", "q0", 0)
+    assert cache.get("k").text == "cut in half: \ufffd"
+    cache.close()
+    q = Question(id="q0", question="Which? (A) one (B) two")
+    out = AnswerFile.open(tmp_path / "a.jsonl", [q])
+    # a text no Completion cleaned: the record is still written (escaped), never silently dropped
+    out.append(QuestionResult(id=q.id, question=q.question, answer_format="multiple_choice", skills=[], routing="fixed",
+                              experts=[], expert_answers=[], aggregator=None, skill_samples=["odd \udc00"]))  # fmt: skip
+    out.close()
+    assert read_jsonl(tmp_path / "a.jsonl")[0]["skill_samples"] == ["odd \udc00"]
+
+
+def test_a_template_that_is_not_utf8_is_a_preflight_problem(tmp_path):
+    import shutil
+    from importlib.resources import files
+
+    from symoe_agents.preflight import prompt_problems
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(str(files("symoe_agents.prompts")), prompts, ignore=shutil.ignore_patterns("__*"))
+    (prompts / "expert.md").write_bytes("Réponds: {question}\n{answer_instruction}\n".encode("latin-1"))
+    problems = prompt_problems(prompts)
+    assert any("expert.md" in p and "is not UTF-8" in p for p in problems), problems
