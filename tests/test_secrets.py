@@ -126,3 +126,20 @@ def test_scrub_removes_a_key_and_every_fragment_of_eight_characters_or_more():
     assert scrub(f"seven {key[3:10]} only", {key}) == f"seven {key[3:10]} only"
     assert scrub("nothing to hide", {key}) == "nothing to hide"
     assert scrub("short key abcd here", {"abcd"}) == "short key *** here"
+
+
+def test_preflight_hides_the_configs_key_variables_from_every_process_it_starts(monkeypatch):
+    import subprocess
+
+    from symoe_agents.config import parse_config
+    from symoe_agents.preflight import preflight
+    from symoe_agents.redaction import child_env
+
+    monkeypatch.setenv("SYMOE_HIDDEN_TEST_KEY", "sk-hidden-0123456789")
+    cfg = parse_config({"models": {"h": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "h",
+                                         "api_key_env": "SYMOE_HIDDEN_TEST_KEY"}},
+                        "roles": {"skill_inferencer": "h", "experts": ["h"], "aggregator": "h"}}, "test")  # fmt: skip
+    preflight(cfg)
+    seen = subprocess.run(["env"], capture_output=True, text=True, env=child_env()).stdout
+    assert "SYMOE_HIDDEN_TEST_KEY" not in seen and "sk-hidden-0123456789" not in seen
+    assert "PATH=" in seen  # the rest of the environment is there
