@@ -156,8 +156,9 @@ class _SolveRun:
                 failure = failure or exc
         if self.cache is not None and self.cache.spilled:
             n, where = self.cache.spilled
+            same_tmp = "" if where.parent == self.cache.path.parent else " (run it with the same TMPDIR)"
             err(f"[symoe] warning: {n} answers could not be written to the answer cache {self.cache_path} ({self.cache.write_error}); "
-                f"they are saved in {where}, and the next run with this cache adds them to it")  # fmt: skip
+                f"they are saved in {where}, and the next run with this cache adds them to it{same_tmp}")  # fmt: skip
         if failure is not None and not quiet:
             raise failure
 
