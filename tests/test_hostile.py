@@ -510,3 +510,28 @@ def test_a_template_that_is_not_utf8_is_a_preflight_problem(tmp_path):
     (prompts / "expert.md").write_bytes("Réponds: {question}\n{answer_instruction}\n".encode("latin-1"))
     problems = prompt_problems(prompts)
     assert any("expert.md" in p and "is not UTF-8" in p for p in problems), problems
+
+
+async def test_a_full_disk_under_the_scratch_store_stops_the_sending_at_once(tmp_path, small_disk):
+    expert_calls = 0
+
+    def on_request(body: dict) -> None:
+        nonlocal expert_calls
+        if body["model"] in ("e1", "e2"):
+            expert_calls += 1
+            if expert_calls == 2:
+                fill_disk(small_disk)
+
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    async with GatedAPI() as api:
+        api.on_request = on_request
+        cfg, q = hosted_toml(tmp_path, api), questions_file(tmp_path, 40)
+        out = small_disk / "a.jsonl"  # the run's scratch store is made beside it
+        code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", out, "--cache", tmp_path / "c.sqlite", env=env, timeout=300)
+        assert code == 2, stderr[-3000:]
+        no_traceback(stderr)
+        assert "the run's answer store failed: database or disk is full" in stderr, stderr[-2000:]
+        assert "Re-run the same command" in stderr
+        # the groups stopped sending once the store had failed (the answers already queued
+        # when its write failed still arrive), instead of paying for all 80 expert answers
+        assert expert_calls < 80, expert_calls
