@@ -172,8 +172,7 @@ def test_the_chat_templates_are_read_off_the_llama_server_it_runs(tmp_path):
 
 
 def _llama_cpp_standin(root):
-    """STAND-IN for llama-cpp-python where it is not installed (an optional extra CI does not
-    build): the parts the check reads, laid out as the real package lays them out: a
+    """STAND-IN for llama-cpp-python (an optional extra that CI does not build): the parts the check reads, laid out as the real package lays them out: a
     registry of handlers by name in llama_chat_format, and the names its server builds
     itself, compared against ``settings.chat_format`` in server/model.py."""
     pkg = root / "llama_cpp"
@@ -192,14 +191,19 @@ def _llama_cpp_standin(root):
 
 
 def test_an_unknown_chat_format_is_refused_for_llama_cpp_python_from_its_own_registry(tmp_path, monkeypatch):
-    import importlib.util
+    import sys
 
-    if importlib.util.find_spec("llama_cpp") is None:  # the real package when it is there
-        _llama_cpp_standin(tmp_path)
-        monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    assert preflight(llamacpp_model(server="llama-cpp-python", chat_format="llama-2")) == []
-    assert preflight(llamacpp_model(server="llama-cpp-python", chat_format="llava-1-5")) == []  # built by its server
-    problems = preflight(llamacpp_model(server="llama-cpp-python", chat_format="llama2"))
+    # the stand-in always, so the test does not depend on an optional extra (and on whether
+    # its server's own imports are installed); the python named in the config finds it first
+    _llama_cpp_standin(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+
+    def model(chat_format: str):
+        return llamacpp_model(server="llama-cpp-python", python=sys.executable, chat_format=chat_format)
+
+    assert preflight(model("llama-2")) == []
+    assert preflight(model("llava-1-5")) == []  # built by its server
+    problems = preflight(model("llama2"))
     text = str(problems[0])
     assert len(problems) == 1 and "chat_format 'llama2' is not a chat template llama-cpp-python knows; use one of: " in text
     assert ", llama-2, " in text and ", llava-1-5, " in text
