@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from .cli_common import TerminalProgress, err, load_checked, run_with_signals
+from . import run_lock
+from .errors import CacheError, OutputError, SymoeError
 from .methods import METHOD_NAMES
+from .output_paths import check_folder_target
 
 
 def evaluate(
@@ -31,7 +35,6 @@ def evaluate(
     from symoe_agents.eval.report import markdown, write_report
 
     from .cache import AnswerCache
-    from .errors import CacheError, OutputError, SymoeError
     from .methods import build_methods
     from .profiles import load_profiles
 
@@ -53,9 +56,13 @@ def evaluate(
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 
-    try:
+    held = contextlib.ExitStack()  # released when the command ends, however it ends
+    try:  # one evaluation per report folder: two would write the same files
+        check_folder_target(output, "the report folder", "-o")
+        held.enter_context(run_lock.exclusive(output, "the report folder"))
         answers = AnswerCache(cache) if cache else None
-    except CacheError as exc:
+    except (OutputError, CacheError) as exc:
+        held.close()
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 
@@ -81,4 +88,7 @@ def evaluate(
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))
         return 0
 
-    raise typer.Exit(run_with_signals(go, resume_hint=f"Records of finished methods are in {output}." + (f" Answers received are in {cache}: re-run with the same --cache to reuse them." if cache else "")))
+    hint = f"Records of finished methods are in {output}." + (f" Answers received are in {cache}: re-run with the same --cache to reuse them." if cache else "")
+    with held:
+        code = run_with_signals(go, resume_hint=hint)
+    raise typer.Exit(code)

@@ -535,3 +535,13 @@ async def test_a_full_disk_under_the_scratch_store_stops_the_sending_at_once(tmp
         # the groups stopped sending once the store had failed (the answers already queued
         # when its write failed still arrive), instead of paying for all 80 expert answers
         assert expert_calls < 80, expert_calls
+
+
+async def test_eval_refuses_a_report_folder_another_evaluation_is_writing(tmp_path):
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text('{"question": "Which? (A) one (B) two", "gold_answer": "A"}\n')
+    folder = tmp_path / "report"
+    with run_lock.exclusive(folder, "the report folder"):
+        code, _, stderr = await symoe_async("eval", bench, "-o", folder, "--methods", "single", timeout=120)
+    assert code == 2 and f"the report folder {folder} is in use by process {os.getpid()}" in stderr, stderr
+    no_traceback(stderr)
