@@ -279,7 +279,7 @@ class ServerManager:
             env = dict(launch.env)
             if gpu_ids is not None:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
-            proc = ServerProcess(model, launch.argv, port, log_path, env, hide_env=self.config.secret_env_names())
+            proc = ServerProcess(model, launch.argv, port, log_path, env)  # hosted keys hidden: see __init__
             redacted = [a.replace(self._api_key, "***") for a in launch.argv]
             proc.spawn()
             self.events.emit(

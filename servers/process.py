@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -80,15 +80,11 @@ ReadinessProbe = Callable[[int], Awaitable[bool]]
 class ServerProcess:
     """A model server process in its own session. Use ``start()`` then ``stop()``."""
 
-    def __init__(
-        self, name: str, argv: Sequence[str], port: int, log_path: Path, env: dict[str, str] | None = None,
-        hide_env: Iterable[str] = (),
-    ):
-        """``hide_env``: variables of symoe's environment the server must not inherit (the
-        hosted models' keys: a local server never needs them, and another process's
+    def __init__(self, name: str, argv: Sequence[str], port: int, log_path: Path, env: dict[str, str] | None = None):
+        """The server and its watchdog inherit ``redaction.child_env()``: symoe's environment
+        without the hosted keys (a local server never needs them, and another process's
         environment is readable by its user and by crash reporters)."""
         self.name = name
-        self.hide_env = frozenset(hide_env)
         self.argv = list(argv)
         self.port = port
         self.log_path = log_path
@@ -103,7 +99,7 @@ class ServerProcess:
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**self._inherited(), **(self.env or {})}
+        env = child_env(self.env)
         argv = self.argv
         if _PDEATHSIG:  # -S -I: the launcher needs only the standard library
             argv = [sys.executable, "-S", "-I", str(_HERE / "launcher.py"), str(os.getpid()), *argv]
@@ -126,11 +122,8 @@ class ServerProcess:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # a group kill aimed at symoe must not take the watchdog first
             close_fds=True,
-            env=self._inherited(),
+            env=child_env(),
         )
-
-    def _inherited(self) -> dict[str, str]:
-        return {k: v for k, v in child_env().items() if k not in self.hide_env}
 
     def _tell_watchdog(self) -> subprocess.Popen | None:
         """Tell the watchdog the server is stopped: it exits without acting."""
