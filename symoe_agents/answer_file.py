@@ -118,7 +118,9 @@ class AnswerFile:
                 with open(path, "r+b") as f:
                     f.truncate(state.keep_bytes)
                     os.fsync(f.fileno())
-        handle = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
+        # a lone surrogate can only stand inside a JSON string, where backslashreplace writes
+        # it as the JSON escape \udXXX: the line stays valid JSON instead of failing the write
+        handle = open(path, "w" if fresh else "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         _fsync_dir(path)
         return cls(path, state, handle)
 
@@ -131,15 +133,13 @@ class AnswerFile:
         (a full disk) is raised here, so the run stops instead of losing records."""
         if self._error is not None:
             self._reported = True
-            raise OutputError(f"cannot write the answers file {self.path}: {getattr(self._error, 'strerror', None) or self._error}; "
-                              "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
-        record = result.model_dump(mode="json")
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate somewhere: escaped, the line is still valid JSON
-            line = json.dumps(record) + "\n"
-        self._lines.add(line)
+            raise self._failure()
+        self._lines.add(json.dumps(result.model_dump(mode="json"), ensure_ascii=False) + "\n")
+
+    def _failure(self) -> OutputError:
+        why = getattr(self._error, "strerror", None) or self._error
+        return OutputError(f"cannot write the answers file {self.path}: {why}; free space and re-run the same command "
+                           "to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
 
     def _flush(self) -> None:
         lines = self._lines.take()
@@ -168,8 +168,7 @@ class AnswerFile:
                 self._error = self._error or exc
         if self._error is not None and not self._reported:
             self._reported = True
-            raise OutputError(f"cannot write the answers file {self.path}: {getattr(self._error, 'strerror', None) or self._error}; "
-                              "free space and re-run the same command to resume (answers kept in the answer cache are not asked again)")  # fmt: skip
+            raise self._failure()
 
     def close(self) -> None:
         """Write what is queued and close (waits for the IO thread); a write that failed and
