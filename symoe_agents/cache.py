@@ -43,9 +43,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import io_thread
 import psutil
 
+from . import io_thread
 from .errors import CacheError
 from .records import Completion
 
@@ -105,12 +105,10 @@ class AnswerCache:
                     f"{self.path}: not a symoe answer cache of this version (schema {version}); "
                     "pass --cache with another path, or --no-cache"
                 )
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc):  # nothing is paid for yet: say who to wait for
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):  # nothing is paid for yet: say who to wait for
                 raise CacheError(f"{self.path}: another process kept the answer cache locked for {busy_timeout_s:g} s; "
                                  "wait for it to finish and run again, or pass --cache with another path") from None  # fmt: skip
-            raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
-        except sqlite3.DatabaseError as exc:
             raise CacheError(f"{self.path}: cannot open the answer cache ({exc}); pass --cache with another path, or --no-cache") from None
         # rows for the IO thread: ("answer", row) and ("attempt", (key,)), one transaction a write
         self._rows: io_thread.WriteQueue[tuple[str, tuple]] = io_thread.WriteQueue(self._flush)
@@ -237,10 +235,7 @@ class AnswerCache:
         self.write_error = None
         self._failing_since = None
         self.stored += len(answers)
-        for p in self._spill_sources:  # their rows were in this (or an earlier) transaction
-            with contextlib.suppress(OSError):
-                p.unlink()
-        self._spill_sources = []
+        self._drop_spill_sources()  # their rows were in this (or an earlier) transaction
 
     def _retry(self) -> None:
         if self._db is not None:
@@ -261,6 +256,21 @@ class AnswerCache:
         finally:
             self._db.close()
             self._db = None  # type: ignore[assignment]
+
+    def _drop_spill_sources(self) -> None:
+        for p in self._spill_sources:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        self._spill_sources = []
+
+    def spill_note(self) -> str | None:
+        """What to tell the user when rows were saved to a spill file at close (else None)."""
+        if self.spilled is None:
+            return None
+        n, where = self.spilled
+        same_tmp = "" if where.parent == self.path.parent else " (run it with the same TMPDIR)"
+        return (f"{n} answers could not be written to the answer cache {self.path} ({self.write_error}); "
+                f"they are saved in {where}, and the next run with this cache adds them to it{same_tmp}")
 
     def _spill(self, rows: list[tuple[str, tuple]]) -> None:
         """Save the rows that could not be written where the next run finds them (beside
@@ -285,10 +295,7 @@ class AnswerCache:
                 with contextlib.suppress(OSError):
                     partial.unlink()
                 continue
-            for p in self._spill_sources:  # their rows are in this file now
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            self._spill_sources = []
+            self._drop_spill_sources()  # their rows are in this file now
             self.spilled = (answers, target)
             return
         raise CacheError(f"{self.path}: {answers} answers could not be written to the answer cache ({self.write_error}) "

@@ -228,16 +228,13 @@ class Controller:
             async with asyncio.TaskGroup() as tg:
                 for lane in stage.lanes:
                     tg.create_task(run_lane(lane))
+            if halted:
+                raise halted[0]
         except BaseException:
             if prestart is not None:  # a start under way for a stage that will not run: cut short, not awaited in full
                 prestart.cancel()
                 await asyncio.gather(prestart, return_exceptions=True)
             raise
-        if halted:
-            if prestart is not None:
-                prestart.cancel()
-                await asyncio.gather(prestart, return_exceptions=True)
-            raise halted[0]
         if prestart is not None:
             await prestart
 

@@ -50,9 +50,12 @@ class RunStore:
     def put(self, question: str, role: str, slot: int, body: str) -> None:
         """Queue a text; ``StoreError`` once a write has failed (the group then stops sending,
         and the answers received are in the answer cache)."""
+        self._raise_failure()
+        self._rows.add((question, role, slot, body))
+
+    def _raise_failure(self) -> None:
         if self._error is not None:
             raise StoreError(f"the run's answer store failed: {self._error}")
-        self._rows.add((question, role, slot, body))
 
     def _flush(self) -> None:
         rows = self._rows.take()
@@ -70,8 +73,7 @@ class RunStore:
 
     def _get_now(self, question: str, roles: tuple[str, ...]) -> dict[str, dict[int, str]]:
         self._flush()
-        if self._error is not None:
-            raise StoreError(f"the run's answer store failed: {self._error}")
+        self._raise_failure()
         out: dict[str, dict[int, str]] = {r: {} for r in roles}
         marks = ",".join("?" * len(roles))
         for role, slot, body in self._db.execute(
