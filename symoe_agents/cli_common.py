@@ -19,7 +19,8 @@ from typing import IO, Any, TypeVar
 import typer
 
 from .config import load_config
-from .errors import ConfigError, SymoeError
+from . import run_lock
+from .errors import ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
 from .preflight import preflight
 
@@ -151,6 +152,15 @@ def load_config_or_exit(config: Path | None):
     try:
         return load_config(config)
     except ConfigError as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(2) from None
+
+
+def lock_or_exit(held: contextlib.ExitStack, output: Path, what: str) -> None:
+    """Hold the one-run lock on ``output`` for as long as ``held``; exit 2 when another run has it."""
+    try:
+        held.enter_context(run_lock.exclusive(output, what))
+    except OutputError as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 

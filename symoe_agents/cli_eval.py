@@ -10,8 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import TerminalProgress, err, load_checked, run_with_signals
-from . import run_lock
+from .cli_common import TerminalProgress, err, load_checked, lock_or_exit, run_with_signals
 from .errors import CacheError, OutputError, SymoeError
 from .methods import METHOD_NAMES
 from .output_paths import check_folder_target
@@ -56,12 +55,16 @@ def evaluate(
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 
-    held = contextlib.ExitStack()  # released when the command ends, however it ends
-    try:  # one evaluation per report folder: two would write the same files
+    try:
         check_folder_target(output, "the report folder", "-o")
-        held.enter_context(run_lock.exclusive(output, "the report folder"))
+    except OutputError as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(2) from None
+    held = contextlib.ExitStack()  # released when the command ends, however it ends
+    lock_or_exit(held, output, "the report folder")  # one evaluation per folder: two would write the same files
+    try:
         answers = AnswerCache(cache) if cache else None
-    except (OutputError, CacheError) as exc:
+    except CacheError as exc:
         held.close()
         err(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -79,10 +82,9 @@ def evaluate(
             err(f"error: {exc}")
             return 2 if isinstance(exc, (CacheError, OutputError)) else 1
         finally:
-            if answers and answers.spilled:
-                n, where = answers.spilled
-                err(f"[symoe] warning: {n} answers could not be written to the answer cache {cache}; they are saved in {where}, "
-                    "and the next run with this cache adds them to it")  # fmt: skip
+            note = answers.spill_note() if answers else None
+            if note:
+                err(f"[symoe] warning: {note}")
         files = write_report(rows, output)
         print(markdown(rows))
         print(f"total wall time {time.monotonic() - began:.1f} s; report: " + ", ".join(str(p) for p in files.values()))

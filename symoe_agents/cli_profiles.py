@@ -8,11 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import err, load_checked, logged_run, run_with_signals
-from . import run_lock
+from .cli_common import err, load_checked, lock_or_exit, logged_run, run_with_signals
 from .errors import InputError, OutputError
 from .inputs import read_questions
-from .output_paths import check_distinct, check_file_target, check_folder_target
+from .output_paths import check_distinct, check_events_target, check_folder_target
 
 def profile(
     validation: Annotated[Path, typer.Argument(help="validation questions with gold answers (JSONL or upstream JSON)")],
@@ -28,8 +27,7 @@ def profile(
         questions = read_questions(validation)
         check_distinct({"VALIDATION": None if str(validation) == "-" else validation, "-o": output, "--events": events, "--config": config})
         check_folder_target(output, "the profiles folder", "-o")
-        if events is not None:
-            check_file_target(events, "the events file", "--events", devices_ok=True, example="events.jsonl")
+        check_events_target(events)
     except (InputError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -47,11 +45,7 @@ def profile(
         return 0
 
     with contextlib.ExitStack() as held:
-        try:  # one run per profiles folder
-            held.enter_context(run_lock.exclusive(output, "the profiles folder"))
-        except OutputError as exc:
-            err(f"error: {exc}")
-            raise typer.Exit(2) from None
+        lock_or_exit(held, output, "the profiles folder")  # one run per profiles folder
         code = run_with_signals(go, resume_hint=f"Answers so far are kept in {output}; run the same command to resume.")
     raise typer.Exit(code)
 

@@ -9,16 +9,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import run_lock
 from .answer_file import AnswerFile
 from .cache import AnswerCache
-from .cli_common import TerminalProgress, err, logged, run_with_signals
+from .cli_common import TerminalProgress, err, lock_or_exit, logged, run_with_signals
 from .config import Config, load_config
 from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
-from .output_paths import check_distinct, check_file_target
+from .output_paths import check_distinct, check_events_target, check_file_target
 from .preflight import preflight
 from .run_store import StoreError
 
@@ -60,12 +59,8 @@ def solve(
         err(f"error: {exc}")
         raise typer.Exit(2) from None
     with contextlib.ExitStack() as held:
-        try:
-            if not dry_run:  # one run per answers file, from before its state is read
-                held.enter_context(run_lock.exclusive(out_path))
-        except OutputError as exc:
-            err(f"error: {exc}")
-            raise typer.Exit(2) from None
+        if not dry_run:  # one run per answers file, from before its state is read
+            lock_or_exit(held, out_path, "the answers file")
         problems = preflight(cfg)
         if problems:
             err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
@@ -83,8 +78,7 @@ def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path:
         check_file_target(out_path, "the answers file", "-o")
         if cache_path is not None:
             check_file_target(cache_path, "the answer cache", "--cache", example="answers.cache.sqlite")
-    if events is not None:
-        check_file_target(events, "the events file", "--events", devices_ok=True, example="events.jsonl")
+    check_events_target(events)
 
 
 class _SolveRun:
@@ -154,11 +148,9 @@ class _SolveRun:
                 if quiet:
                     err(f"error: {exc}")
                 failure = failure or exc
-        if self.cache is not None and self.cache.spilled:
-            n, where = self.cache.spilled
-            same_tmp = "" if where.parent == self.cache.path.parent else " (run it with the same TMPDIR)"
-            err(f"[symoe] warning: {n} answers could not be written to the answer cache {self.cache_path} ({self.cache.write_error}); "
-                f"they are saved in {where}, and the next run with this cache adds them to it{same_tmp}")  # fmt: skip
+        note = self.cache.spill_note() if self.cache is not None else None
+        if note:
+            err(f"[symoe] warning: {note}")
         if failure is not None and not quiet:
             raise failure
 

@@ -73,6 +73,12 @@ def check_file_target(path: Path, what: str, option: str, devices_ok: bool = Fal
     check_folder_target(path.parent, what, option, for_file=path)
 
 
+def check_events_target(events: Path | None) -> None:
+    """The ``--events`` file of any command (a pipe or /dev/stderr is fine)."""
+    if events is not None:
+        check_file_target(events, "the events file", "--events", devices_ok=True, example="events.jsonl")
+
+
 def check_folder_target(folder: Path, what: str, option: str, for_file: Path | None = None) -> None:
     """``folder`` exists as a writable folder, or can be created."""
     shown = for_file or folder
