@@ -203,6 +203,11 @@ class ServerManager:
         async with self._lock:
             await self._release(key)
 
+    async def stop(self, key: str, reason: str) -> None:
+        """Stop one server now, asleep or not (``symoe serve`` releasing an idle model)."""
+        async with self._lock:
+            await self._stop(key, reason=reason)
+
     async def release_all(self) -> None:
         """Stop everything. Safe to call repeatedly and while being cancelled."""
         async with self._lock:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import openai
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice
 from asyncio_throttle import Throttler
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
@@ -56,6 +57,15 @@ class _NotSent(Exception):
     """The caller said not to send (its server is dead): fail at once, retryably."""
 
 
+class _PartlyStreamed(Exception):
+    """A streamed call broke after part of its text was handed on: not retried, since a
+    reader cannot take back what it was given."""
+
+    def __init__(self, cause: BaseException, chars: int):
+        super().__init__(f"the stream broke after {chars} characters: {type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
 class ModelClient(Protocol):
     """The one seam where requests meet a model: a chat completion per call, raising the
     ``openai`` errors (status, connection, timeout) on failure. Everything above it (slots,
@@ -64,6 +74,48 @@ class ModelClient(Protocol):
     async def complete(self, **request: Any) -> ChatCompletion: ...
 
     async def aclose(self) -> None: ...
+
+
+OnDelta = Callable[[str], None]
+
+
+async def complete_streamed(client: ModelClient, on_delta: OnDelta, request: dict[str, Any]) -> ChatCompletion:
+    """A chat completion asked as a stream: each piece of text goes to ``on_delta`` as it
+    arrives, and the pieces are assembled into the completion ``complete`` would return
+    (usage from the final chunk, asked for with ``include_usage``). A client without a
+    ``stream`` method (a scripted one) answers whole: its text is handed on in one piece."""
+    stream = getattr(client, "stream", None)
+    if stream is None:
+        response = await client.complete(**request)
+        text = response.choices[0].message.content if response.choices else None
+        if text:
+            on_delta(text)
+        return response
+    parts: list[str] = []
+    finish: str | None = None
+    usage = None
+    chars = 0
+    try:
+        async for chunk in await stream(**request, stream_options={"include_usage": True}):
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices or []:
+                if choice.finish_reason:
+                    finish = choice.finish_reason
+                piece = choice.delta.content if choice.delta else None
+                if piece:
+                    parts.append(piece)
+                    chars += len(piece)
+                    on_delta(piece)
+    except Exception as exc:
+        if chars:
+            raise _PartlyStreamed(exc, chars) from exc
+        raise
+    return ChatCompletion.model_construct(
+        id="streamed", object="chat.completion", created=int(time.time()), model=str(request.get("model", "")),
+        choices=[Choice.model_construct(index=0, finish_reason=finish, message=ChatCompletionMessage.model_construct(role="assistant", content="".join(parts)))],
+        usage=usage,
+    )  # fmt: skip
 
 
 #: opens the client of one endpoint: (endpoint, request timeout in s, requests in flight)
@@ -85,6 +137,9 @@ class OpenAIClient:
 
     async def complete(self, **request: Any) -> ChatCompletion:
         return await self._client.chat.completions.create(**request)
+
+    async def stream(self, **request: Any):
+        return await self._client.chat.completions.create(**request, stream=True)
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -154,6 +209,8 @@ def describe_error(exc: BaseException, model: str, endpoint: Endpoint) -> str:
 
 
 def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
+    if isinstance(exc, _PartlyStreamed):
+        return f"{_describe(exc.cause, model, endpoint)} (the stream broke after part of the answer was sent; not retried)"
     key = f", key from ${endpoint.key_env}" if endpoint.key_env else ""
     where = f"model '{model}' ({endpoint.base_url}{key})"
     if isinstance(exc, openai.APIStatusError):
@@ -258,12 +315,15 @@ class AgentRunner:
         n: int,
         on_admitted: Callable[[], None] | None = None,
         proceed: Callable[[], bool] | None = None,
+        on_delta: OnDelta | None = None,
     ) -> list[Completion]:
         """``n`` samples of one prompt in one request (the OpenAI ``n``, with the first
         sample's seed), as ``call`` otherwise. The prompt is processed once, so its tokens
         count once, on the first sample. A sample's completion tokens come from its
         logprobs, asked for when ``n`` > 1: llama-server's usage counts only the first
-        choice, and OpenAI's sums them all."""
+        choice, and OpenAI's sums them all. ``on_delta`` (one sample only) streams the call:
+        it receives the text as it is written; a call that breaks after some text was handed
+        on is not retried."""
         kwargs: dict[str, object] = {
             "model": self.endpoint.served_model,
             "messages": [{"role": "user", "content": prompt.text}],
@@ -292,7 +352,10 @@ class AgentRunner:
                         self.peak_in_flight = max(self.peak_in_flight, self._open)
                         try:
                             async with asyncio.timeout(self.concurrency.request_timeout_s):
-                                response = await self._client.complete(**kwargs)
+                                if on_delta is not None and n == 1:
+                                    response = await complete_streamed(self._client, on_delta, kwargs)
+                                else:
+                                    response = await self._client.complete(**kwargs)
                         finally:
                             self._open -= n
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group

@@ -62,11 +62,13 @@ def show_config(
 from .cli_eval import evaluate  # noqa: E402
 from .cli_profiles import pick_aggregator, profile  # noqa: E402
 from .cli_servers import check, servers_app  # noqa: E402
+from .cli_serve import serve  # noqa: E402
 
 app.command("check")(check)
 app.command("profile")(profile)
 app.command("pick-aggregator")(pick_aggregator)
 app.command("eval")(evaluate)
+app.command("serve")(serve)
 app.add_typer(servers_app, name="servers")
 
 

@@ -406,6 +406,19 @@ class ScheduleOptions(_Strict):
     )
 
 
+class ServeOptions(_Strict):
+    """``symoe serve``: how live requests are gathered into windows, each run as one grouped
+    schedule (every model it needs loaded once)."""
+
+    max_wait_s: float = Field(
+        default=0.5, ge=0, description="an idle server holds a new request this long to gather others into its window"
+    )
+    max_window: int = Field(default=64, ge=1, description="requests per window, at most (the queue's oldest first)")
+    max_queue: int = Field(default=256, ge=1, description="requests waiting for a window, at most; beyond it: 429 with Retry-After")
+    idle_release_s: float = Field(default=300.0, gt=0, description="a model server unused this long is stopped")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long the window in progress may finish")
+
+
 class Config(_Strict):
     """A whole run's configuration."""
 
@@ -435,6 +448,7 @@ class Config(_Strict):
     servers: ServerSettings = ServerSettings()
     schedule: ScheduleOptions = ScheduleOptions()
     alignment: AlignmentConfig = AlignmentConfig()
+    serve: ServeOptions = ServeOptions()
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":

@@ -35,7 +35,7 @@ import gc
 import inspect
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -55,7 +55,7 @@ from .placement import Device, Lane, Placement, Stage, place
 from .preparation import Prepared, aggregation_prompt, expert_prompt, prepare_all, shown_responses, skills_prompt
 from .profiles import Profile, load_profiles, read_aggregator_choice
 from .prompting import RenderedPrompt
-from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult
+from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult, StageUsage, Usage
 from .group_runner import GroupRunner, Progress
 from .loop_lag import LoopLagProbe
 from .run_store import RunStore, StoreError
@@ -77,6 +77,7 @@ class SkillResults:
     texts: dict[str, list[str]]
     errors: dict[str, list[str]]
     truncated: dict[str, list[str]] = field(default_factory=dict)
+    usage: dict[str, list[int]] = field(default_factory=dict)  # per question: calls, cached, prompt and completion tokens
 
 
 @dataclass
@@ -111,6 +112,11 @@ class Controller:
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
         )
         self._devices: list[Device] | None = None
+        # serve: servers stay up between batches (idle ones are released by the caller), and
+        # a stage that does not need a server sleeps it where it can rather than stopping it
+        self.resident = False
+        self._dropped: Container[str] = ()
+        self._tokens_to: Mapping[str, Callable[[str], None]] = {}
         self._aligner: Aligner | None = None
         self.alignment_warning: str | None = None
         self.aggregator = config.roles.aggregator
@@ -192,6 +198,8 @@ class Controller:
         """Release what this stage does not need, then run its lanes side by side."""
         needed = set(stage.servers)
         self.manager.reuse_later = {s for st in later for s in st.servers}
+        if self.resident:  # the next batch may need any of them
+            self.manager.reuse_later |= {k for k in self.manager.server_keys().values() if k is not None}
         for key in self.manager.running_keys():
             if key not in needed:
                 await self.manager.release(key)
@@ -263,8 +271,9 @@ class Controller:
         arriving: dict[str, list] = {}  # a question's [count, texts] until all its samples are in
         unavailable: list[str] = []
 
-        def prompt_of(i: int) -> RenderedPrompt:
-            return skills_prompt(agent.template, by_id[group.requests[i].question_id])
+        def prompt_of(i: int) -> RenderedPrompt | str:
+            qid = group.requests[i].question_id
+            return "dropped" if qid in self._dropped else skills_prompt(agent.template, by_id[qid])
 
         def on_final(i: int, c: Completion) -> None:
             req = group.requests[i]
@@ -282,6 +291,11 @@ class Controller:
                 store.put(qid, "skills", req.sample, c.text or "")
             self.tally.prompt_tokens += c.prompt_tokens
             self.tally.completion_tokens += c.completion_tokens
+            used = out.usage.setdefault(qid, [0, 0, 0, 0])
+            used[0] += 1
+            used[1] += c.cached
+            used[2] += c.prompt_tokens
+            used[3] += c.completion_tokens
             if entry[0] == samples:  # each sample is final exactly once
                 del arriving[qid]
                 out.keywords[qid] = infer_keywords(entry[1])
@@ -338,10 +352,17 @@ class Controller:
         dry_run: bool = False,
         on_result: OnResult | None = None,
         method: Method | None = None,
+        tokens_to: Mapping[str, Callable[[str], None]] | None = None,
+        dropped: Container[str] = (),
     ) -> BatchOutcome:
         """Solve a batch; each record goes to ``on_result`` as its question finishes (none
-        is kept here). ``method`` swaps the routing policy for the baselines of ``eval``."""
+        is kept here). ``method`` swaps the routing policy for the baselines of ``eval``.
+        ``tokens_to[id]``: receives that question's aggregator response as it is written
+        (the call is streamed). ``dropped``: ids whose asker has gone (a live container, read
+        before each call): their calls not yet sent are skipped and they get no record."""
         self.method = method or Method("symoe", "skills", self.config.k)
+        self._dropped = dropped
+        self._tokens_to = tokens_to or {}
         self.tally = OutcomeTally()
         prepared = await asyncio.to_thread(prepare_all, questions)  # a hash and a format per question
         events = EventTally()
@@ -365,9 +386,11 @@ class Controller:
         finally:
             try:
                 probe.stop()
-                await self.manager.release_all()
+                if not self.resident:
+                    await self.manager.release_all()
             finally:
                 gc.unfreeze()
+                self._dropped = ()
                 self.events.unlisten(events.add)
                 if store is not None:
                     await asyncio.shield(store.aclose())
@@ -445,7 +468,8 @@ class Controller:
         else:  # majority vote of the experts' extracted answers, no aggregator call
             for p in prepared:
                 await self._finish(run, p.question.id, None, None, None)
-        await self.manager.release_all()
+        if not self.resident:
+            await self.manager.release_all()
         self.events.emit("run_end", detail={"loop_lag_ms": probe.stop()})
         return BatchOutcome(schedule, placement, self._summary(events), self.routing_note)
 
@@ -463,8 +487,10 @@ class Controller:
         refine = build_agent(self.config, "aggregator", group.model) if layer > 0 else None
         pdir = self.config.prompts_dir
 
-        async def prompt_of(i: int) -> RenderedPrompt:
+        async def prompt_of(i: int) -> RenderedPrompt | str:
             p = run.by_id[group.requests[i].question_id]
+            if p.question.id in self._dropped:
+                return "dropped"
             if refine is not None:
                 prior = shown_responses([a.text for a in await self._expert_answers(run, p.question.id, layer - 1) if a is not None])
                 if prior:
@@ -502,6 +528,8 @@ class Controller:
 
         async def prompt_of(i: int) -> RenderedPrompt | str:
             qid = group.requests[i].question_id
+            if qid in self._dropped:
+                return "dropped"
             answers = await self._expert_answers(run, qid, last)
             if on_disagreement:
                 agreed = consensus([a.extracted if a is not None else None for a in answers], run.k, _same_as(run.by_id[qid]))
@@ -515,6 +543,9 @@ class Controller:
 
         async def on_skip(i: int, why: str) -> None:
             qid = group.requests[i].question_id
+            if why == "dropped":
+                run.forget(qid)
+                return
             if why == "no-expert-answers":
                 run.errors.setdefault(qid, []).append("aggregator skipped: no expert answered")
             await self._finish(run, qid, group.model, None, why)  # type: ignore[arg-type]
@@ -530,22 +561,39 @@ class Controller:
             answer = AggregatorAnswer(**_fields(c), extracted=extracted)
             await self._finish(run, qid, group.model, answer, aggregator_status(c, extracted))
 
-        await self.groups.run(group, agent, prompt_of, on_final, device, exclusive=exclusive, stream_of=run.stream_of, on_skip=on_skip)
+        tokens_to = self._tokens_to
+
+        def delta_of(i: int) -> Callable[[str], None] | None:
+            return tokens_to.get(group.requests[i].question_id)
+
+        await self.groups.run(group, agent, prompt_of, on_final, device, exclusive=exclusive, stream_of=run.stream_of, on_skip=on_skip,
+                              delta_of=delta_of if tokens_to else None)  # fmt: skip
 
     async def _finish(self, run: "_Batch", qid: str, aggregator: str | None, agg: AggregatorAnswer | None, status: AggregatorStatus | None) -> None:
         """Assemble one question's record from the store, hand it on, and forget the
         question. ``status`` None: the method has no aggregator."""
+        if qid in self._dropped:  # its asker has gone: no record
+            run.forget(qid)
+            return
         p = run.by_id[qid]
         last = self.method.layers - 1
         roles = ["skills", *(f"expert{layer}" for layer in range(last + 1))]
         stored = await run.store.get(qid, *roles)
+        usage = Usage()
+        calls, cached, prompt_tokens, completion_tokens = run.skills.usage.pop(qid, (0, 0, 0, 0))
+        usage.skills = StageUsage(calls=calls, cached=cached, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         for layer in range(last):  # an earlier Mixture-of-Agents layer's tokens still count
             for body in stored[f"expert{layer}"].values():
                 earlier = ExpertAnswer.model_validate_json(body)
+                usage.experts.add(earlier)
                 self.tally.prompt_tokens += earlier.prompt_tokens
                 self.tally.completion_tokens += earlier.completion_tokens
         kept = stored[f"expert{last}"]
         answers = [ExpertAnswer.model_validate_json(kept[s]) for s in range(run.k) if s in kept]
+        for a in answers:
+            usage.experts.add(a)
+        if agg is not None:
+            usage.aggregator.add(agg)
         final, source = decide(
             status, agg.extracted if agg else None, [a.extracted for a in answers], self.config.fallback, run.agreed.pop(qid, None), _same_as(p)
         )
@@ -560,7 +608,7 @@ class Controller:
             routing=route.method, experts=list(route.experts), expert_answers=answers,
             aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
             aggregator_status=status, final_answer=final, final_source=source, gold_answer=gold,
-            correct=correct, errors=run.errors.pop(qid, []), truncated=_in_call_order(run.truncated.pop(qid, [])),
+            correct=correct, errors=run.errors.pop(qid, []), truncated=_in_call_order(run.truncated.pop(qid, [])), usage=usage,
         )  # fmt: skip
         self.tally.count(result)
         if run.on_result is not None:
@@ -632,3 +680,10 @@ class _Batch:
 
     def stream_of(self, qid: str) -> str:
         return self.by_id[qid].stream
+
+    def forget(self, qid: str) -> None:
+        """A dropped question's notes go (it gets no record)."""
+        self.agreed.pop(qid, None)
+        self.errors.pop(qid, None)
+        self.truncated.pop(qid, None)
+        self.skills.usage.pop(qid, None)

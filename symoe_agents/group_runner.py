@@ -49,6 +49,8 @@ PromptOf = Callable[[int], MaybeAwaitable[RenderedPrompt | str]]
 OnFinal = Callable[[int, Completion], MaybeAwaitable[None]]
 #: request index, why it was not sent
 OnSkip = Callable[[int, str], MaybeAwaitable[None]]
+#: request index -> where its response's text goes as it is written (None: not streamed)
+DeltaOf = Callable[[int], Callable[[str], None] | None]
 #: question id -> its random stream (``Prepared.stream``): seeds the request's sampling
 StreamOf = Callable[[str], str]
 
@@ -160,11 +162,14 @@ class GroupRunner:
         exclusive: bool = True,
         stream_of: StreamOf = _same_id,
         on_skip: OnSkip | None = None,
+        delta_of: DeltaOf | None = None,
     ) -> GroupStats:
         """Acquire the group's server and run every request to a final completion, restarting
         a server that dies or hangs; ``on_final(i, completion)`` receives each result once,
         ``on_skip(i, why)`` each request ``prompt_of`` declined (not sent, not a failure).
-        The callbacks may be coroutine functions."""
+        The callbacks may be coroutine functions. ``delta_of(i)``, when it gives a function,
+        has request ``i`` streamed: the function receives its text as the model writes it
+        (a request of one sample only; a cached answer arrives whole, as ``on_final``'s)."""
         requests = group.requests
         n = len(requests)
         began = time.monotonic()
@@ -301,7 +306,8 @@ class GroupRunner:
                                 if on_admitted is not None:
                                     on_admitted()
 
-                        results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed)
+                        on_delta = delta_of(members[0]) if delta_of is not None and len(members) == 1 else None
+                        results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed, on_delta)
                         for i, c in zip(members, results):
                             if i not in keys:
                                 continue  # final already (cached, or answered before a restart)

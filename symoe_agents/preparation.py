@@ -81,9 +81,20 @@ def skills_prompt(template: PromptTemplate, p: Prepared) -> RenderedPrompt:
     return template.render(question=p.question.question)
 
 
+def with_context(p: Prepared) -> str:
+    """The question as experts and the aggregator see it: after its context, when it has one
+    (``metadata["context"]``: earlier turns of a conversation, which ``symoe serve`` puts
+    there). The skill inferencer and the format detection read the question alone."""
+    context = p.question.metadata.get("context")
+    if isinstance(context, str) and context.strip():
+        return f"{context.strip()}\n\n{p.question.question}"
+    return p.question.question
+
+
 def expert_prompt(template: PromptTemplate, p: Prepared, prompts_dir: Path | None = None) -> RenderedPrompt:
-    """What an expert is asked: the question and the answer instruction of its format."""
-    return template.render(question=p.question.question, answer_instruction=answer_instruction(p.fmt, p.letters, prompts_dir))
+    """What an expert is asked: the question (after its context) and the answer instruction
+    of its format."""
+    return template.render(question=with_context(p), answer_instruction=answer_instruction(p.fmt, p.letters, prompts_dir))
 
 
 def shown_responses(texts: Sequence[str | None]) -> list[str]:
@@ -102,5 +113,5 @@ def aggregation_prompt(template: PromptTemplate, p: Prepared, responses: Sequenc
     numbered from 1, then the question and the same answer instruction as the experts."""
     body = "\n\n".join(f"Response {n}:\n{text}" for n, text in enumerate(responses, 1))
     return template.render(
-        question=p.question.question, responses=body, answer_instruction=answer_instruction(p.fmt, p.letters, prompts_dir)
+        question=with_context(p), responses=body, answer_instruction=answer_instruction(p.fmt, p.letters, prompts_dir)
     )

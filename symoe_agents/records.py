@@ -86,6 +86,46 @@ AggregatorStatus = Literal[
 ]
 
 
+class StageUsage(BaseModel):
+    """One stage's calls for one question: how many, how many came from the answer cache
+    (their tokens are the ones paid when they were first asked), and their tokens."""
+
+    calls: int = 0
+    cached: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, c: Completion) -> None:
+        self.calls += 1
+        self.cached += c.cached
+        self.prompt_tokens += c.prompt_tokens
+        self.completion_tokens += c.completion_tokens
+
+
+class Usage(BaseModel):
+    """A question's tokens, by stage; the totals are their sums (what ``symoe serve`` reports
+    as the OpenAI ``usage``). ``experts`` counts every layer of a Mixture-of-Agents method."""
+
+    skills: StageUsage = StageUsage()
+    experts: StageUsage = StageUsage()
+    aggregator: StageUsage = StageUsage()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def prompt_tokens(self) -> int:
+        return self.skills.prompt_tokens + self.experts.prompt_tokens + self.aggregator.prompt_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def completion_tokens(self) -> int:
+        return self.skills.completion_tokens + self.experts.completion_tokens + self.aggregator.completion_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
 class QuestionResult(BaseModel):
     id: str
     question: str
@@ -107,6 +147,7 @@ class QuestionResult(BaseModel):
     gold_answer: str | None = None
     correct: bool | None = None
     errors: list[str] = []
+    usage: Usage = Field(default_factory=Usage, description="tokens and calls by stage, cache hits included")
 
     @property
     def tokens(self) -> int:
