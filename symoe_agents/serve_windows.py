@@ -222,7 +222,8 @@ class WindowScheduler:
         if event.kind == "server_ready":
             self.stats.loads += 1
         if event.kind == "group_start" and event.group:
-            stage, _, model = event.group.partition(":")
+            kind, _, model = event.group.partition(":")
+            stage = {"skills": "skills", "expert": "experts", "aggregate": "aggregator"}.get(kind, kind)
             text = f"{stage} on {model}" if model else stage
             for item in self._window:
                 if isinstance(item, Ask) and item.progress is not None and not item.gone and not item.done.done():

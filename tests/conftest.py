@@ -13,6 +13,11 @@ EXAMPLES = ROOT / "examples"
 UPSTREAM = ROOT.parent / "shared" / "upstream-data"
 
 
+#: pids of processes a module fixture keeps for several tests (``symoe serve``): they and
+#: their children are checked by that fixture when it ends, not after every test
+KEPT: set[int] = set()
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
     """After every test: no server process this test process started is still alive."""
@@ -21,7 +26,13 @@ def no_leftover_processes():
 
     assert live_servers() == [], "a ServerProcess was not stopped"
     me = psutil.Process()
-    left = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    kept = set(KEPT)
+    for pid in KEPT:
+        try:
+            kept |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    left = [p for p in me.children(recursive=True) if p.pid not in kept and p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"processes left behind: {[(p.pid, p.cmdline()[:4]) for p in left]}"
 
 
