@@ -35,14 +35,15 @@ def serve(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="environment variable holding the key clients must send as 'Authorization: Bearer KEY'")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache: answers are kept, and a request already answered returns without a model call")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="append lifecycle events as JSONL here")] = None,
-    max_wait_s: Annotated[Optional[float], typer.Option("--max-wait-s", min=0, help="hold a request this long to gather a window (serve.max_wait_s)")] = None,
+    window_s: Annotated[Optional[float], typer.Option("--window-s", min=0, help="a window gathers requests this long (serve.window_s)")] = None,
+    max_wait_s: Annotated[Optional[float], typer.Option("--max-wait-s", min=0, help="a group waiting this long for its model is served next (serve.max_wait_s)")] = None,
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", min=1, help="requests waiting at most; beyond: 429 (serve.max_queue)")] = None,
     idle_release_s: Annotated[Optional[float], typer.Option("--idle-release-s", min=0.001, help="stop a model server unused this long (serve.idle_release_s)")] = None,
 ) -> None:
     """Serve the ensemble as an OpenAI-compatible API: models 'symoe' (the configured method),
     'moa', 'self-moa', 'majority', 'top-k', 'single', and every pool model by its own name."""
     cfg = load_config_or_exit(config)
-    changes = {"max_wait_s": max_wait_s, "max_queue": max_queue, "idle_release_s": idle_release_s}
+    changes = {"window_s": window_s, "max_wait_s": max_wait_s, "max_queue": max_queue, "idle_release_s": idle_release_s}
     if any(v is not None for v in changes.values()):
         serve_opts = cfg.serve.model_copy(update={k: v for k, v in changes.items() if v is not None})
         cfg = cfg.model_copy(update={"serve": serve_opts})
@@ -149,7 +150,7 @@ async def _main(cfg, sock: socket.socket, host: str, keyed: bool, key: str | Non
         except SymoeError as exc:
             err(f"error: {exc}")
             return 2
-        scheduler.start()
+        await scheduler.start()
         server = _Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=10))
 
         async def shut(signum: int) -> None:

@@ -407,16 +407,19 @@ class ScheduleOptions(_Strict):
 
 
 class ServeOptions(_Strict):
-    """``symoe serve``: how live requests are gathered into windows, each run as one grouped
-    schedule (every model it needs loaded once)."""
+    """``symoe serve``: live requests are gathered into windows, each run as one grouped
+    schedule; the windows in flight take turns on the device (``turns``)."""
 
-    max_wait_s: float = Field(
-        default=0.5, ge=0, description="an idle server holds a new request this long to gather others into its window"
-    )
+    window_s: float = Field(default=0.25, ge=0, description="a window gathers requests this long after its first one arrives")
     max_window: int = Field(default=64, ge=1, description="requests per window, at most (the queue's oldest first)")
+    max_windows: int = Field(default=4, ge=1, description="windows in flight at once; later requests wait in the queue")
     max_queue: int = Field(default=256, ge=1, description="requests waiting for a window, at most; beyond it: 429 with Retry-After")
+    max_wait_s: float = Field(
+        default=10.0, ge=0,
+        description="a group waiting this long for its model stops others from joining the loaded model (no starvation)",
+    )  # fmt: skip
     idle_release_s: float = Field(default=300.0, gt=0, description="a model server unused this long is stopped")
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long the window in progress may finish")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long the windows in flight may finish")
 
 
 class Config(_Strict):

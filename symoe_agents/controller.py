@@ -30,6 +30,7 @@ config opts into a fallback; every record says where its final answer came from.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import gc
 import inspect
@@ -132,6 +133,17 @@ class Controller:
                     )
                 self.aggregator = chosen
 
+    def sibling(self) -> "Controller":
+        """A controller for another batch run at the same time (``symoe serve``'s windows):
+        the same config, servers, group runner, profiles and aligner; its own batch state."""
+        if self.profiles:
+            self.aligner()  # made once, shared
+        twin = copy.copy(self)
+        twin.tally = OutcomeTally()
+        twin._dropped = ()
+        twin._tokens_to = {}
+        return twin
+
     @property
     def routing_note(self) -> str:
         if self.profiles is None:
@@ -197,12 +209,11 @@ class Controller:
     async def _run_stage(self, stage: Stage, later: list[Stage], run_group: Callable[..., object]) -> None:
         """Release what this stage does not need, then run its lanes side by side."""
         needed = set(stage.servers)
-        self.manager.reuse_later = {s for st in later for s in st.servers}
-        if self.resident:  # the next batch may need any of them
-            self.manager.reuse_later |= {k for k in self.manager.server_keys().values() if k is not None}
-        for key in self.manager.running_keys():
-            if key not in needed:
-                await self.manager.release(key)
+        if not self.resident:  # serve: batches share the servers, which take turns (``turns``) instead
+            self.manager.reuse_later = {s for st in later for s in st.servers}
+            for key in self.manager.running_keys():
+                if key not in needed:
+                    await self.manager.release(key)
         lanes_per_device = Counter(lane.device.name for lane in stage.lanes)
         multi = len(stage.lanes) > 1
 
@@ -227,7 +238,7 @@ class Controller:
                     halted.append(exc)  # what they have in flight (raising here would cancel it) and stop at their next send
                     return
                 nxt = lane.groups[k + 1] if k + 1 < len(lane.groups) else None
-                if multi and group.server and (nxt is None or nxt.server != group.server):
+                if multi and not self.resident and group.server and (nxt is None or nxt.server != group.server):
                     others = {g.server for ln in stage.lanes if ln is not lane for g in ln.groups}
                     if group.server not in others and group.server not in {s for st in later[:1] for s in st.servers}:
                         await self.manager.release(group.server)

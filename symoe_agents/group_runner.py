@@ -20,6 +20,7 @@ group the method makes), so a batch and its cache keys are the same in every run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from .placement import Device
 from .prompting import RenderedPrompt
 from .records import Completion
 from .schedule import Group
+from .turns import Turns
 from symoe_agents.servers import ServerManager
 from symoe_agents.servers.gpu import MemoryShare
 
@@ -124,6 +126,9 @@ class GroupRunner:
         self.progress = progress or NoProgress()
         self.cache = cache  # None: every call is sent
         self.connect = connect  # where requests meet a model
+        # symoe serve: several batches at once take turns on a device (``turns.Turns``);
+        # a group holds its server's turn from before the server is acquired until it ends
+        self.turns: Turns | None = None
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -248,12 +253,15 @@ class GroupRunner:
             return True
 
         self.progress.start(group.name, n)
+        turn = contextlib.AsyncExitStack()
         try:
             first = 0  # skipped and cached requests are final before any server starts
             while first < len(units) and await prepare(units[first], every) is None:
                 first += 1
             if first == len(units):
                 return stats  # nothing to send: the server is not needed
+            if self.turns is not None:
+                await turn.enter_async_context(self.turns.turn(device.name if device else "cpu", None if hosted else group.server))
             try:
                 endpoint = await self.manager.acquire(
                     group.model,
@@ -359,6 +367,7 @@ class GroupRunner:
                 self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again))
             return stats
         finally:
+            await turn.aclose()
             self.progress.finish()
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n,

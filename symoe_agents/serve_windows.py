@@ -1,27 +1,26 @@
 """Swap-aware micro-batching for ``symoe serve``: live requests gathered into windows.
 
 A request joins the queue (bounded: ``serve.max_queue``; beyond it ``QueueFull``, which
-the HTTP layer answers 429 with ``Retry-After``). An idle scheduler holds the first request
-for ``serve.max_wait_s`` to gather others; a window then takes the queue's oldest
-``serve.max_window`` requests and runs them as one batch per method through the same
-controller as ``symoe solve``: one grouped schedule, so each model is loaded at most once
-per window and serves every request of the window that needs it before it is swapped out.
-Requests that arrive while a window runs wait for the next one, which starts as soon as
-this one ends. Every window serves every model its requests need, so no model starves.
+the HTTP layer answers 429 with ``Retry-After``). A window takes the queue's oldest
+``serve.max_window`` requests ``serve.window_s`` after the first of them arrived, and runs
+them as one batch per method through the same controller as ``symoe solve``: one grouped
+schedule, each model loaded at most once for the window. Up to ``serve.max_windows``
+windows run at once; their groups take turns on the device (``turns``): a loaded model
+serves the groups of every window that need it before it is swapped out, and a group that
+has waited ``serve.max_wait_s`` is served next (no model starves).
 
-Servers stay up between windows (``Controller.resident``): a stage that does not need a
-server sleeps it where the backend can (the config's ``schedule.sleep``), else stops it;
-a server unused for ``serve.idle_release_s`` is stopped. Nothing is stopped while a
-window runs except by the window's own stages, between groups, so a model with requests in
-flight is never stopped.
+Servers stay up between windows (``Controller.resident``): when another server takes the
+device, the one it replaces sleeps where its backend can (the config's ``schedule.sleep``;
+an idle llama-server just stays up), else it is stopped. A server no group has held or
+waited for during ``serve.idle_release_s`` is stopped; one with requests in flight never is.
 
-Requests sent to a pool model by its own name (``Relay``) take their turn in the window
-too: the ones whose model is already up go first, the rest after the window's batches.
+A request sent to a pool model by its own name (``Relay``) takes its turn on the device at
+once, without a window, and holds it until its exchange with the model is over.
 
 An asker that leaves (a client that disconnects) is dropped: out of the queue if it is
-still there, else its calls not yet sent are skipped and it gets no record; the window's
-other requests go on. Shutdown fails what is queued at once, gives the window in progress
-``serve.shutdown_grace_s`` to finish, then cancels it and fails what it had not answered.
+still there, else its calls not yet sent are skipped and it gets no record; the others go
+on. Shutdown fails what is queued at once, gives the windows in flight
+``serve.shutdown_grace_s`` to finish, then cancels them and fails what they had not answered.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from .errors import SymoeError
 from .events import Event, EventLog
 from .methods import Method
 from .records import Question, QuestionResult
+from .turns import Turns
 from symoe_agents.servers import Endpoint, ServerManager
 
 
@@ -120,16 +120,23 @@ class WindowScheduler:
         self.opts = config.serve
         self.manager = manager
         self.events = events
+        self.turns = Turns(self.opts.max_wait_s)
         self.controller = controller or Controller(config, manager, events, None, cache)
         self.controller.resident = True
+        self.controller.groups.turns = self.turns
+        # a server one window releases may serve the next: sleep it where it can sleep
+        manager.reuse_later = {k for k in manager.server_keys().values() if k is not None}
         self.stats = WindowStats()
         self._queue: deque[Item] = deque()
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # a window ended: another may start
         self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._window: list[Item] = []
-        self._dropped: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._windows: dict[asyncio.Task[None], list[Item]] = {}
+        self._relays: set[asyncio.Task[None]] = set()
         self._last_used: dict[str, float] = {}
+        self._dropped_of: dict[asyncio.Task[None], set[str]] = {}
+        self._device = "cpu"
         self.events.listen(self._on_event)
 
     # -- the asker's side --------------------------------------------------------------
@@ -143,20 +150,24 @@ class WindowScheduler:
         return self._closing
 
     def submit(self, item: Item) -> None:
-        """Queue a request, or raise ``ShuttingDown`` / ``QueueFull``."""
+        """Queue a request, or raise ``ShuttingDown`` / ``QueueFull``. A request for a pool
+        model by its name takes its turn on the device at once (it needs no window)."""
         if self._closing:
             raise ShuttingDown("symoe serve is shutting down and takes no new request")
         if len(self._queue) >= self.opts.max_queue:
             raise QueueFull(self.retry_after())
+        if isinstance(item, Relay):
+            self._spawn(self._relay(item), self._relays)
+            return
         self._queue.append(item)
         self._wake.set()
 
     def retry_after(self) -> int:
         """Seconds until a full queue has likely room: the windows needed to drain it, at
-        the mean window time so far (one window's wait when there is no history)."""
+        the mean window time so far (one second a window when there is no history)."""
         mean = self.stats.window_s_total / self.stats.windows if self.stats.windows else 1.0
-        windows = math.ceil(len(self._queue) / self.opts.max_window)
-        return max(1, math.ceil(self.opts.max_wait_s + mean * windows))
+        windows = math.ceil(len(self._queue) / (self.opts.max_window * self.opts.max_windows))
+        return max(1, math.ceil(self.opts.window_s + mean * windows))
 
     def drop(self, item: Item) -> None:
         """The asker has gone: out of the queue, or, in a running window, its unsent calls skipped."""
@@ -165,34 +176,53 @@ class WindowScheduler:
             self._queue.remove(item)
             return
         if isinstance(item, Ask):
-            self._dropped.add(item.question.id)
+            for task, window in self._windows.items():
+                if item in window:
+                    self._dropped_of[task].add(item.question.id)
         else:
             item.finished.set()
 
     # -- the loop ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="symoe-serve-windows")
+    async def start(self) -> None:
+        """Start taking requests (the devices are looked up first: they are shared)."""
+        devices = await self.controller.devices()
+        self._device = devices[0].name
+        self._spawn(self._loop(), self._tasks)
+        self._spawn(self._release_idle(), self._tasks)
+
+    def _spawn(self, coro, into: set[asyncio.Task[None]]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        into.add(task)
+        task.add_done_callback(into.discard)
+        return task
 
     async def _loop(self) -> None:
         while True:
             await self._gather()
+            while len(self._windows) >= self.opts.max_windows:
+                self._room.clear()
+                await self._room.wait()
             take = min(len(self._queue), self.opts.max_window)
-            window = [self._queue.popleft() for _ in range(take)]
-            window = [w for w in window if not w.gone]
+            window = [w for w in (self._queue.popleft() for _ in range(take)) if not w.gone]
             if window:
-                await self._run_window(window)
+                dropped: set[str] = set()
+                task = asyncio.create_task(self._run_window(window, dropped))
+                self._windows[task] = window
+                self._dropped_of[task] = dropped
+                task.add_done_callback(self._window_ended)
+
+    def _window_ended(self, task: asyncio.Task[None]) -> None:
+        self._windows.pop(task, None)
+        self._dropped_of.pop(task, None)
+        self._room.set()
 
     async def _gather(self) -> None:
-        """Wait for a request (stopping idle servers meanwhile), then, if the window is not
-        full, hold it up to ``max_wait_s`` for others."""
+        """Wait for a request, then, unless the window is full, for ``window_s`` after it."""
         while not self._queue:
             self._wake.clear()
-            timeout = await self._release_idle()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-        deadline = self._queue[0].arrived + self.opts.max_wait_s
+            await self._wake.wait()
+        deadline = self._queue[0].arrived + self.opts.window_s
         while len(self._queue) < self.opts.max_window and not self._closing:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -202,19 +232,18 @@ class WindowScheduler:
                 async with asyncio.timeout(left):
                     await self._wake.wait()
 
-    async def _release_idle(self) -> float | None:
-        """Stop servers unused for ``idle_release_s``; the seconds until the next one is due."""
-        now = time.monotonic()
-        due: float | None = None
-        for key in self.manager.running_keys():
-            last = self._last_used.setdefault(key, now)
-            if now - last >= self.opts.idle_release_s:
-                self._last_used.pop(key, None)
-                await self.manager.stop(key, reason=f"idle for {self.opts.idle_release_s:g} s")
-            else:
-                left = last + self.opts.idle_release_s - now
-                due = left if due is None else min(due, left)
-        return due
+    async def _release_idle(self) -> None:
+        """Stop servers no group has used for ``idle_release_s`` (never one a group holds or waits for)."""
+        idle = self.opts.idle_release_s
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            now = time.monotonic()
+            for key in self.manager.running_keys():
+                if self.turns.busy(key):
+                    self._last_used[key] = now
+                elif now - self._last_used.setdefault(key, now) >= idle:
+                    self._last_used.pop(key, None)
+                    await self.manager.stop(key, reason=f"idle for {idle:g} s")
 
     def _on_event(self, event: Event) -> None:
         if event.kind in ("group_start", "group_end") and event.server:
@@ -225,51 +254,36 @@ class WindowScheduler:
             kind, _, model = event.group.partition(":")
             stage = {"skills": "skills", "expert": "experts", "aggregate": "aggregator"}.get(kind, kind)
             text = f"{stage} on {model}" if model else stage
-            for item in self._window:
-                if isinstance(item, Ask) and item.progress is not None and not item.gone and not item.done.done():
-                    item.progress("stage", text)
+            for window in self._windows.values():
+                for item in window:
+                    if isinstance(item, Ask) and item.progress is not None and not item.gone and not item.done.done():
+                        item.progress("stage", text)
 
-    async def _run_window(self, window: list[Item]) -> None:
+    async def _run_window(self, window: list[Item], dropped: set[str]) -> None:
         began = time.monotonic()
-        self._window = window
         self.stats.windows += 1
         self.stats.requests += len(window)
         for item in window:
             item.started = began
             self.stats.longest_wait_s = max(self.stats.longest_wait_s, began - item.arrived)
-        relays: dict[str, list[Relay]] = {}
         asks: dict[Method, list[Ask]] = {}
         for item in window:
-            if isinstance(item, Relay):
-                relays.setdefault(item.model, []).append(item)
-            else:
+            if isinstance(item, Ask):
                 asks.setdefault(item.method, []).append(item)
-        up = set(self.manager.running_keys())
-        now = [m for m in relays if self._is_up(m, up)]
-        left = WindowFailed("the window ended without an answer for this request")
+        left: Exception = WindowFailed("the window ended without an answer for this request")
         try:
-            for model in now:
-                await self._relay(model, relays.pop(model))
-            for method, batch in asks.items():
-                await self._solve(method, batch)
-            for model, group in relays.items():
-                await self._relay(model, group)
+            await asyncio.gather(*(self._solve(method, batch, dropped) for method, batch in asks.items()))
         except asyncio.CancelledError:
             left = ShuttingDown("symoe serve stopped before this request finished")
             raise
         finally:
-            for item in window:  # what the window did not reach (it was cancelled) fails, never hangs
+            for item in window:  # what the window did not answer (it was cancelled) fails, never hangs
                 _fail(item, left)
-            self._window = []
-            self._dropped.clear()
             took = time.monotonic() - began
             self.stats.last_window_s = took
             self.stats.window_s_total += took
 
-    def _is_up(self, model: str, up: set[str]) -> bool:
-        return isinstance(self.config.model(model), OpenAIModel) or self.manager.server_key(model) in up
-
-    async def _solve(self, method: Method, batch: list[Ask]) -> None:
+    async def _solve(self, method: Method, batch: list[Ask], dropped: set[str]) -> None:
         by_id = {a.question.id: a for a in batch if not a.gone}
         if not by_id:
             return
@@ -283,11 +297,10 @@ class WindowScheduler:
         for qid, ask in by_id.items():
             if ask.progress is not None:
                 tokens_to[qid] = _token_sink(ask.progress)
-        self.manager.reuse_later = {k for k in self.manager.server_keys().values() if k is not None}
         failure: BaseException | None = None
         try:
-            await self.controller.run([a.question for a in by_id.values()], on_result=on_result, method=method,
-                                      tokens_to=tokens_to, dropped=self._dropped)  # fmt: skip
+            await self.controller.sibling().run([a.question for a in by_id.values()], on_result=on_result, method=method,
+                                                tokens_to=tokens_to, dropped=dropped)  # fmt: skip
         except asyncio.CancelledError:
             failure = ShuttingDown("symoe serve stopped before this request finished")
             raise
@@ -298,38 +311,30 @@ class WindowScheduler:
         finally:
             for ask in by_id.values():
                 if not ask.done.done():
-                    ask.done.set_exception(failure or WindowFailed("the window ended without an answer for this request"))
-                    ask.done.exception()  # retrieved here: an asker that has gone never awaits it
+                    _fail(ask, failure or WindowFailed("the window ended without an answer for this request"))
 
-    async def _relay(self, model: str, group: list[Relay]) -> None:
-        group = [r for r in group if not r.gone]
-        if not group:
-            return
-        key = self.manager.server_key(model)
-        self.manager.reuse_later = {k for k in self.manager.server_keys().values() if k is not None}
+    async def _relay(self, relay: Relay) -> None:
+        """A request for a pool model by its name: its turn on the device, its server up,
+        then held until the caller's exchange with the model is over."""
+        model = relay.model
+        key = None if isinstance(self.config.model(model), OpenAIModel) else self.manager.server_key(model)
         try:
-            endpoint = await self.manager.acquire(model, exclusive=True)
-        except Exception as exc:
-            for r in group:
-                if not r.turn.done():
-                    r.turn.set_exception(WindowFailed(f"model '{model}' is unavailable: {str(exc).splitlines()[0]}"))
-                    r.turn.exception()
-            return
-        if key is not None:
-            self._last_used[key] = time.monotonic()
-        for r in group:
-            if not r.turn.done():
-                r.turn.set_result(endpoint)
-        try:
-            # a relay whose client vanished before its stream began never says it has finished:
-            # the request timeout bounds how long the window waits for it
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.concurrency.request_timeout_s + 5):
-                    await asyncio.gather(*(r.finished.wait() for r in group))
+            async with self.turns.turn(self._device, key):
+                relay.started = time.monotonic()
+                try:
+                    endpoint = await self.manager.acquire(model, exclusive=True)
+                except Exception as exc:
+                    _fail(relay, WindowFailed(f"model '{model}' is unavailable: {str(exc).splitlines()[0]}"))
+                    return
+                if not relay.turn.done():
+                    relay.turn.set_result(endpoint)
+                # a caller that vanished before its stream began never says it has finished:
+                # the request timeout bounds how long the model is held for it
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.concurrency.request_timeout_s + 5):
+                        await relay.finished.wait()
         except asyncio.CancelledError:
-            for r in group:
-                if not r.turn.done():
-                    r.turn.set_exception(ShuttingDown("symoe serve stopped before this request finished"))
+            _fail(relay, ShuttingDown("symoe serve stopped before this request finished"))
             raise
         finally:
             if key is not None:
@@ -338,30 +343,32 @@ class WindowScheduler:
     # -- shutdown ------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Take nothing more, fail what is queued, let the window in progress finish within
-        ``shutdown_grace_s``, then cancel it (its unanswered requests fail)."""
+        """Take nothing more, fail what is queued, let the windows and relays in flight
+        finish within ``shutdown_grace_s``, then cancel them (their unanswered requests fail)."""
+        if self._closing:
+            return
         self._closing = True
-        self.events.unlisten(self._on_event)
         while self._queue:
             item = self._queue.popleft()
             _fail(item, ShuttingDown("symoe serve is shutting down; this request was still queued"))
-        task, self._task = self._task, None
-        if task is None:
-            return
-        if self._window:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.opts.shutdown_grace_s):
-                    while self._window:
-                        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        busy = [*self._windows, *self._relays]
+        if busy:
+            await asyncio.wait(busy, timeout=self.opts.shutdown_grace_s)
+        busy = [*self._windows, *self._relays]
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        self.events.unlisten(self._on_event)
 
 
 def _fail(item: Item, exc: Exception) -> None:
     future = item.done if isinstance(item, Ask) else item.turn
     if not future.done():
         future.set_exception(exc)
-        future.exception()
+        future.exception()  # retrieved here: an asker that has gone never awaits it
 
 
 def _token_sink(progress: Callable[[str, str], None]) -> Callable[[str], None]:

@@ -98,7 +98,7 @@ class Serve:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     s = Serve(tmp_path_factory.mktemp("serve"), "--cache", str(tmp_path_factory.mktemp("cache") / "serve.cache.sqlite"),
-              key=KEY, serve_toml="max_wait_s = 1.0")  # fmt: skip
+              key=KEY, serve_toml="window_s = 1.0")  # fmt: skip
     try:
         yield s
     finally:
@@ -258,7 +258,7 @@ async def test_a_client_that_leaves_cancels_only_its_own_work(served):
 
 
 def test_queue_full_idle_release_and_sigterm(tmp_path):
-    s = Serve(tmp_path, "--max-queue", "1", "--idle-release-s", "2", serve_toml="max_wait_s = 2.0")
+    s = Serve(tmp_path, "--max-queue", "1", "--idle-release-s", "2", serve_toml="window_s = 2.0")
     try:
 
         async def scenario() -> None:
@@ -272,7 +272,7 @@ def test_queue_full_idle_release_and_sigterm(tmp_path):
 
                 ask = {"model": "symoe", "messages": [{"role": "user", "content": "What is 4 + 4?"}]}
                 a = asyncio.ensure_future(c.chat.completions.create(**ask))
-                await asyncio.sleep(0.3)  # a waits in the queue (held for max_wait_s)
+                await asyncio.sleep(0.3)  # a waits in the queue (its window gathers for window_s)
                 with pytest.raises(openai.RateLimitError) as full:
                     await c.chat.completions.create(**ask)
                 assert int(full.value.response.headers["Retry-After"]) >= 1
