@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import time
@@ -119,6 +120,7 @@ class ServeApp:
             "requests": s.stats.requests,
             "model_loads": s.stats.loads,
             "servers_up": sorted(s.manager.running_keys()),
+            "turns": dataclasses.asdict(s.turns.stats()),  # swaps between models, and the longest wait for one
         }
         return JSONResponse(body, status_code=503 if s.closing else 200)
 
