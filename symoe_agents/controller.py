@@ -133,12 +133,18 @@ class Controller:
                     )
                 self.aggregator = chosen
 
-    def sibling(self) -> "Controller":
+    def sibling(self, cache_only: bool = False) -> "Controller":
         """A controller for another batch run at the same time (``symoe serve``'s windows):
-        the same config, servers, group runner, profiles and aligner; its own batch state."""
+        the same config, servers, group runner, profiles and aligner; its own batch state.
+        ``cache_only``: its batches answer from the cache alone and raise ``NotCached`` at the
+        first call that is not there, before any server is asked for; they log no events."""
         if self.profiles:
             self.aligner()  # made once, shared
         twin = copy.copy(self)
+        if cache_only:
+            twin.events = EventLog(keep=64)
+            twin.groups = GroupRunner(self.config, self.manager, twin.events, None, self.groups.cache, self.groups.connect)
+            twin.groups.cache_only = True
         twin.tally = OutcomeTally()
         twin._dropped = ()
         twin._tokens_to = {}

@@ -57,6 +57,10 @@ DeltaOf = Callable[[int], Callable[[str], None] | None]
 StreamOf = Callable[[str], str]
 
 
+class NotCached(Exception):
+    """A cache-only run (``GroupRunner.cache_only``) met a call that is not in the cache."""
+
+
 class Progress(Protocol):
     def start(self, group: str, total: int) -> None: ...
     def advance(self) -> None: ...
@@ -129,6 +133,9 @@ class GroupRunner:
         # symoe serve: several batches at once take turns on a device (``turns.Turns``);
         # a group holds its server's turn from before the server is acquired until it ends
         self.turns: Turns | None = None
+        # answer from the cache or not at all: a group with anything to send raises NotCached
+        # before its server is acquired (symoe serve's at-once answer to a repeated request)
+        self.cache_only = False
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -260,6 +267,8 @@ class GroupRunner:
                 first += 1
             if first == len(units):
                 return stats  # nothing to send: the server is not needed
+            if self.cache_only:
+                raise NotCached(group.name)
             if self.turns is not None:
                 await turn.enter_async_context(self.turns.turn(device.name if device else "cpu", None if hosted else group.server))
             try:

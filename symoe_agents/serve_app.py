@@ -119,6 +119,7 @@ class ServeApp:
             "windows": s.stats.windows,
             "requests": s.stats.requests,
             "model_loads": s.stats.loads,
+            "from_cache": s.stats.from_cache,
             "servers_up": sorted(s.manager.running_keys()),
             "turns": dataclasses.asdict(s.turns.stats()),  # swaps between models, and the longest wait for one
         }
