@@ -43,6 +43,7 @@ from .serve_windows import Ask, QueueFull, Relay, ShuttingDown, WindowFailed, Wi
 T = TypeVar("T")
 
 HEARTBEAT_S = 5.0
+MAX_BODY_BYTES = 8 * 2**20  # a question, its conversation and a request's fields fit many times over
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None,
@@ -143,10 +144,15 @@ class ServeApp:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, chat: bool) -> Response:
+        raw = bytearray()
+        async for piece in request.stream():  # read up to the limit, not whatever a client sends
+            raw += piece
+            if len(raw) > MAX_BODY_BYTES:
+                return _error(413, f"the request body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
         try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON")
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _error(400, "the request body is not valid JSON (UTF-8)")
         model = body.get("model") if isinstance(body, dict) else None
         if isinstance(model, str) and model in self.config.models and model not in self.methods:
             return await self._relay(request, body, model, chat)

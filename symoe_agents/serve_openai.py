@@ -48,6 +48,7 @@ def _text_of(content: Any, where: str) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
+        _check_unicode(content, where)
         return content
     if isinstance(content, list):
         texts = []
@@ -55,9 +56,17 @@ def _text_of(content: Any, where: str) -> str:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise BadRequest(f"{where}[{i}] is a '{kind}' part; the ensemble reads text parts only", f"{where}[{i}]")
+            _check_unicode(part["text"], f"{where}[{i}].text")
             texts.append(part["text"])
         return "\n".join(texts)
     raise BadRequest(f"{where} must be a string or a list of text parts", where)
+
+
+def _check_unicode(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{where} holds a lone surrogate (half of a UTF-16 pair, e.g. \\ud800); send valid Unicode", where) from None
 
 
 _LABELS = {"system": "Instructions", "developer": "Instructions", "user": "User", "assistant": "Assistant", "tool": "Tool result"}
@@ -110,6 +119,7 @@ def read_completion(body: Any) -> Asked:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRequest("'prompt' must be one non-empty string (one question per request)", "prompt")
+    _check_unicode(prompt, "prompt")
     return Asked(model, prompt, "", stream, include_usage)
 
 

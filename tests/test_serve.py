@@ -217,7 +217,14 @@ async def test_refusals_say_what_to_fix(served):
             await c.chat.completions.create(model="symoe", n=2, messages=[{"role": "user", "content": "hi"}])
     async with httpx.AsyncClient() as http:
         health = await http.get(served.base + "/health")
+        auth = {"Authorization": f"Bearer {KEY}"}
+        huge = await http.post(served.base + "/v1/chat/completions", content=b"x" * (9 * 2**20), headers=auth)
+        broken = await http.post(served.base + "/v1/chat/completions", content=b"{\"model\": ", headers=auth)
+        no_key = await http.post(served.base + "/v1/chat/completions", json={"model": "symoe"})
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert huge.status_code == 413 and "over 8 MiB" in huge.json()["error"]["message"]
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+    assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
 
 
 async def test_answered_request_comes_from_the_cache(served):

@@ -33,6 +33,7 @@ def test_the_last_user_message_is_the_question_and_earlier_turns_its_context():
         ({"model": "symoe", "messages": [{"role": "user", "content": 5}]}, "string or a list"),
         ({"model": "symoe", "n": 3, "messages": [{"role": "user", "content": "q"}]}, "'n' must be 1"),
         ({"model": "symoe", "stream": "yes", "messages": [{"role": "user", "content": "q"}]}, "'stream' must be"),
+        ({"model": "symoe", "messages": [{"role": "user", "content": "half \ud800 pair"}]}, "lone surrogate"),
     ],
 )
 def test_bad_chat_requests_say_what_to_fix(body, says):
