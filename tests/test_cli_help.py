@@ -14,6 +14,7 @@ from conftest import symoe_cmd
         (["solve"], ["INPUT_STEM.answers.jsonl", "suffix .cache.sqlite", "--fresh", "--skip-invalid", "--retry-failed"]),
         (["eval"], ["(default: the built-in pool)", "--cache"]),
         (["servers", "up"], ["every model the roles use"]),
+        (["serve"], ["--api-key-env", "--window-s", "--max-wait-s", "--max-queue", "--idle-release-s", "'symoe'", "'self-moa'"]),
     ],
 )
 def test_help_shows_defaults_and_options(command, shown):

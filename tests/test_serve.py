@@ -308,3 +308,29 @@ def test_queue_full_idle_release_and_sigterm(tmp_path):
         s.close()
     stops = [e for e in read_jsonl(s.events) if e["kind"] == "server_stop"]
     assert any("idle for 2 s" in e["detail"].get("reason", "") for e in stops)
+
+
+@pytest.mark.parametrize(
+    "args, env, says",
+    [
+        (["--api-key-env", "SYMOE_TEST_NO_SUCH_KEY"], {}, "set SYMOE_TEST_NO_SUCH_KEY to the key clients must send"),
+        (["--api-key-env", "SYMOE_TEST_SHORT_KEY"], {"SYMOE_TEST_SHORT_KEY": "abc"}, "8 characters or more"),
+        (["--host", "0.0.0.0"], {}, "without a key; give --api-key-env VAR"),
+        (["--config", "/nonexistent/pool.toml"], {}, "pool.toml"),
+    ],
+)
+def test_bad_options_exit_2_before_anything_starts(args, env, says):
+    out = subprocess.run([*symoe_cmd(), "serve", *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert out.returncode == 2, out.stderr
+    assert says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_port_in_use_exits_2():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        out = subprocess.run([*symoe_cmd(), "serve", "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
