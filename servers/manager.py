@@ -239,12 +239,26 @@ class ServerManager:
         except (OSError, asyncio.TimeoutError):
             return False
 
-    async def restart(self, model: str, reason: str) -> Endpoint:
-        """Kill a dead or hung server and start it again on the same devices."""
+    def process_pid(self, model: str) -> int | None:
+        """The pid of ``model``'s server process now (a restart changes it)."""
+        run = self._running.get(self.server_key(model) or "")
+        return run.process.pid if run is not None else None
+
+    def endpoint_of(self, model: str) -> Endpoint | None:
+        run = self._running.get(self.server_key(model) or "")
+        return run.endpoint if run is not None else None
+
+    async def restart(self, model: str, reason: str, seen_pid: int | None = None) -> Endpoint:
+        """Kill a dead or hung server and start it again on the same devices. ``seen_pid``:
+        the process the caller saw fail; if another caller has restarted it since (groups of
+        several serve windows share a server), the new one is left alone and returned."""
         key = self.server_key(model)
         assert key is not None
         async with self._lock:
             old = self._running.get(key)
+            if seen_pid is not None and old is not None and old.process.pid != seen_pid and old.stopping is None \
+                    and old.process.proc is not None and old.process.proc.poll() is None:  # fmt: skip
+                return old.endpoint
             gpu_ids = old.gpu_ids if old else None
             if old is not None:
                 await self._stop(key, grace=1.0, reason=f"restart: {reason}")

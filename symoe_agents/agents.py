@@ -57,6 +57,11 @@ class _NotSent(Exception):
     """The caller said not to send (its server is dead): fail at once, retryably."""
 
 
+class _StreamCut(Exception):
+    """A stream that ended without saying why (no ``finish_reason``): the connection closed
+    mid-answer. Retried when nothing of it was handed on."""
+
+
 class _PartlyStreamed(Exception):
     """A streamed call broke after part of its text was handed on: not retried, since a
     reader cannot take back what it was given."""
@@ -94,23 +99,18 @@ async def complete_streamed(client: ModelClient, on_delta: OnDelta, request: dic
     parts: list[str] = []
     finish: str | None = None
     usage = None
-    chars = 0
-    try:
-        async for chunk in await stream(**request, stream_options={"include_usage": True}):
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices or []:
-                if choice.finish_reason:
-                    finish = choice.finish_reason
-                piece = choice.delta.content if choice.delta else None
-                if piece:
-                    parts.append(piece)
-                    chars += len(piece)
-                    on_delta(piece)
-    except Exception as exc:
-        if chars:
-            raise _PartlyStreamed(exc, chars) from exc
-        raise
+    async for chunk in await stream(**request, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices or []:
+            if choice.finish_reason:
+                finish = choice.finish_reason
+            piece = choice.delta.content if choice.delta else None
+            if piece:
+                parts.append(piece)
+                on_delta(piece)
+    if finish is None:  # a clean close mid-answer: not an answer to keep (nor to cache)
+        raise _StreamCut("the stream ended without a finish_reason")
     return ChatCompletion.model_construct(
         id="streamed", object="chat.completion", created=int(time.time()), model=str(request.get("model", "")),
         choices=[Choice.model_construct(index=0, finish_reason=finish, message=ChatCompletionMessage.model_construct(role="assistant", content="".join(parts)))],
@@ -175,7 +175,7 @@ def _room_for_sockets(n: int) -> None:
 
 
 def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError)):
+    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError, _StreamCut)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
@@ -331,6 +331,14 @@ class AgentRunner:
         }
         if n > 1:  # top 1, not llama-server's default 20: 16 samples of 200 tokens took 3.7% longer with 20
             kwargs.update(n=n, logprobs=True, top_logprobs=1)
+        handed = 0  # characters of a streamed call handed on: once there are some, no retry
+
+        def hand_on(piece: str) -> None:
+            nonlocal handed
+            handed += len(piece)
+            assert on_delta is not None
+            on_delta(piece)
+
         started: float | None = None
         try:
             async for attempt in AsyncRetrying(
@@ -353,9 +361,13 @@ class AgentRunner:
                         try:
                             async with asyncio.timeout(self.concurrency.request_timeout_s):
                                 if on_delta is not None and n == 1:
-                                    response = await complete_streamed(self._client, on_delta, kwargs)
+                                    response = await complete_streamed(self._client, hand_on, kwargs)
                                 else:
                                     response = await self._client.complete(**kwargs)
+                        except Exception as exc:  # the request timeout included: a reader cannot take text back
+                            if handed:
+                                raise _PartlyStreamed(exc, handed) from exc
+                            raise
                         finally:
                             self._open -= n
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group

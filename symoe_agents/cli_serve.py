@@ -53,6 +53,9 @@ def serve(
         if len(key) < 8:
             err(f"error: --api-key-env {api_key_env}: set {api_key_env} to the key clients must send (8 characters or more)")
             raise typer.Exit(2)
+        if not (key.isascii() and key.isprintable() and " " not in key):
+            err(f"error: --api-key-env {api_key_env}: the key must be printable ASCII without spaces (it travels in an HTTP header)")
+            raise typer.Exit(2)
         redaction.remember(key)
         redaction.hide_from_children({api_key_env})
     elif not _loopback(host):

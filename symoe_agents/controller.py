@@ -133,17 +133,20 @@ class Controller:
                     )
                 self.aggregator = chosen
 
-    def sibling(self, cache_only: bool = False) -> "Controller":
+    def sibling(self, cache_only: bool = False, on_serving: Callable[[Group], None] | None = None) -> "Controller":
         """A controller for another batch run at the same time (``symoe serve``'s windows):
-        the same config, servers, group runner, profiles and aligner; its own batch state.
+        the same config, servers, profiles, aligner and device turns; its own batch state.
         ``cache_only``: its batches answer from the cache alone and raise ``NotCached`` at the
-        first call that is not there, before any server is asked for; they log no events."""
+        first call that is not there, before any server is asked for; they log no events.
+        ``on_serving(group)``: called as each of its groups gets its server (its turn)."""
         if self.profiles:
             self.aligner()  # made once, shared
         twin = copy.copy(self)
+        twin.groups = copy.copy(self.groups)  # its own callbacks; a group runner keeps no state between groups
+        twin.groups.on_serving = on_serving
         if cache_only:
             twin.events = EventLog(keep=64)
-            twin.groups = GroupRunner(self.config, self.manager, twin.events, None, self.groups.cache, self.groups.connect)
+            twin.groups.events = twin.events
             twin.groups.cache_only = True
         twin.tally = OutcomeTally()
         twin._dropped = ()
@@ -188,6 +191,8 @@ class Controller:
             Device(s, cfg.schedule.device_memory_gib or (min(total[i] for i in s) if all(i in total for i in s) else None))
             for s in slices
         ]
+        if self.resident:  # serve: one device, whose turns (``turns``) order every window's groups
+            self._devices = self._devices[:1]
         self.manager.divide_cores(len(self._devices))  # lanes on several devices run side by side
         return self._devices
 
@@ -201,9 +206,11 @@ class Controller:
 
     async def place(self, schedule: Schedule) -> Placement:
         opts = self.config.schedule
+        # serve runs one server at a time per device, in turns, across windows: a window's own
+        # co-residency or early start would load beside servers other windows are using
         return place(
             schedule, await self.devices(), self.memory_by_server(),
-            co_residency=opts.co_residency, overlap=opts.overlap, sleep=opts.sleep,
+            co_residency=opts.co_residency and not self.resident, overlap=opts.overlap and not self.resident, sleep=opts.sleep,
         )  # fmt: skip
 
     # -- stages ------------------------------------------------------------------------
@@ -406,7 +413,8 @@ class Controller:
                 if not self.resident:
                     await self.manager.release_all()
             finally:
-                gc.unfreeze()
+                if not self.resident:
+                    gc.unfreeze()
                 self._dropped = ()
                 self.events.unlisten(events.add)
                 if store is not None:
@@ -458,8 +466,10 @@ class Controller:
         placement = await self.place(schedule)
         # the batch's columns live as long as the run: keep the collector from scanning them
         # again in every full collection (at 100,000 questions one took most of a second of
-        # the loop's time; they are unfrozen when the run ends)
-        gc.freeze()
+        # the loop's time; they are unfrozen when the run ends). Not in serve: its windows
+        # overlap, and the freeze is the whole process's
+        if not self.resident:
+            gc.freeze()
 
         if dry_run:
             self.events.emit("run_end")

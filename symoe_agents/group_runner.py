@@ -136,6 +136,7 @@ class GroupRunner:
         # answer from the cache or not at all: a group with anything to send raises NotCached
         # before its server is acquired (symoe serve's at-once answer to a repeated request)
         self.cache_only = False
+        self.on_serving: Callable[[Group], None] | None = None  # told as a group gets its server
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -271,6 +272,8 @@ class GroupRunner:
                 raise NotCached(group.name)
             if self.turns is not None:
                 await turn.enter_async_context(self.turns.turn(device.name if device else "cpu", None if hosted else group.server))
+            if self.on_serving is not None:
+                self.on_serving(group)
             try:
                 endpoint = await self.manager.acquire(
                     group.model,
@@ -283,6 +286,7 @@ class GroupRunner:
                     await prepare(units[u], every)
                 await fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
                 return stats
+            seen = self.manager.process_pid(group.model)  # the process this group's failures are about
             slots = prompt_cache_slots(model)
             order: Sequence[int] = range(first, len(units))
             wanted: Callable[[int], bool] = every
@@ -355,20 +359,26 @@ class GroupRunner:
                     raise halted[0]
                 if not retry:
                     break
-                if await self.manager.healthy(group.model):
+                healthy = await self.manager.healthy(group.model)
+                now = self.manager.process_pid(group.model)
+                if healthy and now == seen:
                     for i, c in retry:  # the server is fine: these failures were the requests' own
                         await final(i, c)
                     break
-                reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
-                if stats.restarts >= self.config.servers.restart_attempts:
-                    await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {stats.restarts} time(s) without success")
-                    break
-                stats.restarts += 1
-                try:
-                    endpoint = await self.manager.restart(group.model, reason)
-                except ServerStartError as exc:
-                    await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
-                    break
+                if healthy and now is not None:  # another group (serve's windows share servers) restarted it meanwhile
+                    endpoint = self.manager.endpoint_of(group.model) or endpoint
+                else:
+                    reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
+                    if stats.restarts >= self.config.servers.restart_attempts:
+                        await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {stats.restarts} time(s) without success")
+                        break
+                    stats.restarts += 1
+                    try:
+                        endpoint = await self.manager.restart(group.model, reason, seen)
+                    except ServerStartError as exc:
+                        await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
+                        break
+                seen = self.manager.process_pid(group.model)
                 again = {i for i, _ in retry}
                 order = sorted({u for u in range(len(units)) if any(i in again for i in units[u])}) if per_request > 1 else sorted(again)
                 wanted = again.__contains__

@@ -19,7 +19,6 @@ is dropped from the scheduler; the others are not disturbed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import json
@@ -29,15 +28,18 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from . import redaction
 from .methods import Method, build_methods
 from .preparation import prepare
 from .profiles import load_profiles
 from .records import Question, QuestionResult
-from .serve_openai import METHOD_MODELS, Asked, BadRequest, Chunks, chat_completion, error_body, read_chat, read_completion, symoe_object, text_completion
+from .serve_openai import (
+    METHOD_MODELS, Asked, BadRequest, Chunks, answer_text, chat_completion, error_body, read_chat, read_completion, symoe_object, text_completion,
+)  # fmt: skip
 from .serve_windows import Ask, QueueFull, Relay, ShuttingDown, WindowFailed, WindowScheduler
 
 T = TypeVar("T")
@@ -52,7 +54,8 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", param
 
 
 def _sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+    # ASCII escapes: a lone surrogate (half an emoji, cut at max_tokens) is then "\ud83d", not a failed encode
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 class _Gone(Exception):
@@ -98,7 +101,8 @@ class ServeApp:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
-        ])  # fmt: skip
+        ], exception_handlers={404: self._no_route, 405: self._no_route})  # fmt: skip
+        self.app.router.redirect_slashes = False  # a wrong path is a 404 that says so, not a redirect
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/") and self.api_key is not None:
@@ -112,10 +116,16 @@ class ServeApp:
 
     # -- small routes ---------------------------------------------------------------------
 
+    async def _no_route(self, request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        routes = "GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions"
+        return _error(status, f"no {request.method} {request.url.path[:200]} here; this server has {routes}", code="not_found")
+
     async def health(self, request: Request) -> Response:
         s = self.scheduler
         body = {
-            "status": "stopping" if s.closing else "ok",
+            "status": "failed" if s.fault else "stopping" if s.closing else "ok",
+            "error": s.fault,
             "queued": s.queued,
             "windows": s.stats.windows,
             "requests": s.stats.requests,
@@ -145,10 +155,13 @@ class ServeApp:
 
     async def _complete(self, request: Request, chat: bool) -> Response:
         raw = bytearray()
-        async for piece in request.stream():  # read up to the limit, not whatever a client sends
-            raw += piece
-            if len(raw) > MAX_BODY_BYTES:
-                return _error(413, f"the request body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
+        try:
+            async for piece in request.stream():  # read up to the limit, not whatever a client sends
+                raw += piece
+                if len(raw) > MAX_BODY_BYTES:
+                    return _error(413, f"the request body is over {MAX_BODY_BYTES // 2**20} MiB", code="body_too_large")
+        except ClientDisconnect:
+            return Response(status_code=499)  # gone while sending: nobody reads an answer
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -166,7 +179,7 @@ class ServeApp:
             return _error(404, f"no model '{asked.model}'; this server has: {names}", param="model", code="model_not_found")
         question = Question(id=Ask.new_id(), question=asked.question, metadata={"context": asked.context} if asked.context else {})
         try:
-            prepare(question)
+            await asyncio.to_thread(prepare, question)  # megabytes of text take a second: not on the loop
         except ValueError as exc:
             return _error(400, str(exc), param="messages" if chat else "prompt")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
@@ -220,9 +233,13 @@ class ServeApp:
                 yield _sse(chunks.opening(ahead))
                 while not ask.done.done():
                     getting = asyncio.ensure_future(events.get())
-                    await asyncio.wait({getting, ask.done}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
-                    if not getting.done():
-                        getting.cancel()
+                    try:
+                        await asyncio.wait({getting, ask.done}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        got = getting.done()
+                        if not got:
+                            getting.cancel()
+                    if not got:
                         if not ask.done.done():
                             yield b": symoe: waiting\n\n"
                         continue
@@ -243,9 +260,12 @@ class ServeApp:
                     code = "shutting_down" if isinstance(exc, ShuttingDown) else "window_failed"
                     yield _sse(error_body(str(exc), "server_error", code=code))
                     return
+                if streamed and result.aggregator_response is None:
+                    # the aggregator's stream broke part-way: what the client read is not an answer
+                    said = "; ".join(e for e in result.errors if e.startswith("aggregator")) or "the aggregator's stream broke"
+                    yield _sse(error_body(f"the answer was cut off: {said}", "server_error", code="aggregator_failed"))
+                    return
                 if not streamed:  # cached, a method without an aggregator, or a failed aggregator: the answer whole
-                    from .serve_openai import answer_text
-
                     text = answer_text(result)
                     if text:
                         yield _sse(chunks.text(text))
@@ -277,15 +297,20 @@ class ServeApp:
         url = endpoint.base_url.rstrip("/") + ("/chat/completions" if chat else "/completions")
         headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
         sent = {**body, "model": endpoint.served_model}
+        timeout = self.config.concurrency.request_timeout_s
+        keys = {endpoint.api_key} if endpoint.api_key else set()
         if not body.get("stream"):
             try:
-                upstream = await _or_gone(request, self.http.post(url, json=sent, headers=headers, timeout=self.config.concurrency.request_timeout_s))
+                upstream = await _or_gone(request, self.http.post(url, json=sent, headers=headers, timeout=timeout))
             except _Gone:
                 return Response(status_code=499)
             except Exception as exc:
                 return _error(502, f"model '{model}' did not answer: {type(exc).__name__}", "server_error", code="upstream_failed")
             finally:
                 relay.finished.set()
+            if upstream.status_code >= 400:  # some APIs echo the key they refused: never passed on whole
+                said = redaction.scrub(upstream.text[:2000], keys)[:500]
+                return _error(upstream.status_code, f"model '{model}' answered HTTP {upstream.status_code}: {said}", "upstream_error", code="upstream_error")
             try:
                 data = upstream.json()
             except ValueError:
@@ -296,23 +321,38 @@ class ServeApp:
 
         async def relayed() -> AsyncIterator[bytes]:
             try:
-                async with self.http.stream("POST", url, json=sent, headers=headers, timeout=self.config.concurrency.request_timeout_s) as upstream:
+                async with self.http.stream("POST", url, json=sent, headers=headers, timeout=timeout) as upstream:
                     if upstream.status_code != 200:
-                        raw = await upstream.aread()
-                        yield _sse(error_body(f"model '{model}' answered HTTP {upstream.status_code}: {raw[:300].decode('utf-8', 'replace')}",
-                                              "server_error", code="upstream_failed"))  # fmt: skip
+                        said = redaction.scrub((await upstream.aread())[:2000].decode("utf-8", "replace"), keys)[:500]
+                        yield _sse(error_body(f"model '{model}' answered HTTP {upstream.status_code}: {said}", "upstream_error", code="upstream_error"))
                         return
-                    async for line in upstream.aiter_lines():
-                        if line.startswith("data: ") and line != "data: [DONE]":
-                            with contextlib.suppress(ValueError):
-                                chunk = json.loads(line[6:])
-                                if isinstance(chunk, dict) and "model" in chunk:
-                                    chunk["model"] = model
-                                    line = "data: " + json.dumps(chunk, ensure_ascii=False)
-                        yield (line + "\n").encode()
+                    # lines are split at b"\n" only: a U+2028 inside a JSON string is text, not a line end
+                    pending = b""
+                    async for raw in upstream.aiter_bytes():
+                        relay.touched = time.monotonic()
+                        pending += raw
+                        *lines, pending = pending.split(b"\n")
+                        if lines:
+                            yield b"".join(_renamed(line, model) + b"\n" for line in lines)
+                    if pending:
+                        yield _renamed(pending, model)
             except Exception as exc:
                 yield _sse(error_body(f"model '{model}' stream failed: {type(exc).__name__}", "server_error", code="upstream_failed"))
             finally:
                 relay.finished.set()
 
         return StreamingResponse(relayed(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _renamed(line: bytes, model: str) -> bytes:
+    """An upstream SSE line with the pool model's name in place of the server's."""
+    if not line.startswith(b"data: {"):
+        return line
+    try:
+        chunk = json.loads(line[6:])
+    except ValueError:
+        return line
+    if isinstance(chunk, dict) and "model" in chunk:
+        chunk["model"] = model
+        return b"data: " + json.dumps(chunk).encode()
+    return line

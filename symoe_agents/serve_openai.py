@@ -55,7 +55,8 @@ def _text_of(content: Any, where: str) -> str:
         for i, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(f"{where}[{i}] is a '{kind}' part; the ensemble reads text parts only", f"{where}[{i}]")
+                shown = kind if isinstance(kind, str) and kind.isascii() and kind.isprintable() and len(kind) <= 40 else "non-text"
+                raise BadRequest(f"{where}[{i}] is a '{shown}' part; the ensemble reads text parts only", f"{where}[{i}]")
             _check_unicode(part["text"], f"{where}[{i}].text")
             texts.append(part["text"])
         return "\n".join(texts)
@@ -78,7 +79,8 @@ def _common(body: Any) -> tuple[str, bool, bool]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required: one of the names GET /v1/models lists", "model")
-    stream = body.get("stream", False)
+    _check_unicode(model, "model")
+    stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be true or false", "stream")
     options = body.get("stream_options") or {}
@@ -98,7 +100,7 @@ def read_chat(body: Any) -> Asked:
         raise BadRequest("'messages' must be a non-empty list", "messages")
     turns = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in _LABELS:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in _LABELS:
             raise BadRequest(f"messages[{i}] needs a 'role' of {', '.join(_LABELS)}", f"messages[{i}].role")
         turns.append((m["role"], _text_of(m.get("content"), f"messages[{i}].content")))
     role, question = turns[-1]

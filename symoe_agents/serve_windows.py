@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from .errors import SymoeError
 from .events import Event, EventLog
 from .methods import Method
 from .records import Question, QuestionResult
+from .schedule import Group
 from .turns import Turns
 from symoe_agents.servers import Endpoint, ServerManager
 
@@ -93,6 +95,7 @@ class Relay:
     model: str
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
+    touched: float = field(default_factory=time.monotonic)  # the caller's last exchange with the model
     turn: asyncio.Future[Endpoint] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     gone: bool = False
@@ -136,6 +139,8 @@ class WindowScheduler:
         self._windows: dict[asyncio.Task[None], list[Item]] = {}
         self._relays: set[asyncio.Task[None]] = set()
         self._probes: set[asyncio.Task[None]] = set()
+        self._relays_waiting = 0  # relays not yet given their turn: they count against max_queue
+        self.fault: str | None = None  # the scheduler itself failed (a defect): serve answers 503
         self._last_used: dict[str, float] = {}
         self._dropped_of: dict[asyncio.Task[None], set[str]] = {}
         self._device = "cpu"
@@ -156,9 +161,10 @@ class WindowScheduler:
         model by its name takes its turn on the device at once (it needs no window)."""
         if self._closing:
             raise ShuttingDown("symoe serve is shutting down and takes no new request")
-        if len(self._queue) >= self.opts.max_queue:
+        if len(self._queue) + self._relays_waiting >= self.opts.max_queue:
             raise QueueFull(self.retry_after())
         if isinstance(item, Relay):
+            self._relays_waiting += 1
             self._spawn(self._relay(item), self._relays)
             return
         self._queue.append(item)
@@ -192,8 +198,20 @@ class WindowScheduler:
         """Start taking requests (the devices are looked up first: they are shared)."""
         devices = await self.controller.devices()
         self._device = devices[0].name
-        self._spawn(self._loop(), self._tasks)
-        self._spawn(self._release_idle(), self._tasks)
+        for work in (self._loop(), self._release_idle()):
+            self._spawn(work, self._tasks).add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """A loop that ends by an error (a defect) stops serve's intake: requests get 503 with
+        the reason instead of hanging in a queue nobody takes from."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.fault = f"symoe serve's scheduler failed ({type(exc).__name__}: {exc}); restart symoe serve"
+        print(f"[symoe] error: {self.fault}", file=sys.stderr, flush=True)
+        self._closing = True
+        while self._queue:
+            _fail(self._queue.popleft(), ShuttingDown(self.fault))
 
     def _spawn(self, coro, into: set[asyncio.Task[None]]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -254,14 +272,6 @@ class WindowScheduler:
             self._last_used[event.server] = time.monotonic()
         if event.kind == "server_ready":
             self.stats.loads += 1
-        if event.kind == "group_start" and event.group:
-            kind, _, model = event.group.partition(":")
-            stage = {"skills": "skills", "expert": "experts", "aggregate": "aggregator"}.get(kind, kind)
-            text = f"{stage} on {model}" if model else stage
-            for window in self._windows.values():
-                for item in window:
-                    if isinstance(item, Ask) and item.progress is not None and not item.gone and not item.done.done():
-                        item.progress("stage", text)
 
     async def _run_window(self, window: list[Item], dropped: set[str]) -> None:
         began = time.monotonic()
@@ -301,9 +311,18 @@ class WindowScheduler:
         for qid, ask in by_id.items():
             if ask.progress is not None:
                 tokens_to[qid] = _token_sink(ask.progress)
+
+        def on_serving(group: Group) -> None:  # this window's streamed asks hear of its own groups only
+            kind, _, model = group.name.partition(":")
+            stage = {"skills": "skills", "expert": "experts", "aggregate": "aggregator"}.get(kind, kind)
+            text = f"{stage} on {model}" if model else stage
+            for ask in by_id.values():
+                if ask.progress is not None and not ask.gone and not ask.done.done():
+                    ask.progress("stage", text)
+
         failure: BaseException | None = None
         try:
-            await self.controller.sibling().run([a.question for a in by_id.values()], on_result=on_result, method=method,
+            await self.controller.sibling(on_serving=on_serving).run([a.question for a in by_id.values()], on_result=on_result, method=method,
                                                 tokens_to=tokens_to, dropped=dropped)  # fmt: skip
         except asyncio.CancelledError:
             failure = ShuttingDown("symoe serve stopped before this request finished")
@@ -337,9 +356,14 @@ class WindowScheduler:
         then held until the caller's exchange with the model is over."""
         model = relay.model
         key = None if isinstance(self.config.model(model), OpenAIModel) else self.manager.server_key(model)
+        waiting = True
         try:
             async with self.turns.turn(self._device, key):
-                relay.started = time.monotonic()
+                self._relays_waiting -= 1
+                waiting = False
+                if relay.gone:  # its caller left while it waited: no model is started for nobody
+                    return
+                relay.started = relay.touched = time.monotonic()
                 try:
                     endpoint = await self.manager.acquire(model, exclusive=True)
                 except Exception as exc:
@@ -347,15 +371,22 @@ class WindowScheduler:
                     return
                 if not relay.turn.done():
                     relay.turn.set_result(endpoint)
-                # a caller that vanished before its stream began never says it has finished:
-                # the request timeout bounds how long the model is held for it
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.concurrency.request_timeout_s + 5):
-                        await relay.finished.wait()
+                # held while the exchange goes on; a caller silent for the request timeout (one
+                # that vanished before its stream began never says it has finished) lets go
+                quiet = self.config.concurrency.request_timeout_s + 5
+                while not relay.finished.is_set():
+                    left = relay.touched + quiet - time.monotonic()
+                    if left <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await relay.finished.wait()
         except asyncio.CancelledError:
             _fail(relay, ShuttingDown("symoe serve stopped before this request finished"))
             raise
         finally:
+            if waiting:
+                self._relays_waiting -= 1
             if key is not None:
                 self._last_used[key] = time.monotonic()
 

@@ -101,9 +101,17 @@ def served(tmp_path_factory):
               key=KEY, serve_toml="window_s = 1.0")  # fmt: skip
     try:
         yield s
+        environs = []
+        for pid in s.tree()[1:]:  # the model servers (and their watchdogs) it started
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environs.append(f.read())
     finally:
         code = s.stop()
-        assert code == 0, "".join(s.lines)[-3000:]
+    assert code == 0, "".join(s.lines)[-3000:]
+    assert environs, "no model server was running"
+    fragments = {KEY[i : i + 8] for i in range(len(KEY) - 7)}
+    for where, text in [("stderr", "".join(s.lines)), ("events", s.events.read_text()), *(("environ", e.decode("latin-1")) for e in environs)]:
+        assert not any(f in text for f in fragments), f"a part of the key is in the {where}"
 
 
 def stage_sum(symoe: dict) -> dict[str, int]:
@@ -268,8 +276,21 @@ async def test_a_client_that_leaves_cancels_only_its_own_work(served):
     assert [(e["requests"], e["detail"]["skipped"]) for e in aggregation] == [(2, 1)], seen
 
 
+async def test_a_waiting_client_that_leaves_is_dropped_from_the_queue(served):
+    t0 = time.time()
+    async with httpx.AsyncClient(timeout=0.3) as http:  # leaves while its window still gathers (window_s is 1 s)
+        with pytest.raises(httpx.TimeoutException):
+            await http.post(served.base + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                            json={"model": "symoe", "messages": [{"role": "user", "content": "Is the sea salty?"}]})  # fmt: skip
+    async with served.client() as c:
+        r = await c.chat.completions.create(model="symoe", messages=[{"role": "user", "content": "What is 3 + 3?"}])
+    assert r.choices[0].message.content
+    ends = await served.group_ends(t0)
+    assert [e["requests"] for e in ends if e["group"].startswith("skills")] == [2]  # the leaver's question was never asked
+
+
 def test_queue_full_idle_release_and_sigterm(tmp_path):
-    s = Serve(tmp_path, "--max-queue", "1", "--idle-release-s", "2", serve_toml="window_s = 2.0")
+    s = Serve(tmp_path, "--max-queue", "1", "--idle-release-s", "2", serve_toml="window_s = 2.0\nshutdown_grace_s = 240")
     try:
 
         async def scenario() -> None:
@@ -287,7 +308,9 @@ def test_queue_full_idle_release_and_sigterm(tmp_path):
                 with pytest.raises(openai.RateLimitError) as full:
                     await c.chat.completions.create(**ask)
                 assert int(full.value.response.headers["Retry-After"]) >= 1
+                deadline = time.monotonic() + 60
                 while (await http.get(s.base + "/health")).json()["windows"] < 2:
+                    assert time.monotonic() < deadline, "a's window never started"
                     await asyncio.sleep(0.1)  # a's window runs
                 b = asyncio.ensure_future(c.chat.completions.create(model="symoe", messages=[{"role": "user", "content": "What is 8 + 1?"}]))
                 await asyncio.sleep(0.3)
