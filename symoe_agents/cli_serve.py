@@ -140,7 +140,7 @@ async def _main(cfg, sock: socket.socket, host: str, keyed: bool, key: str | Non
             yield
 
     loop = asyncio.get_running_loop()
-    log = EventLog(events_path)
+    log = EventLog(events_path, keep=256)  # nothing reads old events in memory: a long-lived server keeps few
     log.listen(_say)
     cache = None
     manager = ServerManager(cfg, log)
