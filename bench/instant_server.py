@@ -37,19 +37,23 @@ def response(body: bytes) -> bytes:
     return head.encode() + body
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bool]:
+    """One HTTP/1.1 request: its head, its body, and whether the client asked to close."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length, close = 0, False
+    for line in head.split(b"\r\n")[1:]:
+        low = line.lower()
+        if low.startswith(b"content-length:"):
+            length = int(line[15:])
+        elif low.startswith(b"connection:") and b"close" in low:
+            close = True
+    return head, (await reader.readexactly(length) if length else b""), close
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, models: bytes, body: bytes = BODY) -> None:
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length, close = 0, False
-            for line in head.split(b"\r\n")[1:]:
-                low = line.lower()
-                if low.startswith(b"content-length:"):
-                    length = int(line[15:])
-                elif low.startswith(b"connection:") and b"close" in low:
-                    close = True
-            if length:
-                await reader.readexactly(length)
+            head, _, close = await read_request(reader)
             path = head.split(b" ", 2)[1]
             writer.write(response(models if path.startswith(b"/v1/models") else body if path.endswith(b"/completions") else b"{}"))
             await writer.drain()

@@ -27,6 +27,8 @@ import json
 import time
 import uuid
 
+from instant_server import read_request  # bench/ is this script's folder, first on sys.path
+
 ANSWER = "The answer is (B)."
 KEYWORDS = "Keywords: arithmetic, logic"
 PIECES = 4  # a streamed answer arrives in this many pieces, spread over the decode time
@@ -108,15 +110,7 @@ class SwapServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:  # keep-alive: one request after another on this connection
-                head = await reader.readuntil(b"\r\n\r\n")
-                length, close = 0, False
-                for line in head.split(b"\r\n")[1:]:
-                    low = line.lower()
-                    if low.startswith(b"content-length:"):
-                        length = int(line[15:])
-                    elif low.startswith(b"connection:") and b"close" in low:
-                        close = True
-                raw = await reader.readexactly(length) if length else b""
+                head, raw, close = await read_request(reader)
                 method, path = head.split(b" ", 2)[:2]
                 await self.answer(writer, method, path.split(b"?", 1)[0], raw)
                 if close:

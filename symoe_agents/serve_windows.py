@@ -111,8 +111,6 @@ class WindowStats:
     windows: int = 0
     requests: int = 0
     loads: int = 0
-    longest_wait_s: float = 0.0
-    last_window_s: float = 0.0
     window_s_total: float = 0.0
     from_cache: int = 0  # answered from the answer cache before a window took them
 
@@ -279,7 +277,6 @@ class WindowScheduler:
         self.stats.requests += len(window)
         for item in window:
             item.started = began
-            self.stats.longest_wait_s = max(self.stats.longest_wait_s, began - item.arrived)
         asks: dict[Method, list[Ask]] = {}
         for item in window:
             if isinstance(item, Ask):
@@ -294,7 +291,6 @@ class WindowScheduler:
             for item in window:  # what the window did not answer (it was cancelled) fails, never hangs
                 _fail(item, left)
             took = time.monotonic() - began
-            self.stats.last_window_s = took
             self.stats.window_s_total += took
 
     async def _solve(self, method: Method, batch: list[Ask], dropped: set[str]) -> None:
