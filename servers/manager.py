@@ -109,7 +109,7 @@ class ServerManager:
         self._log_dir: Path | None = Path(config.servers.log_dir) if config.servers.log_dir else None
         self._own_log_dir = config.servers.log_dir is None
 
-    def divide_cores(self, devices: int, at_once: int | None = None) -> None:
+    def divide_cores(self, devices: int, at_once: int | None = None, cores: int | None = None) -> None:
         """Threads per CPU server: the cores divided by the CPU servers that may run at once
         (``at_once``, else what the schedule allows on ``devices`` devices). The controller
         calls it again once it knows the devices, before any server starts."""
@@ -118,7 +118,8 @@ class ServerManager:
                 return
             n_experts = len(cpu.cpu_server_keys(self.config, self.server_key, self.config.roles.experts))
             at_once = cpu.cpu_servers_at_once(self.config, len(cpu.cpu_server_keys(self.config, self.server_key)), devices, n_experts)
-        self.cpu_threads = cpu.threads_per_server(cpu.available_cores(), at_once)
+        # ``cores``: what a cluster node offers (its Ray CPU resource), not this process's mask
+        self.cpu_threads = cpu.threads_per_server(cores or cpu.available_cores(), at_once)
         for backend in self._backends.values():
             if isinstance(backend, LlamaCppBackend):
                 backend.threads = self.cpu_threads

@@ -57,6 +57,18 @@ class _NotSent(Exception):
     """The caller said not to send (its server is dead): fail at once, retryably."""
 
 
+class CallFailed(Exception):
+    """A call that failed where this process cannot see the cause (on a cluster node,
+    ``cluster.py``): its description and whether a retry can fix it come with it.
+    ``elsewhere``: the node is lost; not retried here, but the request stays unanswered,
+    for the group to send again on another device."""
+
+    def __init__(self, text: str, retryable: bool, elsewhere: bool = False):
+        super().__init__(text)
+        self.retryable = retryable
+        self.elsewhere = elsewhere
+
+
 class _StreamCut(Exception):
     """A stream that ended without saying why (no ``finish_reason``): the connection closed
     mid-answer. Retried when nothing of it was handed on."""
@@ -174,7 +186,10 @@ def _room_for_sockets(n: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable_error(exc: BaseException) -> bool:
+    """Whether another attempt of the same call can succeed (transient errors only)."""
+    if isinstance(exc, CallFailed):
+        return exc.retryable and not exc.elsewhere
     if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, asyncio.TimeoutError, _StreamCut)):
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -209,6 +224,8 @@ def describe_error(exc: BaseException, model: str, endpoint: Endpoint) -> str:
 
 
 def _describe(exc: BaseException, model: str, endpoint: Endpoint) -> str:
+    if isinstance(exc, CallFailed):  # described where it happened
+        return str(exc)
     if isinstance(exc, _PartlyStreamed):
         return f"{_describe(exc.cause, model, endpoint)} (the stream broke after part of the answer was sent; not retried)"
     key = f", key from ${endpoint.key_env}" if endpoint.key_env else ""
@@ -342,7 +359,7 @@ class AgentRunner:
         started: float | None = None
         try:
             async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_retryable),
+                retry=retry_if_exception(retryable_error),
                 stop=stop_after_attempt(self.concurrency.retries + 1),
                 wait=wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5),  # backoff plus jitter, slot released
                 reraise=True,
@@ -376,7 +393,7 @@ class AgentRunner:
                 latency_s=time.monotonic() - started if started is not None else 0.0,
                 prompt_sha256=prompt.sha256,
                 error="not sent: the server is down" if isinstance(exc, _NotSent) else describe_error(exc, agent.model, self.endpoint),
-                retryable=isinstance(exc, _NotSent) or _retryable(exc),
+                retryable=isinstance(exc, _NotSent) or retryable_error(exc) or (isinstance(exc, CallFailed) and exc.elsewhere),
             )
             return [failed] + [failed.model_copy() for _ in range(n - 1)]
         assert started is not None

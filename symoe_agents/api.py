@@ -25,6 +25,7 @@ from typing import Any
 
 from .agents import Connect, OpenAIClient
 from .cache import AnswerCache
+from .cluster import Cluster
 from .errors import CacheError
 from .config import Config, load_config
 from .controller import BatchOutcome, Controller, OnResult, Progress
@@ -72,6 +73,7 @@ class SymbolicMoE:
         self._scratch_dir = str(scratch_dir) if scratch_dir is not None else None
         self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
+        self._cluster: Cluster | None = None  # a config with [cluster]: its nodes run the servers
         self._controller: Controller | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -84,7 +86,17 @@ class SymbolicMoE:
         if self.cache is None and self._cache_arg is not None:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
-        self._controller = Controller(self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir)
+        if self.config.cluster is not None:
+            from .cluster import Cluster
+
+            try:
+                self._cluster = await Cluster.join(self.config, self.events)
+            except BaseException:
+                await self._manager.aclose()
+                raise
+        self._controller = Controller(
+            self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster
+        )
         self._closed = False
         return self
 
@@ -92,8 +104,13 @@ class SymbolicMoE:
         self._controller = None  # closed: a later solve says so instead of starting servers nobody stops
         self._closed = True
         try:
-            if self._manager is not None:
-                await self._manager.aclose()
+            try:
+                if self._cluster is not None:
+                    cluster, self._cluster = self._cluster, None
+                    await cluster.aclose()
+            finally:
+                if self._manager is not None:
+                    await self._manager.aclose()
         finally:
             if self.cache is not None and not isinstance(self._cache_arg, AnswerCache):
                 cache, self.cache = self.cache, None

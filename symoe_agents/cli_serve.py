@@ -43,6 +43,10 @@ def serve(
     """Serve the ensemble as an OpenAI-compatible API: models 'symoe' (the configured method),
     'moa', 'self-moa', 'majority', 'top-k', 'single', and every pool model by its own name."""
     cfg = load_config_or_exit(config)
+    if cfg.cluster is not None:
+        err("error: symoe serve runs its servers on this machine; its config has a [cluster] table. "
+            "Use a config without [cluster] for serve (solve, profile and eval run on the cluster)")  # fmt: skip
+        raise typer.Exit(2)
     changes = {"window_s": window_s, "max_wait_s": max_wait_s, "max_queue": max_queue, "idle_release_s": idle_release_s}
     if any(v is not None for v in changes.values()):
         serve_opts = cfg.serve.model_copy(update={k: v for k, v in changes.items() if v is not None})

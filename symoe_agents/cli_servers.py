@@ -21,13 +21,43 @@ def check(
 ) -> None:
     """Preflight only: executables, model files, prompts, chat formats, API-key variables, GPUs. Starts nothing."""
     cfg = load_config_or_exit(config)
-    problems = preflight(cfg)
+    problems = [str(p) for p in preflight(cfg)]
+    if cfg.cluster is not None:
+        try:
+            problems += asyncio.run(_check_cluster(cfg))
+        except SymoeError as exc:
+            err(f"error: {exc}")
+            raise typer.Exit(2) from None
     for p in problems:
         print(f"problem: {p}")
     if problems:
         print(f"{len(problems)} problem(s); fix them before `symoe solve`")
         raise typer.Exit(1)
-    print(f"ok: {len(used_models(cfg))} models ready to start ({config or 'built-in embedded pool'})")
+    where = "on every node of the cluster" if cfg.cluster is not None else f"({config or 'built-in embedded pool'})"
+    print(f"ok: {len(used_models(cfg))} models ready to start {where}")
+
+
+async def _check_cluster(cfg) -> list[str]:
+    """List the cluster's lane nodes with their GPUs, and what each lacks to run the config."""
+    from .cluster import Cluster
+    from .placement import node_name
+
+    assert cfg.cluster is not None
+    cluster = await Cluster.join(cfg, EventLog(), check_nodes=False)
+    try:
+        reports = await cluster.reports()
+    finally:
+        await cluster.aclose()
+    print(f"cluster {cfg.cluster.address}: {len(cluster.nodes)} node(s) with the '{cfg.cluster.lane_resource}' resource")
+    problems = []
+    for node, report in zip(cluster.nodes, reports):
+        name = node_name(node["NodeID"])
+        gpus = ", ".join(report["gpus"]) or "none"
+        cpus = int(node["Resources"].get("CPU", 0))
+        state = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"
+        print(f"  node {name}  {report['host']}  CPUs {cpus}  GPUs: {gpus}  models and servers: {state}")
+        problems += [f"node {name} ({report['host']}): {p}" for p in report["problems"]]
+    return problems
 
 
 @servers_app.command("up")

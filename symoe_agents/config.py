@@ -422,6 +422,30 @@ class ServeOptions(_Strict):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="on SIGTERM, how long the windows in flight may finish")
 
 
+class ClusterOptions(_Strict):
+    """Groups placed on the nodes of a Ray cluster (``cluster.py``). Nodes join with Ray's own
+    ``ray start --address=HEAD:6379 --resources='{"symoe": 1}'``; the driver (this process)
+    runs on a node of the cluster, and keeps the cache, the answers and the events."""
+
+    address: str = Field(description='"auto" (the cluster this machine belongs to) or "HOST:PORT" of its head')
+    lane_resource: str = Field(default="symoe", min_length=1, description="the custom resource that marks a node for symoe's servers")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError('cluster.address is empty: use "auto" or the head\'s "HOST:6379"')
+        if v.startswith("ray://"):
+            raise ValueError(
+                f"cluster.address {v!r} is a Ray Client address, which cannot carry the streamed answers symoe needs "
+                "(Ray's streaming generators do not work over Ray Client): run symoe on a node of the cluster with 'auto' or 'HOST:6379'"
+            )
+        if "://" in v:
+            raise ValueError(f'cluster.address {v!r}: give "auto" or "HOST:PORT" (the GCS address `ray start --head` prints), not a URL')
+        return v
+
+
 class Config(_Strict):
     """A whole run's configuration."""
 
@@ -452,6 +476,7 @@ class Config(_Strict):
     schedule: ScheduleOptions = ScheduleOptions()
     alignment: AlignmentConfig = AlignmentConfig()
     serve: ServeOptions = ServeOptions()
+    cluster: ClusterOptions | None = None  # None: one machine, and ray is never imported
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":

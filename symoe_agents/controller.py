@@ -58,6 +58,8 @@ from .profiles import Profile, load_profiles, read_aggregator_choice
 from .prompting import RenderedPrompt
 from .records import AggregatorAnswer, AggregatorStatus, Completion, ExpertAnswer, Question, QuestionResult, StageUsage, Usage
 from .group_runner import GroupRunner, Progress
+from .cluster import Cluster
+from .turns import Turns
 from .loop_lag import LoopLagProbe
 from .run_store import RunStore, StoreError
 from .schedule import Group, Schedule, plan_schedule, skill_group
@@ -101,13 +103,21 @@ class Controller:
         cache: AnswerCache | None = None,
         connect: Connect = OpenAIClient,
         scratch_dir: str | None = None,
+        cluster: Cluster | None = None,
     ):
-        """``scratch_dir``: where the run's answer store is made (default: the temporary folder)."""
+        """``scratch_dir``: where the run's answer store is made (default: the temporary folder).
+        ``cluster``: groups run on the nodes of this Ray cluster (``cluster.py``); ``manager``
+        then serves only hosted models and the servers' identities."""
         self.scratch_dir = scratch_dir
         self.config = config
         self.manager = manager
         self.events = events
+        self.cluster = cluster
         self.groups = GroupRunner(config, manager, events, progress, cache, connect)
+        if cluster is not None:
+            self.groups.hosts = cluster
+            # one group at a time on a device: a lane moved off a lost node shares its new device
+            self.groups.turns = Turns(config.serve.max_wait_s)
         self.tally = OutcomeTally()
         self.profiles: dict[str, Profile] | None = (
             load_profiles(config.profiles, config.roles.experts) if config.profiles else None
@@ -174,6 +184,9 @@ class Controller:
             backend = self.manager.backend(name)
             if backend is not None:
                 needed = max(needed, backend.gpus_needed())
+        if self.cluster is not None:
+            self._devices = self.cluster.devices(needed)
+            return self._devices
         if needed == 0:
             ram = cfg.schedule.device_memory_gib or psutil.virtual_memory().available / 2**30
             self._devices = [Device(None, ram)]
@@ -210,7 +223,8 @@ class Controller:
         # co-residency or early start would load beside servers other windows are using
         return place(
             schedule, await self.devices(), self.memory_by_server(),
-            co_residency=opts.co_residency and not self.resident, overlap=opts.overlap and not self.resident, sleep=opts.sleep,
+            co_residency=opts.co_residency and not self.resident and self.cluster is None,
+            overlap=opts.overlap and not self.resident and self.cluster is None, sleep=opts.sleep,
         )  # fmt: skip
 
     # -- stages ------------------------------------------------------------------------
@@ -223,10 +237,11 @@ class Controller:
         """Release what this stage does not need, then run its lanes side by side."""
         needed = set(stage.servers)
         if not self.resident:  # serve: batches share the servers, which take turns (``turns``) instead
-            self.manager.reuse_later = {s for st in later for s in st.servers}
-            for key in self.manager.running_keys():
-                if key not in needed:
-                    await self.manager.release(key)
+            for manager in self._managers():
+                manager.reuse_later = {s for st in later for s in st.servers}
+                for key in manager.running_keys():
+                    if key not in needed:
+                        await manager.release(key)
         lanes_per_device = Counter(lane.device.name for lane in stage.lanes)
         multi = len(stage.lanes) > 1
 
@@ -244,9 +259,12 @@ class Controller:
 
         async def run_lane(lane: Lane) -> None:
             co_resident = lanes_per_device[lane.device.name] > 1
+            device: Device | None = lane.device
             for k, group in enumerate(lane.groups):
+                if self.cluster is not None:  # its node lost: the lane goes on where its groups moved
+                    device = await self.cluster.where(lane.device) or lane.device
                 try:
-                    await run_group(group, lane.device, co_resident, on_admitted, not multi)
+                    await run_group(group, device, co_resident, on_admitted, not multi)
                 except (CacheError, OutputError, StoreError) as exc:  # a stuck cache, a full disk: this lane stops; the others drain
                     halted.append(exc)  # what they have in flight (raising here would cancel it) and stop at their next send
                     return
@@ -254,7 +272,7 @@ class Controller:
                 if multi and not self.resident and group.server and (nxt is None or nxt.server != group.server):
                     others = {g.server for ln in stage.lanes if ln is not lane for g in ln.groups}
                     if group.server not in others and group.server not in {s for st in later[:1] for s in st.servers}:
-                        await self.manager.release(group.server)
+                        await self._manager_of(device).release(group.server)
 
         try:
             async with asyncio.TaskGroup() as tg:
@@ -269,6 +287,18 @@ class Controller:
             raise
         if prestart is not None:
             await prestart
+
+    def _managers(self) -> list:
+        """Whatever runs servers: this machine's manager, and the cluster's live hosts."""
+        return [self.manager, *(self.cluster.hosts() if self.cluster is not None else ())]
+
+    def _manager_of(self, device: Device | None):
+        return self.cluster.host(device) if self.cluster is not None and device is not None and device.node else self.manager
+
+    async def _release_all(self) -> None:
+        await self.manager.release_all()
+        if self.cluster is not None:
+            await self.cluster.release_all()
 
     async def _prestart(self, stage: Stage) -> None:
         """Overlap: start the next stage's new servers while this stage's last requests decode."""
@@ -411,7 +441,7 @@ class Controller:
             try:
                 probe.stop()
                 if not self.resident:
-                    await self.manager.release_all()
+                    await self._release_all()
             finally:
                 if not self.resident:
                     gc.unfreeze()
@@ -496,7 +526,7 @@ class Controller:
             for p in prepared:
                 await self._finish(run, p.question.id, None, None, None)
         if not self.resident:
-            await self.manager.release_all()
+            await self._release_all()
         self.events.emit("run_end", detail={"loop_lag_ms": probe.stop()})
         return BatchOutcome(schedule, placement, self._summary(events), self.routing_note)
 

@@ -35,6 +35,7 @@ EventKind = Literal[
     "server_restart",
     "request_failed",
     "requests_resent",
+    "node_lost",
     "run_end",
 ]
 
@@ -46,6 +47,7 @@ class Event(BaseModel):
     kind: EventKind
     model: str | None = None
     server: str | None = None
+    node: str | None = None  # the Ray node it happened on (a cluster run); None: this machine
     group: str | None = None
     pid: int | None = None
     port: int | None = None
@@ -74,6 +76,7 @@ class EventLog:
                 raise OutputError(f"cannot open the events file {path}: {exc.strerror or exc}; choose another --events") from None
         self._listeners: list[Callable[[Event], None]] = []
         self.write_error: str | None = None  # why the file stopped being written
+        self.node: str | None = None  # a cluster run: the node of events that name none (the driver's)
 
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
@@ -83,7 +86,12 @@ class EventLog:
             self._listeners.remove(fn)
 
     def emit(self, kind: EventKind, **fields: Any) -> Event:
-        event = Event(ts=time.time(), kind=kind, **fields)
+        if self.node is not None and fields.get("node") is None:
+            fields["node"] = self.node
+        return self.append(Event(ts=time.time(), kind=kind, **fields))
+
+    def append(self, event: Event) -> Event:
+        """Log an event made elsewhere (a cluster node's, with its own time and node)."""
         self.events.append(event)
         if self._file:
             try:

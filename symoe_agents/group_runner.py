@@ -26,19 +26,21 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
 from .dispatch import dispatch, pool_size, sample_batches
 from .errors import ServerStartError
+from symoe_agents.servers import Endpoint
 from .events import EventLog
-from .placement import Device
+from .placement import Device, node_name
 from .prompting import RenderedPrompt
 from .records import Completion
 from .schedule import Group
 from .turns import Turns
+from .cluster import Cluster, HostLost
 from symoe_agents.servers import ServerManager
 from symoe_agents.servers.gpu import MemoryShare
 
@@ -76,6 +78,11 @@ class NoProgress:
 
     def finish(self) -> None:
         pass
+
+
+def _node(device: Device | None) -> str | None:
+    """The node an event of a group on ``device`` names (None: this machine)."""
+    return node_name(device.node) if device is not None and device.node else None
 
 
 def _same_id(question_id: str) -> str:
@@ -137,6 +144,9 @@ class GroupRunner:
         # before its server is acquired (symoe serve's at-once answer to a repeated request)
         self.cache_only = False
         self.on_serving: Callable[[Group], None] | None = None  # told as a group gets its server
+        # a cluster run (``cluster.py``): a device's servers are on its node, run by its host;
+        # a group whose node is lost moves on to a live device and sends what is unanswered
+        self.hosts: Cluster | None = None
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -189,7 +199,7 @@ class GroupRunner:
         model = self.config.model(group.model)
         hosted = isinstance(model, OpenAIModel)
         cache = self.cache
-        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n)
+        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n, node=_node(device))
         stats = GroupStats()
         finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
         # why this group stops sending (the answer cache stuck, or on_final failing: the
@@ -270,23 +280,49 @@ class GroupRunner:
                 return stats  # nothing to send: the server is not needed
             if self.cache_only:
                 raise NotCached(group.name)
-            if self.turns is not None:
-                await turn.enter_async_context(self.turns.turn(device.name if device else "cpu", None if hosted else group.server))
-            if self.on_serving is not None:
-                self.on_serving(group)
-            try:
-                endpoint = await self.manager.acquire(
-                    group.model,
-                    exclusive=exclusive and not co_resident,
-                    gpu_ids=device.gpu_ids if device else None,
-                    share=await self.share(group.model, device, co_resident) if device else None,
-                )
-            except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
-                for u in range(first + 1, len(units)):  # what is cached or skipped needs no server
-                    await prepare(units[u], every)
-                await fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
+            remote = self.hosts is not None and not hosted
+            manager: Any = self.manager
+            told: list[bool] = []  # on_serving is told once, when the group first gets a turn
+
+            async def serve_on(dev: Device | None) -> Endpoint | None:
+                """Take ``dev``'s turn and the group's server on it; None: the group cannot
+                run anywhere (every request not yet final has failed)."""
+                nonlocal manager, device
+                while True:
+                    await turn.aclose()  # a move gives the lost device's turn back
+                    if remote:
+                        assert self.hosts is not None and dev is not None
+                        moved = await self.hosts.where(dev)
+                        if moved is None:
+                            await fail_rest(f"node of {dev.name} was lost and no live device is left in the cluster")
+                            return None
+                        dev = moved
+                        manager = self.hosts.host(dev)
+                    device = dev
+                    if self.turns is not None:
+                        await turn.enter_async_context(self.turns.turn(dev.name if dev else "cpu", None if hosted else group.server))
+                    if self.on_serving is not None and not told:
+                        told.append(True)
+                        self.on_serving(group)
+                    try:
+                        return await manager.acquire(
+                            group.model,
+                            exclusive=exclusive and not co_resident,
+                            gpu_ids=dev.gpu_ids if dev else None,
+                            share=await self.share(group.model, dev, co_resident) if dev else None,
+                        )
+                    except HostLost:
+                        continue  # its node went: the next live device
+                    except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
+                        for u in range(first + 1, len(units)):  # what is cached or skipped needs no server
+                            await prepare(units[u], every)
+                        await fail_rest(f"server unavailable: {str(exc).splitlines()[0]}")
+                        return None
+
+            endpoint = await serve_on(device)
+            if endpoint is None:
                 return stats
-            seen = self.manager.process_pid(group.model)  # the process this group's failures are about
+            seen = manager.process_pid(group.model)  # the process this group's failures are about
             slots = prompt_cache_slots(model)
             order: Sequence[int] = range(first, len(units))
             wanted: Callable[[int], bool] = every
@@ -295,13 +331,14 @@ class GroupRunner:
                 server_down = asyncio.Event()
 
                 def proceed() -> bool:  # a local server seen dead: stop sending it requests
-                    return hosted or (not server_down.is_set() and self.manager.process_alive(group.model))
+                    return hosted or (not server_down.is_set() and manager.process_alive(group.model))
 
                 # in flight counts sequences, the server's slots: the runner admits a request
                 # of n samples as n sequences; the pool has workers enough to fill the slots
                 # with the narrowest requests
                 narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, self.connect) as runner:
+                connect = manager.connect if remote else self.connect
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, connect) as runner:
 
                     async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
                         # a unit is one request: a whole batch (members not yet final are the
@@ -337,7 +374,7 @@ class GroupRunner:
                                 cache.put(keys[i], c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
                             if c.error and c.retryable and not hosted:
                                 retry.append((i, c))
-                                if not self.manager.process_alive(group.model):
+                                if not manager.process_alive(group.model):
                                     server_down.set()  # do not spend the others' retries on a dead server
                                 continue
                             await final(i, c)
@@ -359,37 +396,54 @@ class GroupRunner:
                     raise halted[0]
                 if not retry:
                     break
-                healthy = await self.manager.healthy(group.model)
-                now = self.manager.process_pid(group.model)
-                if healthy and now == seen:
+                again = {i for i, _ in retry}
+                lost = remote and manager.lost is not None
+                healthy = False
+                if not lost:
+                    try:
+                        healthy = await manager.healthy(group.model)
+                    except HostLost:
+                        lost = True
+                now = manager.process_pid(group.model)
+                if not lost and healthy and now == seen:
                     for i, c in retry:  # the server is fine: these failures were the requests' own
                         await final(i, c)
                     break
-                if healthy and now is not None:  # another group (serve's windows share servers) restarted it meanwhile
-                    endpoint = self.manager.endpoint_of(group.model) or endpoint
-                else:
-                    reason = "its process exited" if not self.manager.process_alive(group.model) else "it stopped answering its health check"
+                if not lost and healthy and now is not None:  # another group (serve's windows share servers) restarted it meanwhile
+                    endpoint = manager.endpoint_of(group.model) or endpoint
+                elif not lost:
+                    reason = "its process exited" if not manager.process_alive(group.model) else "it stopped answering its health check"
                     if stats.restarts >= self.config.servers.restart_attempts:
                         await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {stats.restarts} time(s) without success")
                         break
                     stats.restarts += 1
                     try:
-                        endpoint = await self.manager.restart(group.model, reason, seen)
+                        endpoint = await manager.restart(group.model, reason, seen)
+                    except HostLost:  # the node went while its server restarted
+                        lost = True
                     except ServerStartError as exc:
                         await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
                         break
-                seen = self.manager.process_pid(group.model)
-                again = {i for i, _ in retry}
+                if lost:  # its node is gone: on to a live device, with what is unanswered
+                    lost_on = device
+                    moved_to = await serve_on(device)
+                    if moved_to is None:
+                        break
+                    endpoint = moved_to
+                    self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device),
+                                     detail={"moved_from": lost_on.name if lost_on else None, "moved_to": device.name if device else None})  # fmt: skip
+                else:
+                    self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device))
+                seen = manager.process_pid(group.model)
                 order = sorted({u for u in range(len(units)) if any(i in again for i in units[u])}) if per_request > 1 else sorted(again)
                 wanted = again.__contains__
                 stats.resent += len(again)
-                self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again))
             return stats
         finally:
             await turn.aclose()
             self.progress.finish()
             self.events.emit(
-                "group_end", group=group.name, model=group.model, server=group.server, requests=n,
+                "group_end", group=group.name, model=group.model, server=group.server, requests=n, node=_node(device),
                 duration_s=round(time.monotonic() - began, 3),
                 detail={"failed": stats.failed, "restarts": stats.restarts, "calls": stats.calls, "resent": stats.resent,
                         "cached": stats.cached, "skipped": stats.skipped, "peak_in_flight": stats.peak_in_flight},

@@ -31,10 +31,18 @@ class Device:
 
     gpu_ids: tuple[int, ...] | None
     memory_gib: float | None = None  # None: unknown, nothing is co-resident
+    node: str | None = None  # a Ray node's id (``cluster.py``); None: this machine
 
     @property
     def name(self) -> str:
-        return "cpu" if self.gpu_ids is None else "gpu" + "+".join(map(str, self.gpu_ids))
+        local = "cpu" if self.gpu_ids is None else "gpu" + "+".join(map(str, self.gpu_ids))
+        return local if self.node is None else f"{node_name(self.node)}/{local}"
+
+
+def node_name(node_id: str) -> str:
+    """A Ray node as events and plans name it: its id's first 12 hex digits (what ``ray
+    list nodes`` shows first), unique where host names and IPs are not."""
+    return node_id[:12]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .alignment import alignment_problems
 from .config import Config, OpenAIModel
@@ -79,25 +80,32 @@ def prompt_problems(prompts_dir: Path | None) -> list[str]:
     return problems
 
 
-def preflight(config: Config, models: list[str] | None = None) -> list[Problem]:
+def preflight(config: Config, models: list[str] | None = None, part: Literal["all", "driver", "node"] | None = None) -> list[Problem]:
+    """``part``: "driver" checks what the process that runs the batch needs (hosted keys,
+    prompts, the embedder), "node" what a machine that runs servers needs (executables,
+    model files, GPUs); default: both, or "driver" alone for a cluster run, whose nodes
+    each run the "node" part (``cluster.py``)."""
     from symoe_agents.servers import backend_for
 
+    part = part or ("driver" if config.cluster is not None else "all")
     hide_from_children(config.secret_env_names())  # the probes below are processes too
     problems: list[Problem] = []
     gpus_needed = 0
     for name in models or used_models(config):
         cfg = config.model(name)
         if isinstance(cfg, OpenAIModel):
-            if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            if part != "node" and cfg.api_key_env and not os.environ.get(cfg.api_key_env):
                 problems.append(Problem(name, f"environment variable {cfg.api_key_env} is not set; export it"))
+            continue
+        if part == "driver":
             continue
         backend = backend_for(cfg)
         assert backend is not None
         problems += [Problem(name, msg) for msg in backend.preflight()]
         gpus_needed = max(gpus_needed, backend.gpus_needed())
-    if models is None:  # a run renders prompts; `servers up MODEL...` does not
+    if models is None and part != "node":  # a run renders prompts; `servers up MODEL...` does not
         problems += [Problem(None, msg) for msg in prompt_problems(config.prompts_dir)]
-    if models is None and config.profiles is not None:  # the embedder maps skills onto profiles; nothing else uses it
+    if models is None and part != "node" and config.profiles is not None:  # the embedder maps skills onto profiles; nothing else uses it
         problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
     if gpus_needed:
         have = config.schedule.gpus if config.schedule.gpus is not None else visible_gpus()

@@ -22,6 +22,7 @@ content of their prompt, so an item rebuilt from new answers is aggregated again
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -32,9 +33,11 @@ from typing import Any, Literal
 
 from .agents import build_agent
 from .config import Config
+from .cluster import joined
 from .controller import Controller, Progress
 from .errors import ProfileError
 from .extract import extract_answer
+from .placement import Device
 from .scoring import is_correct, judged
 from .events import EventLog
 from .formats import AnswerFormat
@@ -169,6 +172,7 @@ async def _each_once(
     prompts: dict[str, RenderedPrompt],
     streams: dict[str, str],
     keep: Callable[[str, str, Completion], Awaitable[None] | None],
+    device: Device | None = None,
 ) -> None:
     """``model`` answers each validation id once, as one group (its server loaded once),
     on ``prompts[id]``; ``keep(model, id, completion)`` stores each answer."""
@@ -176,7 +180,37 @@ async def _each_once(
         return
     agent = build_agent(ctrl.config, "expert" if kind == "expert" else "aggregator", model)
     group = Group(kind, model, ctrl.manager.server_key(model), Requests(ids))
-    await ctrl.groups.run(group, agent, lambda i: prompts[ids[i]], lambda i, c: keep(model, ids[i], c), stream_of=streams.__getitem__)
+    await ctrl.groups.run(group, agent, lambda i: prompts[ids[i]], lambda i, c: keep(model, ids[i], c), device, stream_of=streams.__getitem__)
+
+
+async def _each_model(
+    ctrl: Controller, kind: str, models: list[str], ids: dict[str, list[str]], prompts: dict[str, RenderedPrompt],
+    streams: dict[str, str], keep: Callable[[str, str, Completion], Awaitable[None] | None],
+) -> None:
+    """Every model's group, one model at a time on one machine; on a cluster, the models
+    dealt over its devices (the largest group first, to the least loaded device), each
+    device running its own in order, all devices at once."""
+    if ctrl.cluster is None:
+        for model in models:
+            await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep)
+        return
+    devices = await ctrl.devices()
+    lanes: list[list[str]] = [[] for _ in devices]
+    work = [0] * len(devices)
+    for model in sorted(models, key=lambda m: -len(ids[m])):
+        d = work.index(min(work))
+        lanes[d].append(model)
+        work[d] += len(ids[model])
+
+    async def lane(device, models: list[str]) -> None:
+        for model in models:
+            here = await ctrl.cluster.where(device) or device
+            await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep, here)
+
+    async with asyncio.TaskGroup() as tg:
+        for device, mine in zip(devices, lanes):
+            if mine:
+                tg.create_task(lane(device, mine))
 
 
 @dataclass
@@ -204,8 +238,8 @@ async def run_profile(
     prompts = _expert_prompts(cfg, prepared)
     streams = {qid: p.stream for qid, p in prepared.items()}
     pool = cfg.roles.experts
-    async with ServerManager(cfg, events) as manager:
-        ctrl = Controller(cfg, manager, events, progress)
+    async with ServerManager(cfg, events) as manager, joined(cfg, events) as cluster:
+        ctrl = Controller(cfg, manager, events, progress, cluster=cluster)
         calls = _call_keys(ctrl, "expert", pool, prompts, streams)
         skill_keys = _skill_keys(ctrl, list(prepared.values()))
         todo = [p for qid, p in prepared.items() if known.get(qid, {}).get("skill_key") != skill_keys[qid]]
@@ -238,9 +272,7 @@ async def run_profile(
             })  # fmt: skip
             new += 0 if c.error else 1
 
-        for model in order:
-            ids = [qid for qid in prepared if (model, qid) not in done]
-            await _each_once(ctrl, "expert", model, ids, prompts, streams, keep_answer)
+        await _each_model(ctrl, "expert", order, {m: [qid for qid in prepared if (m, qid) not in done] for m in order}, prompts, streams, keep_answer)
     answers = store.answers(calls)
     skills_by_id = store.skills()
     correct = {m: {qid: _correct(prepared[qid], r["text"]) for (mm, qid), r in answers.items() if mm == m} for m in pool}
@@ -272,8 +304,8 @@ async def run_pick_aggregator(
     all_streams = {qid: p.stream for qid, p in prepared.items()}
     candidates = list(dict.fromkeys([*config.roles.experts, config.roles.aggregator]))
     template = load_template("aggregator", cfg.prompts_dir)
-    async with ServerManager(cfg, events) as manager:
-        ctrl = Controller(cfg, manager, events, progress)
+    async with ServerManager(cfg, events) as manager, joined(cfg, events) as cluster:
+        ctrl = Controller(cfg, manager, events, progress, cluster=cluster)
         by_q: dict[str, dict[str, tuple[str, bool]]] = {}
         answered = store.answers(_call_keys(ctrl, "expert", config.roles.experts, expert_prompts, all_streams))
         for (model, qid), r in answered.items():
@@ -300,9 +332,7 @@ async def run_pick_aggregator(
                 "finish_reason": c.finish_reason,
             })  # fmt: skip
 
-        for model in candidates:
-            ids = [qid for qid in prompts if (model, qid) not in done]
-            await _each_once(ctrl, "aggregate", model, ids, prompts, streams, keep_aggregation)
+        await _each_model(ctrl, "aggregate", candidates, {m: [qid for qid in prompts if (m, qid) not in done] for m in candidates}, prompts, streams, keep_aggregation)
     done = store.aggregations(calls)
     scores = {}
     for m in candidates:

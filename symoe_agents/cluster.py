@@ -1,0 +1,401 @@
+"""Groups on the nodes of a Ray cluster: the driver's side (``cluster_host.py`` is the nodes').
+
+With ``[cluster]`` in the config, the process that runs the batch (the driver) joins a Ray
+cluster and plans as on one machine, over more devices: each node that carries the lane
+resource offers its CPU, or its GPUs in slices of the largest tp. The placement planner
+spreads the expert jobs over them (``placement.place``); a device's groups run in order in
+one ``DeviceHost`` actor pinned to its node, which owns a server manager there.
+
+What stays on the driver: routing, the schedule, the answer cache, the answers file and the
+events (the single source of truth). A host relays calls to its node's servers and sends
+its events back on a stream; every event names its node.
+
+A lost node (its actor dies, Ray says it is unavailable, or its event stream is silent for
+longer than ``concurrency.request_timeout_s``, since Ray may take a minute to declare a
+partitioned node dead) is written off: its device's groups move to a live device, where
+each running group sends only its unanswered requests (``GroupRunner``). Answers already
+received were kept on the driver, so nothing is asked twice and no record is repeated.
+
+Ray is imported only here and only for a config with ``[cluster]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .agents import CallFailed
+from .config import Config
+from .errors import ServerStartError, SymoeError
+from .events import Event, EventLog
+from .placement import Device, node_name
+from symoe_agents.servers import Endpoint
+
+
+class ClusterError(SymoeError):
+    """The cluster cannot run this config (Ray missing, no cluster there, no usable node)."""
+
+
+class HostLost(Exception):
+    """A device's node is lost; its groups move to another device."""
+
+    def __init__(self, device: Device, why: str):
+        super().__init__(f"node {node_name(device.node or '')} ({device.name}) was lost: {why}")
+        self.device = device
+        self.why = why
+
+
+def import_ray():
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise ClusterError(
+            "the config has a [cluster] table but Ray is not installed here: "
+            'pip install "symoe-agents[cluster]" on every node (or remove [cluster] to run on this machine)'
+        ) from None
+    return ray
+
+
+@contextlib.asynccontextmanager
+async def joined(config: Config, events: EventLog) -> AsyncIterator["Cluster | None"]:
+    """The config's cluster for the block (None without ``[cluster]``); on leaving it by
+    any path, every server on every node is stopped and the hosts end."""
+    if config.cluster is None:
+        yield None
+        return
+    cluster = await Cluster.join(config, events)
+    try:
+        yield cluster
+    finally:
+        await cluster.aclose()
+
+
+class Cluster:
+    """The driver's view of the cluster: its devices, a host per device, and where the
+    groups of a lost device go."""
+
+    def __init__(self, config: Config, events: EventLog, ray: Any, nodes: list[dict[str, Any]], joined: bool):
+        self.config = config
+        self.events = events
+        self.ray = ray
+        self.nodes = nodes
+        self._joined = joined  # ray.init was ours: ray.shutdown is too
+        self._hosts: dict[Device, RemoteHost] = {}
+        self._moved: dict[Device, Device] = {}
+        self._devices: list[Device] = []
+        self._lock = asyncio.Lock()
+        # a silent event stream means a lost node; the heartbeat is well inside that
+        self.silence_s = config.concurrency.request_timeout_s
+        self.beat_s = min(5.0, self.silence_s / 4)
+
+    # -- joining ---------------------------------------------------------------------
+
+    @classmethod
+    async def join(cls, config: Config, events: EventLog, check_nodes: bool = True) -> "Cluster":
+        """Join the cluster of ``config.cluster`` (or use the one this process already
+        joined) and check every lane node for the config's executables and model files
+        (``check_nodes``: else the caller reports them, as ``symoe check`` does)."""
+        assert config.cluster is not None
+        ray = import_ray()
+        opts = config.cluster
+        joined = not ray.is_initialized()
+        if joined:
+            try:
+                # its own banners and worker logs stay off the driver's terminal (stdout is the user's)
+                ray.init(address=opts.address, log_to_driver=False, logging_level=logging.ERROR)
+            except Exception as exc:  # ConnectionError, or Ray's own when nothing is at the address
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ClusterError(
+                    f"cannot join the Ray cluster at cluster.address = {opts.address!r}: {first}. "
+                    "Start it with `ray start --head` and run symoe on a node of it"
+                ) from None
+        try:
+            nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(opts.lane_resource, 0) > 0]
+            if not nodes:
+                raise ClusterError(
+                    f"no live node of the cluster carries the '{opts.lane_resource}' resource: join each node that runs "
+                    f"servers with `ray start --address=HEAD:6379 --resources='{{\"{opts.lane_resource}\": 1}}'`"
+                )
+            nodes.sort(key=lambda n: n["NodeID"])
+            cluster = cls(config, events, ray, nodes, joined)
+            events.node = node_name(ray.get_runtime_context().get_node_id())
+            problems = [] if not check_nodes else [f"node {node_name(n['NodeID'])} ({r['host']}): {p}" for n, r in zip(nodes, await cluster.reports()) for p in r["problems"]]
+            if problems:
+                raise ClusterError("nodes of the cluster cannot run this config (nothing was started):\n  " + "\n  ".join(problems))
+        except BaseException:
+            if joined:
+                ray.shutdown()
+            raise
+        return cluster
+
+    async def reports(self) -> list[dict[str, Any]]:
+        """Each lane node's host name, GPUs and preflight problems: one small task per node."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from .cluster_host import node_report
+
+        task = self.ray.remote(num_cpus=0)(node_report)
+        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(self.config) for n in self.nodes]
+        return list(await asyncio.gather(*refs))
+
+    # -- devices and hosts -------------------------------------------------------------
+
+    def devices(self, gpus_needed: int) -> list[Device]:
+        """Each lane node's CPU (models that need no GPU), or its GPUs in slices of
+        ``gpus_needed``; ids are the node's own, as Ray assigns them to the host."""
+        out: list[Device] = []
+        for n in self.nodes:
+            res = n["Resources"]
+            if gpus_needed == 0:
+                out.append(Device(None, self.config.schedule.device_memory_gib or res.get("memory", 0) / 2**30 or None, n["NodeID"]))
+                continue
+            gpus = int(res.get("GPU", 0))
+            for i in range(0, gpus - gpus_needed + 1, gpus_needed):
+                out.append(Device(tuple(range(i, i + gpus_needed)), self.config.schedule.device_memory_gib, n["NodeID"]))
+        if not out:
+            raise ClusterError(f"the models need {gpus_needed} GPU(s) each, and no lane node of the cluster has that many")
+        self._devices = out
+        return out
+
+    def host(self, device: Device) -> "RemoteHost":
+        """The device's host, started on its node at first use."""
+        host = self._hosts.get(device)
+        if host is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            from .cluster_host import DeviceHost
+
+            node = next((n for n in self.nodes if n["NodeID"] == device.node), None)
+            cores = int(node["Resources"].get("CPU", 0)) if node else 0
+            actor = (
+                self.ray.remote(DeviceHost)
+                .options(
+                    num_cpus=0, num_gpus=len(device.gpu_ids or ()), max_restarts=0, max_task_retries=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(device.node, soft=False),
+                )
+                .remote(self.config, device.node, "ray" if device.gpu_ids else None, cores or None, self.beat_s)
+            )  # fmt: skip
+            host = self._hosts[device] = RemoteHost(self, device, actor)
+        return host
+
+    def hosts(self) -> list["RemoteHost"]:
+        return [h for h in self._hosts.values() if not h.lost]
+
+    async def move(self, device: Device) -> Device | None:
+        """Where a lost device's groups go: the live device that has taken the fewest moved
+        devices so far (the planner's order breaks ties); the same answer for every group
+        of that device. None: no device is left."""
+        async with self._lock:
+            while device in self._moved:
+                device = self._moved[device]
+            if not self._lost(device):
+                return device
+            live = [d for d in self._devices if not self._lost(d)]
+            if not live:
+                return None
+            taken = [list(self._moved.values()).count(d) for d in live]
+            target = live[taken.index(min(taken))]
+            self._moved[device] = target
+            return target
+
+    async def where(self, device: Device) -> Device | None:
+        """The device a lane's next group runs on: its own, or where it moved."""
+        return await self.move(device)
+
+    def _lost(self, device: Device) -> bool:
+        host = self._hosts.get(device)
+        return host is not None and host.lost is not None
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def release_all(self) -> None:
+        """Stop every server on every live node (the end of a batch)."""
+        await asyncio.gather(*(h.release_all() for h in self.hosts()))
+
+    async def aclose(self) -> None:
+        """Stop every server, end every host and leave the cluster (if we joined it)."""
+        try:
+            await asyncio.gather(*(h.aclose() for h in list(self._hosts.values())), return_exceptions=True)
+        finally:
+            if self._joined:
+                self.ray.shutdown()
+
+
+class RemoteHost:
+    """A device host seen from the driver, shaped as the ``ServerManager`` calls a group
+    runner makes (acquire, restart, health, liveness), with every wait cut short when the
+    node is lost."""
+
+    def __init__(self, cluster: Cluster, device: Device, actor: Any):
+        self.cluster = cluster
+        self.device = device
+        self.node = node_name(device.node or "")
+        self.actor = actor
+        self.lost: str | None = None  # why, once the node is written off
+        self.reuse_later: set[str] = set()
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running: list[str] = []
+        self._pid: dict[str, int | None] = {}
+        self._alive: dict[str, bool] = {}
+        self._endpoint: dict[str, Endpoint] = {}
+        self._seen = 0  # events received so far
+        self._arrived = asyncio.Event()
+        self._follow = asyncio.ensure_future(self._follow_events())
+
+    # -- events and loss -------------------------------------------------------------
+
+    async def _follow_events(self) -> None:
+        ray = self.cluster.ray
+        stream = self.actor.events.remote()
+        try:
+            while True:
+                ref = await asyncio.wait_for(stream.__anext__(), self.cluster.silence_s)
+                seen, batch = await asyncio.wait_for(_resolved(ref), self.cluster.silence_s)
+                for fields in batch:
+                    self.cluster.events.append(Event(**fields))
+                self._seen = seen
+                self._arrived.set()
+        except asyncio.TimeoutError:
+            self._lose(f"its event stream was silent for {self.cluster.silence_s:g} s (concurrency.request_timeout_s)")
+        except (ray.exceptions.RayActorError, ray.exceptions.RayError, StopAsyncIteration) as exc:
+            self._lose(_first_line(exc))
+
+    def _lose(self, why: str) -> None:
+        if self.lost is not None:
+            return
+        self.lost = why
+        self._gone.set_result(None)
+        self._arrived.set()
+        self.cluster.events.emit("node_lost", node=self.node, detail={"device": self.device.name, "reason": why})
+        with contextlib.suppress(Exception):  # a partitioned actor that comes back must not serve on
+            self.cluster.ray.kill(self.actor, no_restart=True)
+
+    async def _until(self, ref: Any) -> Any:
+        """The call's result, or HostLost as soon as the node is lost."""
+        if self.lost is not None:
+            raise HostLost(self.device, self.lost)
+        ray = self.cluster.ray
+        task = asyncio.ensure_future(_resolved(ref))
+        try:
+            await asyncio.wait((task, self._gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)
+            raise
+        if not task.done():
+            task.cancel()
+            raise HostLost(self.device, self.lost or "lost")
+        try:
+            return task.result()
+        except ray.exceptions.RayActorError as exc:
+            self._lose(_first_line(exc))
+            raise HostLost(self.device, self.lost or "lost") from None
+
+    async def _control(self, method: str, *args: Any, model: str | None = None) -> dict[str, Any]:
+        reply = await self._until(getattr(self.actor, method).remote(*args))
+        # the events this call caused come first, so the log keeps their order
+        while self._seen < reply["seq"] and self.lost is None:
+            self._arrived.clear()
+            await self._arrived.wait()
+        self._running = list(reply["running"])
+        if model is not None:
+            self._pid[model] = reply.get("pid")
+            self._alive[model] = bool(reply.get("alive"))
+            if "base_url" in reply:
+                self._endpoint[model] = Endpoint(reply["base_url"], reply["served_model"], "", None)
+        return reply
+
+    # -- the manager's calls -----------------------------------------------------------
+
+    async def acquire(self, model: str, *, exclusive: bool = True, gpu_ids: Sequence[int] | None = None, share: object = None) -> Endpoint:
+        reply = await self._control("acquire", model, exclusive, model=model)
+        if "error" in reply:
+            raise ServerStartError(model, f"{reply['error']} (node {self.node})")
+        return self._endpoint[model]
+
+    async def restart(self, model: str, reason: str, seen_pid: int | None = None) -> Endpoint:
+        reply = await self._control("restart", model, reason, seen_pid, model=model)
+        if "error" in reply:
+            raise ServerStartError(model, f"{reply['error']} (node {self.node})")
+        return self._endpoint[model]
+
+    async def healthy(self, model: str, timeout: float = 10.0) -> bool:
+        return bool((await self._control("healthy", model, model=model))["healthy"])
+
+    def process_alive(self, model: str) -> bool:
+        return self.lost is None and self._alive.get(model, False)
+
+    def process_pid(self, model: str) -> int | None:
+        return self._pid.get(model)
+
+    def endpoint_of(self, model: str) -> Endpoint | None:
+        return self._endpoint.get(model)
+
+    def running_keys(self) -> list[str]:
+        return [] if self.lost is not None else list(self._running)
+
+    async def release(self, key: str) -> None:
+        with contextlib.suppress(HostLost):
+            await self._control("release", key)
+
+    async def stop(self, key: str, reason: str) -> None:
+        with contextlib.suppress(HostLost):
+            await self._control("stop", key, reason)
+
+    async def release_all(self) -> None:
+        with contextlib.suppress(HostLost):
+            await self._control("release_all")
+
+    def connect(self, endpoint: Endpoint, timeout_s: float, max_in_flight: int) -> "RemoteClient":
+        """A ``Connect`` for the group runner: the endpoint is one ``acquire`` returned."""
+        model = next(m for m, e in self._endpoint.items() if e == endpoint)
+        return RemoteClient(self, model)
+
+    async def aclose(self) -> None:
+        """Stop the node's servers, then the actor (killing it alone would leave the stop
+        to PDEATHSIG and the watchdog: they are the fallback, not the plan)."""
+        try:
+            if self.lost is None:
+                with contextlib.suppress(HostLost, Exception):
+                    await asyncio.wait_for(self._until(self.actor.close.remote()), self.cluster.config.servers.stop_grace_s + 30)
+        finally:
+            self._follow.cancel()
+            await asyncio.gather(self._follow, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                self.cluster.ray.kill(self.actor, no_restart=True)
+
+
+class RemoteClient:
+    """The model client of a server on a node: each call is relayed by the node's host."""
+
+    def __init__(self, host: RemoteHost, model: str):
+        self.host = host
+        self.model = model
+
+    async def complete(self, **request: Any):
+        host, model = self.host, self.model
+        try:
+            reply = await host._until(host.actor.complete.remote(model, request))
+        except HostLost as exc:
+            raise CallFailed(f"model '{model}': {exc}", retryable=True, elsewhere=True) from None
+        if reply[0] == "ok":
+            return reply[1]
+        _, text, retryable, alive = reply
+        host._alive[model] = bool(alive)
+        raise CallFailed(text, retryable)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _resolved(ref: Any) -> Any:
+    return await ref
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
