@@ -20,7 +20,7 @@ import typer
 
 from .config import load_config
 from . import run_lock
-from .errors import ConfigError, OutputError, SymoeError
+from .errors import ClusterError, ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
 from .preflight import preflight
 
@@ -183,6 +183,8 @@ async def logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaita
             return await work(log, progress)
     except SymoeError as exc:  # the events file that cannot be opened, too
         err(f"error: {exc}")
+        if isinstance(exc, ClusterError):  # the cluster cannot run the config: nothing was started
+            raise typer.Exit(2) from None
         return None
 
 

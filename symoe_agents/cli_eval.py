@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .cli_common import TerminalProgress, err, load_checked, lock_or_exit, run_with_signals
-from .errors import CacheError, OutputError, SymoeError
+from .errors import CacheError, ClusterError, OutputError, SymoeError
 from .methods import METHOD_NAMES
 from .output_paths import check_folder_target
 
@@ -80,7 +80,7 @@ def evaluate(
                     await answers.aclose()
         except SymoeError as exc:  # a cache stuck or a disk full mid-run, a server that cannot start
             err(f"error: {exc}")
-            return 2 if isinstance(exc, (CacheError, OutputError)) else 1
+            return 2 if isinstance(exc, (CacheError, OutputError, ClusterError)) else 1
         finally:
             note = answers.spill_note() if answers else None
             if note:

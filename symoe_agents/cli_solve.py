@@ -13,7 +13,7 @@ from .answer_file import AnswerFile
 from .cache import AnswerCache
 from .cli_common import TerminalProgress, err, lock_or_exit, logged, run_with_signals
 from .config import Config, load_config
-from .errors import CacheError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
+from .errors import CacheError, ClusterError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
@@ -109,6 +109,9 @@ class _SolveRun:
                 await self._close(quiet=True)  # what is queued is written; the first error stays the one reported
                 raise
             await self._close()
+        except ClusterError as exc:  # found while joining, before anything started
+            err(f"error: {exc}")
+            return 2
         except (ProfileError, OutputError, CacheError, StoreError) as exc:  # a full disk, a locked cache: the user's to fix
             err(f"error: {exc}")
             self._stopped()

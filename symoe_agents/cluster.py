@@ -29,14 +29,10 @@ from typing import Any
 
 from .agents import CallFailed
 from .config import Config
-from .errors import ServerStartError, SymoeError
+from .errors import ClusterError, ServerStartError
 from .events import Event, EventLog
 from .placement import Device, node_name
 from symoe_agents.servers import Endpoint
-
-
-class ClusterError(SymoeError):
-    """The cluster cannot run this config (Ray missing, no cluster there, no usable node)."""
 
 
 class HostLost(Exception):
@@ -103,6 +99,7 @@ class Cluster:
         opts = config.cluster
         joined = not ray.is_initialized()
         if joined:
+            await _reachable(opts.address)  # ray.init retries an absent head for minutes, deaf to signals
             try:
                 # its own banners and worker logs stay off the driver's terminal (stdout is the user's)
                 ray.init(address=opts.address, log_to_driver=False, logging_level=logging.ERROR)
@@ -390,6 +387,26 @@ class RemoteClient:
 
     async def aclose(self) -> None:
         return None
+
+
+async def _reachable(address: str, within_s: float = 5.0) -> None:
+    """A head at HOST:PORT accepts connections (``auto`` is Ray's to resolve)."""
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f'cluster.address = {address!r}: give "auto" or the head\'s "HOST:PORT" (e.g. "10.0.0.1:6379")')
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), within_s)
+    except (OSError, asyncio.TimeoutError) as exc:
+        why = "no answer" if isinstance(exc, asyncio.TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterError(
+            f"cannot join the Ray cluster at cluster.address = {address!r}: {why}. "
+            "Start its head with `ray start --head` (its GCS port is 6379 by default) and run symoe on a node of it"
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _resolved(ref: Any) -> Any:

@@ -65,3 +65,8 @@ class CacheError(SymoeError):
 
 class OutputError(SymoeError):
     """An existing answers file cannot be resumed. Names the file and the line."""
+
+
+class ClusterError(SymoeError):
+    """The Ray cluster of ``[cluster]`` cannot run the config (Ray missing, no cluster at the
+    address, no usable node, a node without the model files): found before anything starts."""

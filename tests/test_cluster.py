@@ -1,0 +1,231 @@
+"""Cluster runs on a real Ray cluster on this machine: a head and three worker nodes
+(``ray.cluster_utils.Cluster``, started once for the module), with real embedded llama.cpp
+servers started by the device hosts on the worker nodes, and ``symoe`` run as the user runs
+it (a driver process that joins the cluster by its address)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import EXAMPLES, KEPT, read_jsonl, small_pool_toml, symoe_cmd, wait_gone
+
+ray_cluster_utils = pytest.importorskip("ray.cluster_utils", reason="the [cluster] extra (ray) is not installed")
+
+pytestmark = [pytest.mark.cluster, pytest.mark.servers]
+
+WORKERS = 3
+
+# a third server (another n_ctx is another launch, so another server key) beside the embedded
+# pool's two; gemma3 decodes two requests at a time, so its answers arrive one pair after
+# another and a node can be removed between them
+EXTRA = """
+[models.smollm2-short]
+backend = "llamacpp"
+embedded = "smollm2-135m-instruct"
+dequantize = "auto"
+parallel = 4
+n_ctx = 1024
+extra_args = ["--no-warmup"]
+"""
+
+
+def pool(tmp_path: Path, address: str | None) -> Path:
+    """The embedded pool with four experts on three servers, uniform routing (no profiles),
+    and ``[cluster]`` when ``address`` is given."""
+    path = small_pool_toml(tmp_path, extra=EXTRA)
+    text = path.read_text()
+    old = 'experts = ["smollm2", "smollm2-focused", "gemma3"]'
+    assert old in text
+    text = text.replace(old, 'experts = ["smollm2", "smollm2-focused", "gemma3", "smollm2-short"]')
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("profiles = "))
+    text = text.replace('[models.gemma3]\n', '[models.gemma3]\nparallel = 2\n')
+    if address is not None:
+        text += f'\n[cluster]\naddress = "{address}"\n'
+    out = tmp_path / ("cluster.toml" if address else "local.toml")
+    out.write_text(text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head (no symoe resource: the driver's node) and three worker nodes with one CPU
+    each and the ``symoe`` resource; Ray's files in a temp dir of this module."""
+    tmp = Path(tmp_path_factory.mktemp("ray"))
+    short = Path("/tmp") / f"symoe-ray-{os.getpid()}"  # Ray's unix sockets need a short path
+    short.symlink_to(tmp)
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(short)
+    (short / "ray").mkdir(exist_ok=True)
+    c = ray_cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 80 * 2**20, "temp_dir": str(short)},
+    )
+    try:
+        for _ in range(WORKERS):
+            c.add_node(num_cpus=1, resources={"symoe": 1}, object_store_memory=80 * 2**20)
+        c.wait_for_nodes()
+        ray_pids = {p.pid for p in psutil.Process().children(recursive=True)}
+        KEPT.update(ray_pids)  # the cluster's own processes live as long as the module
+        yield c
+    finally:
+        c.shutdown()
+        KEPT.difference_update(ray_pids if "ray_pids" in locals() else ())
+        short.unlink()
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+
+
+def questions(tmp_path: Path, n: int) -> Path:
+    lines = (EXAMPLES / "questions.jsonl").read_text().splitlines()
+    out = tmp_path / "q.jsonl"
+    out.write_text("\n".join(lines[:n]) + "\n")
+    return out
+
+
+def solve(config: Path, qs: Path, out: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*symoe_cmd(), "solve", str(qs), "-o", str(out), "--events", str(out.with_suffix(".events.jsonl")),
+                           "--config", str(config)], capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def server_pids(events: list[dict]) -> list[int]:
+    return [e["pid"] for e in events if e["kind"] == "server_start"]
+
+
+def test_check_lists_every_node_and_its_problems(cluster, tmp_path):
+    config = pool(tmp_path, cluster.address)
+    r = subprocess.run([*symoe_cmd(), "check", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nodes = [line for line in r.stdout.splitlines() if line.strip().startswith("node ")]
+    assert len(nodes) == WORKERS, r.stdout  # the head has no symoe resource: it runs no server
+    assert all("CPUs 1" in line and "models and servers: ok" in line for line in nodes), r.stdout
+    # a model file that no node has: each node says so, and check fails
+    broken = config.read_text().replace('[models.smollm2-short]\n', '[models.smollm2-short]\nmodel_path = "/nowhere/model.gguf"\n')
+    broken = broken.replace('embedded = "smollm2-135m-instruct"\ndequantize = "auto"\nparallel = 4', 'parallel = 4')
+    config.write_text(broken)
+    r = subprocess.run([*symoe_cmd(), "check", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    problems = [line for line in r.stdout.splitlines() if line.startswith("problem: node ") and "/nowhere/model.gguf" in line]
+    assert len(problems) == WORKERS, r.stdout
+
+
+def test_cluster_config_refusals(tmp_path):
+    """Exit 2 with the reason, before anything starts: a Ray Client address, a URL, and a
+    cluster nobody runs."""
+    for address, said in [("ray://head:10001", "Ray Client"), ("http://head:6379", "not a URL"), ("127.0.0.1:9", "cannot join")]:
+        config = pool(tmp_path, address)
+        r = solve(config, questions(tmp_path, 1), tmp_path / "a.jsonl", timeout=120)
+        assert r.returncode == 2, (address, r.stdout, r.stderr)
+        assert said in r.stderr, (address, r.stderr)
+        assert "Traceback" not in r.stderr
+    r = subprocess.run([*symoe_cmd(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "[cluster]" in r.stderr, r.stderr
+
+
+def test_one_machine_path_never_imports_ray():
+    code = (
+        "import sys, asyncio\n"
+        "from symoe_agents import api, cli, controller, group_runner, cluster, profiler\n"
+        "from symoe_agents.config import load_config\n"
+        "cfg = load_config(None)\n"
+        "from symoe_agents.preflight import preflight\n"
+        "preflight(cfg)\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_same_routing_and_loads_as_one_machine(cluster, tmp_path):
+    qs = questions(tmp_path, 6)
+    local = solve(pool(tmp_path, None), qs, tmp_path / "local.jsonl")
+    assert local.returncode == 0, local.stderr
+    spread = solve(pool(tmp_path, cluster.address), qs, tmp_path / "cluster.jsonl")
+    assert spread.returncode == 0, spread.stderr
+
+    here, there = read_jsonl(tmp_path / "local.jsonl"), read_jsonl(tmp_path / "cluster.jsonl")
+    assert [r["id"] for r in here] and sorted(r["id"] for r in here) == sorted(r["id"] for r in there)
+    assert {r["id"]: r["experts"] for r in here} == {r["id"]: r["experts"] for r in there}
+    assert {r["id"]: r["skills"] for r in here} != {} and all(not r["errors"] for r in there), there
+
+    local_events = read_jsonl(tmp_path / "local.events.jsonl")
+    events = read_jsonl(tmp_path / "cluster.events.jsonl")
+    loads = lambda evs: sorted(e["server"] for e in evs if e["kind"] == "server_start")  # noqa: E731
+    assert len(loads(local_events)) == 3 and loads(events) == loads(local_events)
+    assert all(e.get("node") for e in events), [e for e in events if not e.get("node")]
+    assert all(not e.get("node") for e in local_events)
+    # the expert groups ran on several worker nodes at once, each server on one node
+    server_nodes = {e["server"]: e["node"] for e in events if e["kind"] == "server_start"}
+    assert len(set(server_nodes.values())) == 3, server_nodes
+    driver = {e["node"] for e in events if e["kind"] in ("run_start", "routing", "run_end")}
+    assert len(driver) == 1 and not driver & set(server_nodes.values())
+    assert wait_gone(server_pids(events), within=10) == []
+
+
+def test_node_removed_mid_group(cluster, tmp_path):
+    """gemma3's node is removed after its first answers: the rest of its group is answered
+    on a live node, nothing answered is asked again, every question is answered once."""
+    qs = questions(tmp_path, 8)
+    out = tmp_path / "a.jsonl"
+    events_path = out.with_suffix(".events.jsonl")
+    cache_path = tmp_path / "a.cache.sqlite"
+    proc = subprocess.Popen([*symoe_cmd(), "solve", str(qs), "-o", str(out), "--events", str(events_path),
+                             "--config", str(pool(tmp_path, cluster.address))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    removed_at = None
+    answered_before: set[str] = set()
+    try:
+        deadline = time.monotonic() + 400
+        while removed_at is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            events = read_jsonl(events_path) if events_path.exists() else []
+            ready = [e for e in events if e["kind"] == "server_ready" and e["model"] == "gemma3"]
+            if not ready or not cache_path.exists():
+                continue
+            with sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True) as db:
+                answered_before = {k for (k,) in db.execute("SELECT key FROM answers WHERE model = ? AND role = 'expert'", ("gemma3",))}
+            if answered_before:
+                node = next(n for n in cluster.worker_nodes if n.node_id.startswith(ready[0]["node"]))
+                cluster.remove_node(node, allow_graceful=False)
+                removed_at = time.time()
+        assert removed_at is not None, "gemma3 never answered: " + (proc.stderr.read() if proc.poll() is not None else "")
+        stdout, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+
+    events = read_jsonl(events_path)
+    records = read_jsonl(out)
+    ids = [json.loads(line)["id"] for line in qs.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(ids)  # each question once
+    assert all(not r["errors"] for r in records), [r["errors"] for r in records if r["errors"]]
+    assert all(len(r["expert_answers"]) == 3 for r in records)
+
+    lost = [e for e in events if e["kind"] == "node_lost"]
+    assert len(lost) == 1, lost
+    gemma_end = [e for e in events if e["kind"] == "group_end" and e["model"] == "gemma3"]
+    assert len(gemma_end) == 1 and gemma_end[0]["node"] != lost[0]["node"], gemma_end
+    moved = [e for e in events if e["kind"] == "requests_resent" and e.get("detail", {}).get("moved_from")]
+    assert [e["model"] for e in moved] == ["gemma3"] and moved[0]["node"] != lost[0]["node"]
+    group_size = next(e["requests"] for e in events if e["kind"] == "group_start" and e["model"] == "gemma3")
+    # what was answered before the loss was not asked again; the rest was asked once more
+    with sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True) as db:
+        gemma = dict(db.execute("SELECT a.key, t.n FROM answers a JOIN attempts t ON a.key = t.key WHERE a.model = 'gemma3' AND a.role = 'expert'"))
+    assert len(gemma) == group_size
+    assert all(gemma[k] == 1 for k in answered_before), {k: gemma[k] for k in answered_before}
+    # sent again: what had no answer when the node went (its answers may have grown between
+    # the look and the removal); asked twice: only what was in flight on the lost node
+    assert 1 <= moved[0]["requests"] <= group_size - len(answered_before)
+    assert set(gemma.values()) <= {1, 2} and 1 <= sum(1 for n in gemma.values() if n == 2) <= 2  # gemma3 decodes 2 at a time
+    assert wait_gone(server_pids(events), within=15) == [], "a server outlived its node or the run"
