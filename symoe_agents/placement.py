@@ -161,7 +161,13 @@ def place(
     if len(devices) == 1:
         per_device[0] = list(jobs)
     else:
-        for job in sorted(jobs, key=lambda j: (-_size(j), j[0].name)):
+        # the skill group runs first on the first device, before routing is known: the skill
+        # server's expert job stays there, where that server is loaded already
+        for job in jobs:
+            if job[0].server is not None and job[0].server == first_server:
+                per_device[0].append(job)
+                work[0] += _size(job)
+        for job in sorted((j for j in jobs if j[0].server is None or j[0].server != first_server), key=lambda j: (-_size(j), j[0].name)):
             d = min(range(len(devices)), key=lambda i: (work[i], i))
             per_device[d].append(job)
             work[d] += _size(job)

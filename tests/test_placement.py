@@ -114,3 +114,16 @@ def test_hosted_groups_cost_no_load():
 def test_no_devices_is_an_error():
     with pytest.raises(ValueError):
         place(schedule([("A",)]), [])
+
+
+def test_the_skill_servers_expert_job_stays_on_the_first_device():
+    """Skills run on the first device before routing is known; the skill server's experts
+    then stay there, where it is loaded, even when a larger job would take that device."""
+    s = schedule([("S", "A", "B"), ("A", "B", "C"), ("A", "C", "D"), ("A", "B", "D")], agg="S")
+    nodes = [Device(None, 8.0, "node-one"), Device(None, 8.0, "node-two"), Device(None, 8.0, "node-three")]
+    p = place(s, nodes)
+    first = next(ln for ln in p.stages[1].lanes if ln.device == nodes[0])
+    assert first.groups[0].model == "S"
+    assert [ln.device for ln in p.stages[0].lanes] == [nodes[0]] == [ln.device for ln in p.stages[-1].lanes]
+    assert p.loads == 6  # A-D once; S for skills and its experts, and again for the aggregation after the lane moved on
+    assert nodes[0].name == "node-one/cpu"
