@@ -5,8 +5,10 @@ it (a driver process that joins the cluster by its address)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -170,6 +172,113 @@ def test_same_routing_and_loads_as_one_machine(cluster, tmp_path):
     driver = {e["node"] for e in events if e["kind"] in ("run_start", "routing", "run_end")}
     assert len(driver) == 1 and not driver & set(server_nodes.values())
     assert wait_gone(server_pids(events), within=10) == []
+
+
+def start_solve(config: Path, qs: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([*symoe_cmd(), "solve", str(qs), "-o", str(out), "--events", str(out.with_suffix(".events.jsonl")),
+                             "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(proc: subprocess.Popen, events_path: Path, found, within: float = 400):
+    """Poll the run's events until ``found(events)`` gives something; fail if the run ends first."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        events = read_jsonl(events_path) if events_path.exists() else []
+        hit = found(events)
+        if hit:
+            return hit
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it got there: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
+    pytest.fail("the run never got there")
+
+
+def ready(model: str):
+    return lambda events: next((e for e in events if e["kind"] == "server_ready" and e["model"] == model), None)
+
+
+def assert_all_answered(out: Path, qs: Path) -> None:
+    records = read_jsonl(out)
+    assert sorted(r["id"] for r in records) == sorted(json.loads(line)["id"] for line in qs.read_text().splitlines())
+    assert all(not r["errors"] and len(r["expert_answers"]) == 3 for r in records), [r["errors"] for r in records if r["errors"]]
+
+
+def test_a_host_killed_by_a_signal_leaves_no_server_and_its_group_moves(cluster, tmp_path):
+    """SIGKILL of gemma3's host actor (what Ray's OOM killer does): its server dies with it
+    (PDEATHSIG), and the group's unanswered requests are answered on another node."""
+    qs, out = questions(tmp_path, 6), tmp_path / "a.jsonl"
+    proc = start_solve(pool(tmp_path, cluster.address), qs, out)
+    try:
+        server = wait_for(proc, out.with_suffix(".events.jsonl"), ready("gemma3"))
+        actor = psutil.Process(server["pid"]).parent()
+        assert "ray::" in " ".join(actor.cmdline()), actor.cmdline()  # the server's parent is the host actor
+        actor.kill()
+        _, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    events = read_jsonl(out.with_suffix(".events.jsonl"))
+    assert_all_answered(out, qs)
+    lost = [e for e in events if e["kind"] == "node_lost"]
+    assert [e["node"] for e in lost] == [server["node"]], lost
+    assert [e["model"] for e in events if e["kind"] == "requests_resent" and e.get("detail", {}).get("moved_from")] == ["gemma3"]
+    assert wait_gone([server["pid"]], within=5) == [], "the server outlived its host"
+    assert wait_gone(server_pids(events), within=15) == []
+
+
+def test_a_silent_host_is_written_off_after_the_request_timeout(cluster, tmp_path):
+    """A host that stops answering (SIGSTOP: a partition looks the same from the driver,
+    and Ray may take a minute to call it dead) is lost once its event stream has been
+    silent for concurrency.request_timeout_s; it is killed, and its server with it."""
+    qs, out = questions(tmp_path, 6), tmp_path / "a.jsonl"
+    config = pool(tmp_path, cluster.address)
+    text = config.read_text()
+    assert "request_timeout_s = 300" in text
+    config.write_text(text.replace("request_timeout_s = 300", "request_timeout_s = 20"))
+    proc = start_solve(config, qs, out)
+    actor = None
+    try:
+        server = wait_for(proc, out.with_suffix(".events.jsonl"), ready("gemma3"))
+        actor = psutil.Process(server["pid"]).parent()
+        actor.suspend()
+        stopped = time.time()
+        _, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if actor is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                actor.kill()
+    assert proc.returncode == 0, stderr
+    events = read_jsonl(out.with_suffix(".events.jsonl"))
+    assert_all_answered(out, qs)
+    lost = [e for e in events if e["kind"] == "node_lost"]
+    assert len(lost) == 1 and "silent for 20 s" in lost[0]["detail"]["reason"], lost
+    assert lost[0]["ts"] - stopped >= 20 - 1  # not before the timeout
+    assert wait_gone([server["pid"]], within=15) == [], "the silent host's server was left running"
+    assert wait_gone(server_pids(events), within=15) == []
+
+
+def test_ctrl_c_stops_the_servers_on_every_node(cluster, tmp_path):
+    qs, out = questions(tmp_path, 6), tmp_path / "a.jsonl"
+    proc = start_solve(pool(tmp_path, cluster.address), qs, out)
+    events_path = out.with_suffix(".events.jsonl")
+    try:
+        wait_for(proc, events_path, lambda evs: len({e["node"] for e in evs if e["kind"] == "server_ready"}) >= 2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    events = read_jsonl(events_path)
+    assert len({e["node"] for e in events if e["kind"] == "server_start"}) >= 2
+    assert wait_gone(server_pids(events), within=10) == [], "a server on a node outlived the interrupted run"
 
 
 def test_node_removed_mid_group(cluster, tmp_path):
