@@ -73,7 +73,10 @@ class TerminalProgress:
 
     def on_event(self, e: Event) -> None:
         if e.kind == "server_start":
-            err(f"[symoe] starting server for '{e.model}' on 127.0.0.1:{e.port} (pid {e.pid})")
+            where = f"node {e.node}'s 127.0.0.1" if e.node else "127.0.0.1"
+            err(f"[symoe] starting server for '{e.model}' on {where}:{e.port} (pid {e.pid})")
+        elif e.kind == "node_lost":
+            err(f"[symoe] node {e.node} lost ({e.detail.get('reason', '')}); its groups move to a live node")
         elif e.kind == "server_ready":
             err(f"[symoe] '{e.model}' ready after {e.duration_s:.1f} s")
         elif e.kind == "server_stop":
@@ -82,6 +85,8 @@ class TerminalProgress:
             err(f"[symoe] server for '{e.model}' failed: {e.detail.get('reason', '')}")
         elif e.kind == "group_start" and not self.tty:
             err(f"[symoe] group {e.group}: {e.requests} requests")
+        elif e.kind == "requests_resent" and e.detail.get("moved_to"):
+            err(f"[symoe] group {e.group}: {e.requests} unanswered requests sent again on {e.detail['moved_to']}")
         elif e.kind == "group_end":
             failed = e.detail.get("failed", 0)
             err(f"[symoe] group {e.group} done in {e.duration_s:.1f} s" + (f", {failed} failed" if failed else ""))

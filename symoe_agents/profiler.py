@@ -188,7 +188,7 @@ async def _each_model(
     streams: dict[str, str], keep: Callable[[str, str, Completion], Awaitable[None] | None],
 ) -> None:
     """Every model's group, one model at a time on one machine; on a cluster, the models
-    dealt over its devices (the largest group first, to the least loaded device), each
+    dealt over its devices by server (the largest first, to the least loaded device), each
     device running its own in order, all devices at once."""
     if ctrl.cluster is None:
         for model in models:
@@ -197,10 +197,16 @@ async def _each_model(
     devices = await ctrl.devices()
     lanes: list[list[str]] = [[] for _ in devices]
     work = [0] * len(devices)
-    for model in sorted(models, key=lambda m: -len(ids[m])):
-        d = work.index(min(work))
-        lanes[d].append(model)
-        work[d] += len(ids[model])
+    # models that share a server go together (one load); the skill server's stay on the first
+    # device, where the skill group ran and that server is up
+    jobs: dict[str, list[str]] = {}
+    for model in models:
+        jobs.setdefault(ctrl.manager.server_key(model) or model, []).append(model)
+    skill_server = ctrl.manager.server_key(ctrl.config.roles.skill_inferencer)
+    for key, job in sorted(jobs.items(), key=lambda kv: (kv[0] != skill_server, -sum(len(ids[m]) for m in kv[1]))):
+        d = 0 if key == skill_server else work.index(min(work))
+        lanes[d] += job
+        work[d] += sum(len(ids[m]) for m in job)
 
     async def lane(device, models: list[str]) -> None:
         for model in models:

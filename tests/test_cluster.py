@@ -174,6 +174,34 @@ def test_same_routing_and_loads_as_one_machine(cluster, tmp_path):
     assert wait_gone(server_pids(events), within=10) == []
 
 
+def test_profile_and_eval_run_on_the_cluster(cluster, tmp_path):
+    """``profile`` deals the experts over the nodes, all at once; ``eval`` runs its methods'
+    batches on the cluster as ``solve`` does. Both start their servers on worker nodes."""
+    config = pool(tmp_path, cluster.address)
+    qs = questions(tmp_path, 3)
+    events_path = tmp_path / "profile.events.jsonl"
+    r = subprocess.run([*symoe_cmd(), "profile", str(qs), "-o", str(tmp_path / "profiles"), "--config", str(config),
+                        "--events", str(events_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "12 new answers, 0 reused" in r.stdout, r.stdout
+    events = read_jsonl(events_path)
+    expert_nodes = {e["node"] for e in events if e["kind"] == "group_start" and e["group"].startswith("expert")}
+    assert len(expert_nodes) == 3, events  # four experts on three servers: one node each
+    assert sorted(e["server"] for e in events if e["kind"] == "server_start") == sorted(
+        {e["server"] for e in events if e["kind"] == "server_start"}
+    )  # each server loaded once
+    assert wait_gone(server_pids(events), within=10) == []
+
+    r = subprocess.run([*symoe_cmd(), "eval", str(qs), "--methods", "symoe,single", "-o", str(tmp_path / "report"),
+                        "--config", str(config)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    started = [line for line in r.stderr.splitlines() if line.startswith("[symoe] starting server for")]
+    assert started and all("on node " in line for line in started), r.stderr[-3000:]
+    assert "symoe" in r.stdout and "single" in r.stdout
+    pids = [int(line.rsplit("(pid ", 1)[1].rstrip(")")) for line in started]
+    assert wait_gone(pids, within=10) == []
+
+
 def start_solve(config: Path, qs: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([*symoe_cmd(), "solve", str(qs), "-o", str(out), "--events", str(out.with_suffix(".events.jsonl")),
                              "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
