@@ -85,8 +85,8 @@ class TerminalProgress:
             err(f"[symoe] server for '{e.model}' failed: {e.detail.get('reason', '')}")
         elif e.kind == "group_start" and not self.tty:
             err(f"[symoe] group {e.group}: {e.requests} requests")
-        elif e.kind == "requests_resent" and e.detail.get("moved_to"):
-            err(f"[symoe] group {e.group}: {e.requests} unanswered requests sent again on {e.detail['moved_to']}")
+        elif e.kind == "group_moved":
+            err(f"[symoe] group {e.group} moves to {e.detail.get('moved_to')} with its {e.requests} unanswered requests")
         elif e.kind == "group_end":
             failed = e.detail.get("failed", 0)
             err(f"[symoe] group {e.group} done in {e.duration_s:.1f} s" + (f", {failed} failed" if failed else ""))

@@ -41,6 +41,7 @@ async def _check_cluster(cfg) -> list[str]:
     """List the cluster's lane nodes with their GPUs, and what each lacks to run the config."""
     from .cluster import Cluster
     from .placement import node_name
+    from symoe_agents.servers import backend_for
 
     assert cfg.cluster is not None
     cluster = await Cluster.join(cfg, EventLog(), check_nodes=False)
@@ -49,14 +50,18 @@ async def _check_cluster(cfg) -> list[str]:
     finally:
         await cluster.aclose()
     print(f"cluster {cfg.cluster.address}: {len(cluster.nodes)} node(s) with the '{cfg.cluster.lane_resource}' resource")
+    needed = max((b.gpus_needed() for b in (backend_for(cfg.model(m)) for m in used_models(cfg)) if b is not None), default=0)
     problems = []
     for node, report in zip(cluster.nodes, reports):
         name = node_name(node["NodeID"])
         gpus = ", ".join(report["gpus"]) or "none"
-        cpus = int(node["Resources"].get("CPU", 0))
-        state = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"
-        print(f"  node {name}  {report['host']}  CPUs {cpus}  GPUs: {gpus}  models and servers: {state}")
-        problems += [f"node {name} ({report['host']}): {p}" for p in report["problems"]]
+        cpus, ray_gpus = int(node["Resources"].get("CPU", 0)), int(node["Resources"].get("GPU", 0))
+        mine = list(report["problems"])
+        if needed and ray_gpus < needed:  # what the planner uses is Ray's count, not nvidia-smi's
+            mine.append(f"Ray gives this node {ray_gpus} GPU(s) and a model needs {needed}: restart its `ray start` with --num-gpus")
+        state = "ok" if not mine else f"{len(mine)} problem(s)"
+        print(f"  node {name}  {report['host']}  CPUs {cpus}  GPUs: {gpus} (Ray: {ray_gpus})  models and servers: {state}")
+        problems += [f"node {name} ({report['host']}): {p}" for p in mine]
     return problems
 
 
@@ -73,7 +78,7 @@ def up(
     if unknown:
         err(f"error: unknown model(s) {', '.join(unknown)}; declared: {', '.join(cfg.models)}")
         raise typer.Exit(2)
-    problems = preflight(cfg, names)
+    problems = preflight(cfg, names, part="all")  # these servers start here, [cluster] or not
     if problems:
         for p in problems:
             err(f"problem: {p}")

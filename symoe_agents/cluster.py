@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from .agents import CallFailed
@@ -33,6 +34,10 @@ from .errors import ClusterError, ServerStartError
 from .events import Event, EventLog
 from .placement import Device, node_name
 from symoe_agents.servers import Endpoint
+
+
+#: how long a node may take to run ``symoe check``'s task (a Python start and the preflight)
+REPORT_TIMEOUT_S = 60.0
 
 
 class HostLost(Exception):
@@ -100,6 +105,7 @@ class Cluster:
         joined = not ray.is_initialized()
         if joined:
             await _reachable(opts.address)  # ray.init retries an absent head for minutes, deaf to signals
+            kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
             try:
                 # its own banners and worker logs stay off the driver's terminal (stdout is the user's)
                 ray.init(address=opts.address, log_to_driver=False, logging_level=logging.ERROR)
@@ -109,6 +115,12 @@ class Cluster:
                     f"cannot join the Ray cluster at cluster.address = {opts.address!r}: {first}. "
                     "Start it with `ray start --head` and run symoe on a node of it"
                 ) from None
+            finally:
+                # ray.init puts its own SIGTERM handler (sys.exit) in place of symoe's, which
+                # stops the servers and says how to resume: symoe's go back
+                for sig, handler in kept.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
         try:
             nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(opts.lane_resource, 0) > 0]
             if not nodes:
@@ -134,9 +146,21 @@ class Cluster:
 
         from .cluster_host import node_report
 
-        task = self.ray.remote(num_cpus=0)(node_report)
-        refs = [task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(self.config) for n in self.nodes]
-        return list(await asyncio.gather(*refs))
+        task = self.ray.remote(num_cpus=0, max_retries=0)(node_report)
+
+        async def one(node: dict[str, Any]) -> dict[str, Any]:
+            ref = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(self.config)
+            try:
+                return await asyncio.wait_for(_resolved(ref), REPORT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=True)
+                why = f"no answer within {REPORT_TIMEOUT_S:g} s (is the node reachable?)"
+            except self.ray.exceptions.RayError as exc:  # symoe missing there, another version, a node that went
+                why = f"cannot run symoe's check there: {_first_line(exc)}"
+            return {"host": node.get("NodeManagerAddress", "?"), "gpus": [], "problems": [why]}
+
+        return list(await asyncio.gather(*(one(n) for n in self.nodes)))
 
     # -- devices and hosts -------------------------------------------------------------
 
@@ -166,7 +190,8 @@ class Cluster:
             from .cluster_host import DeviceHost
 
             node = next((n for n in self.nodes if n["NodeID"] == device.node), None)
-            cores = int(node["Resources"].get("CPU", 0)) if node else 0
+            slices = sum(1 for d in self._devices if d.node == device.node) or 1
+            cores = int(node["Resources"].get("CPU", 0)) // slices if node else 0  # the node's cores, shared by its devices
             actor = (
                 self.ray.remote(DeviceHost)
                 .options(
@@ -178,13 +203,19 @@ class Cluster:
             host = self._hosts[device] = RemoteHost(self, device, actor)
         return host
 
+    def start_hosts(self) -> None:
+        """Start every device's host now (Ray starts actors in the background): they are
+        ready by the time the first groups need them, not started on the critical path."""
+        for device in self._devices:
+            self.host(device)
+
     def hosts(self) -> list["RemoteHost"]:
         return [h for h in self._hosts.values() if not h.lost]
 
     async def move(self, device: Device) -> Device | None:
-        """Where a lost device's groups go: the live device that has taken the fewest moved
-        devices so far (the planner's order breaks ties); the same answer for every group
-        of that device. None: no device is left."""
+        """Where a lost device's groups go: a live device of another node if there is one,
+        the one that has taken the fewest moved devices so far (the planner's order breaks
+        ties); the same answer for every group of that device. None: no device is left."""
         async with self._lock:
             while device in self._moved:
                 device = self._moved[device]
@@ -193,8 +224,9 @@ class Cluster:
             live = [d for d in self._devices if not self._lost(d)]
             if not live:
                 return None
-            taken = [list(self._moved.values()).count(d) for d in live]
-            target = live[taken.index(min(taken))]
+            # another node first: a slice of the same node may be lost with it, not yet seen
+            moved = list(self._moved.values())
+            target = min(live, key=lambda d: (d.node == device.node, moved.count(d), live.index(d)))
             self._moved[device] = target
             return target
 
@@ -239,6 +271,7 @@ class RemoteHost:
         self._alive: dict[str, bool] = {}
         self._endpoint: dict[str, Endpoint] = {}
         self._seen = 0  # events received so far
+        self._state_seq = 0  # the event count of the reply ``_running`` is from
         self._arrived = asyncio.Event()
         self._follow = asyncio.ensure_future(self._follow_events())
 
@@ -257,8 +290,10 @@ class RemoteHost:
                 self._arrived.set()
         except asyncio.TimeoutError:
             self._lose(f"its event stream was silent for {self.cluster.silence_s:g} s (concurrency.request_timeout_s)")
-        except (ray.exceptions.RayActorError, ray.exceptions.RayError, StopAsyncIteration) as exc:
+        except (ray.exceptions.RayError, StopAsyncIteration) as exc:
             self._lose(_first_line(exc))
+        except Exception as exc:  # an event it cannot read: a host whose events are lost is not trusted
+            self._lose(f"its event stream failed: {_first_line(exc)}")
 
     def _lose(self, why: str) -> None:
         if self.lost is not None:
@@ -288,17 +323,21 @@ class RemoteHost:
             raise HostLost(self.device, self.lost or "lost")
         try:
             return task.result()
-        except ray.exceptions.RayActorError as exc:
+        except ray.exceptions.RayError as exc:  # the actor died, or its method failed: the host is written off
             self._lose(_first_line(exc))
             raise HostLost(self.device, self.lost or "lost") from None
 
     async def _control(self, method: str, *args: Any, model: str | None = None) -> dict[str, Any]:
         reply = await self._until(getattr(self.actor, method).remote(*args))
-        # the events this call caused come first, so the log keeps their order
+        # the events this call caused come first, so the log keeps their order (the stream
+        # delivers them within a heartbeat; a stream that stops is a lost node)
         while self._seen < reply["seq"] and self.lost is None:
             self._arrived.clear()
-            await self._arrived.wait()
-        self._running = list(reply["running"])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), self.cluster.silence_s)
+        if reply["seq"] >= self._state_seq:  # replies of calls made side by side may come in any order
+            self._state_seq = reply["seq"]
+            self._running = list(reply["running"])
         if model is not None:
             self._pid[model] = reply.get("pid")
             self._alive[model] = bool(reply.get("alive"))
@@ -309,7 +348,7 @@ class RemoteHost:
     # -- the manager's calls -----------------------------------------------------------
 
     async def acquire(self, model: str, *, exclusive: bool = True, gpu_ids: Sequence[int] | None = None, share: object = None) -> Endpoint:
-        reply = await self._control("acquire", model, exclusive, model=model)
+        reply = await self._control("acquire", model, exclusive, sorted(self.reuse_later), model=model)
         if "error" in reply:
             raise ServerStartError(model, f"{reply['error']} (node {self.node})")
         return self._endpoint[model]
@@ -337,7 +376,7 @@ class RemoteHost:
 
     async def release(self, key: str) -> None:
         with contextlib.suppress(HostLost):
-            await self._control("release", key)
+            await self._control("release", key, sorted(self.reuse_later))
 
     async def stop(self, key: str, reason: str) -> None:
         with contextlib.suppress(HostLost):
@@ -347,18 +386,18 @@ class RemoteHost:
         with contextlib.suppress(HostLost):
             await self._control("release_all")
 
-    def connect(self, endpoint: Endpoint, timeout_s: float, max_in_flight: int) -> "RemoteClient":
-        """A ``Connect`` for the group runner: the endpoint is one ``acquire`` returned."""
-        model = next(m for m, e in self._endpoint.items() if e == endpoint)
-        return RemoteClient(self, model)
+    def connect_for(self, model: str) -> Callable[[Endpoint, float, int], "RemoteClient"]:
+        """The ``Connect`` of a group of ``model``: its calls go through this host (two
+        models on one server share an endpoint, so the model is named, not looked up)."""
+        return lambda endpoint, timeout_s, max_in_flight: RemoteClient(self, model)
 
     async def aclose(self) -> None:
         """Stop the node's servers, then the actor (killing it alone would leave the stop
         to PDEATHSIG and the watchdog: they are the fallback, not the plan)."""
         try:
-            if self.lost is None:
-                with contextlib.suppress(HostLost, Exception):
-                    await asyncio.wait_for(self._until(self.actor.close.remote()), self.cluster.config.servers.stop_grace_s + 30)
+            if self.lost is None:  # through _control: the servers' last events reach the log
+                with contextlib.suppress(HostLost, asyncio.TimeoutError):
+                    await asyncio.wait_for(self._control("close"), self.cluster.config.servers.stop_grace_s + 30)
         finally:
             self._follow.cancel()
             await asyncio.gather(self._follow, return_exceptions=True)

@@ -97,24 +97,27 @@ class DeviceHost:
     async def hello(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": list(self.gpu_ids or ()), "threads": self.manager.cpu_threads}
 
-    async def acquire(self, model: str, exclusive: bool) -> dict[str, Any]:
+    async def acquire(self, model: str, exclusive: bool, reuse_later: list[str]) -> dict[str, Any]:
+        """``reuse_later``: servers the run needs again, which a release puts to sleep where it can."""
+        self.manager.reuse_later = set(reuse_later)
         try:
             endpoint = await self.manager.acquire(model, exclusive=exclusive, gpu_ids=self.gpu_ids)
-        except SymoeError as exc:  # its text, not the object: the driver raises its own
-            return {**self._state(model), "error": getattr(exc, "reason", str(exc))}
+        except Exception as exc:  # its text, not the object: the driver raises its own
+            return {**self._state(model), "error": _reason(exc)}
         return {**self._state(model), "base_url": endpoint.base_url, "served_model": endpoint.served_model}
 
     async def restart(self, model: str, reason: str, seen_pid: int | None) -> dict[str, Any]:
         try:
             endpoint = await self.manager.restart(model, reason, seen_pid)
-        except SymoeError as exc:
-            return {**self._state(model), "error": getattr(exc, "reason", str(exc))}
+        except Exception as exc:
+            return {**self._state(model), "error": _reason(exc)}
         return {**self._state(model), "base_url": endpoint.base_url, "served_model": endpoint.served_model}
 
     async def healthy(self, model: str) -> dict[str, Any]:
         return {**self._state(model), "healthy": await self.manager.healthy(model)}
 
-    async def release(self, key: str) -> dict[str, Any]:
+    async def release(self, key: str, reuse_later: list[str]) -> dict[str, Any]:
+        self.manager.reuse_later = set(reuse_later)
         await self.manager.release(key)
         return self._state()
 
@@ -167,6 +170,13 @@ class DeviceHost:
                 await client.aclose()
 
 
+def _reason(exc: BaseException) -> str:
+    """A failure's text for the driver: a start's own reason, else the error as it reads."""
+    if isinstance(exc, SymoeError):
+        return getattr(exc, "reason", None) or str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def node_report(config: Config) -> dict[str, Any]:
     """What ``symoe check`` asks of each node (a small Ray task run there): its host name,
     GPUs, and the preflight problems of the config on that node (model files, server
@@ -178,5 +188,5 @@ def node_report(config: Config) -> dict[str, Any]:
     monitor = GpuMonitor.detect()
     if monitor is not None:
         with contextlib.suppress(OSError):
-            gpus = [f"{g.index}: {g.total_mib / 1024:.0f} GiB" for g in asyncio.run(monitor.gpus())]
+            gpus = [f"{g.index}: {g.total_mib / 1024:.0f} GiB" for g in asyncio.run(monitor.gpus())]  # a task has no loop running
     return {"host": socket.gethostname(), "gpus": gpus, "problems": preflight(config, part="node")}

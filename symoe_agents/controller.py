@@ -186,6 +186,7 @@ class Controller:
                 needed = max(needed, backend.gpus_needed())
         if self.cluster is not None:
             self._devices = self.cluster.devices(needed)
+            self.cluster.start_hosts()
             return self._devices
         if needed == 0:
             ram = cfg.schedule.device_memory_gib or psutil.virtual_memory().available / 2**30
@@ -268,6 +269,8 @@ class Controller:
                 except (CacheError, OutputError, StoreError) as exc:  # a stuck cache, a full disk: this lane stops; the others drain
                     halted.append(exc)  # what they have in flight (raising here would cancel it) and stop at their next send
                     return
+                if self.cluster is not None:  # it may have moved mid-group: its server is where it ended
+                    device = await self.cluster.where(lane.device) or device
                 nxt = lane.groups[k + 1] if k + 1 < len(lane.groups) else None
                 if multi and not self.resident and group.server and (nxt is None or nxt.server != group.server):
                     others = {g.server for ln in stage.lanes if ln is not lane for g in ln.groups}

@@ -36,6 +36,7 @@ EventKind = Literal[
     "request_failed",
     "requests_resent",
     "node_lost",
+    "group_moved",
     "run_end",
 ]
 

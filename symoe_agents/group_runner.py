@@ -213,7 +213,7 @@ class GroupRunner:
             if c.error:
                 stats.failed += 1
                 req = requests[i]
-                self.events.emit("request_failed", group=group.name, model=group.model,
+                self.events.emit("request_failed", group=group.name, model=group.model, node=_node(device),
                                  detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
             try:
                 await _settle(on_final(i, c))
@@ -296,6 +296,9 @@ class GroupRunner:
                         if moved is None:
                             await fail_rest(f"node of {dev.name} was lost and no live device is left in the cluster")
                             return None
+                        if moved != dev:
+                            self.events.emit("group_moved", group=group.name, model=group.model, node=_node(moved),
+                                             requests=n - sum(finished), detail={"moved_from": dev.name, "moved_to": moved.name})  # fmt: skip
                         dev = moved
                         manager = self.hosts.host(dev)
                     device = dev
@@ -337,7 +340,7 @@ class GroupRunner:
                 # of n samples as n sequences; the pool has workers enough to fill the slots
                 # with the narrowest requests
                 narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
-                connect = manager.connect if remote else self.connect
+                connect = manager.connect_for(group.model) if remote else self.connect
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, connect) as runner:
 
                     async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
@@ -424,16 +427,12 @@ class GroupRunner:
                     except ServerStartError as exc:
                         await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and could not restart: {exc.reason}")
                         break
-                if lost:  # its node is gone: on to a live device, with what is unanswered
-                    lost_on = device
+                if lost:  # its node is gone: on to a live device (``group_moved``), with what is unanswered
                     moved_to = await serve_on(device)
                     if moved_to is None:
                         break
                     endpoint = moved_to
-                    self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device),
-                                     detail={"moved_from": lost_on.name if lost_on else None, "moved_to": device.name if device else None})  # fmt: skip
-                else:
-                    self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device))
+                self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device))
                 seen = manager.process_pid(group.model)
                 order = sorted({u for u in range(len(units)) if any(i in again for i in units[u])}) if per_request > 1 else sorted(again)
                 wanted = again.__contains__

@@ -138,6 +138,21 @@ def _size(job: tuple[Group, ...]) -> int:
     return sum(len(g.requests) for g in job)
 
 
+def deal(sizes: Sequence[int], names: Sequence[str], devices: int, pinned: Sequence[int] = ()) -> list[list[int]]:
+    """Jobs (their indices) to ``devices`` devices: the ``pinned`` ones on the first, the rest
+    largest first (then by name) to the device with the least work so far (LPT)."""
+    per_device: list[list[int]] = [[] for _ in range(devices)]
+    work = [0] * devices
+    for j in pinned:
+        per_device[0].append(j)
+        work[0] += sizes[j]
+    for j in sorted((j for j in range(len(sizes)) if j not in pinned), key=lambda j: (-sizes[j], names[j])):
+        d = min(range(devices), key=lambda i: (work[i], i))
+        per_device[d].append(j)
+        work[d] += sizes[j]
+    return per_device
+
+
 def place(
     schedule: Schedule,
     devices: Sequence[Device],
@@ -157,20 +172,14 @@ def place(
     # 1. expert jobs to devices: largest first, to the device with the least work so far
     jobs = _jobs(experts)
     per_device: list[list[tuple[Group, ...]]] = [[] for _ in devices]
-    work = [0] * len(devices)
     if len(devices) == 1:
         per_device[0] = list(jobs)
     else:
         # the skill group runs first on the first device, before routing is known: the skill
         # server's expert job stays there, where that server is loaded already
-        for job in jobs:
-            if job[0].server is not None and job[0].server == first_server:
-                per_device[0].append(job)
-                work[0] += _size(job)
-        for job in sorted((j for j in jobs if j[0].server is None or j[0].server != first_server), key=lambda j: (-_size(j), j[0].name)):
-            d = min(range(len(devices)), key=lambda i: (work[i], i))
-            per_device[d].append(job)
-            work[d] += _size(job)
+        pinned = [i for i, j in enumerate(jobs) if j[0].server is not None and j[0].server == first_server]
+        dealt = deal([_size(j) for j in jobs], [j[0].name for j in jobs], len(devices), pinned)
+        per_device = [[jobs[i] for i in mine] for mine in dealt]
         for lst in per_device:  # keep the load-saving ends: skill server first, aggregator's last
             lst.sort(key=lambda j: (j[0].server != first_server, j[0].server == last_server))
 

@@ -35,9 +35,9 @@ from .agents import build_agent
 from .config import Config
 from .cluster import joined
 from .controller import Controller, Progress
-from .errors import ProfileError
+from .errors import ProfileError, SymoeError
 from .extract import extract_answer
-from .placement import Device
+from .placement import Device, deal
 from .scoring import is_correct, judged
 from .events import EventLog
 from .formats import AnswerFormat
@@ -195,28 +195,35 @@ async def _each_model(
             await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep)
         return
     devices = await ctrl.devices()
-    lanes: list[list[str]] = [[] for _ in devices]
-    work = [0] * len(devices)
     # models that share a server go together (one load); the skill server's stay on the first
     # device, where the skill group ran and that server is up
     jobs: dict[str, list[str]] = {}
     for model in models:
         jobs.setdefault(ctrl.manager.server_key(model) or model, []).append(model)
+    keys = list(jobs)
     skill_server = ctrl.manager.server_key(ctrl.config.roles.skill_inferencer)
-    for key, job in sorted(jobs.items(), key=lambda kv: (kv[0] != skill_server, -sum(len(ids[m]) for m in kv[1]))):
-        d = 0 if key == skill_server else work.index(min(work))
-        lanes[d] += job
-        work[d] += sum(len(ids[m]) for m in job)
+    dealt = deal([sum(len(ids[m]) for m in jobs[k]) for k in keys], keys, len(devices), [i for i, k in enumerate(keys) if k == skill_server])
+    lanes = [[m for i in mine for m in jobs[keys[i]]] for mine in dealt]
+
+    halted: list[SymoeError] = []
 
     async def lane(device, models: list[str]) -> None:
         for model in models:
+            if halted:  # another lane stopped the run: no new group starts
+                return
             here = await ctrl.cluster.where(device) or device
-            await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep, here)
+            try:
+                await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep, here)
+            except SymoeError as exc:  # a full disk under the store: this lane stops; the others finish
+                halted.append(exc)  # what they have in flight (raising here would cancel answers being paid for)
+                return
 
     async with asyncio.TaskGroup() as tg:
         for device, mine in zip(devices, lanes):
             if mine:
                 tg.create_task(lane(device, mine))
+    if halted:
+        raise halted[0]
 
 
 @dataclass
