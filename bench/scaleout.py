@@ -2,7 +2,7 @@
 mid-group, the Ray path's own cost, and the memory each node holds.
 
     python bench/scaleout.py [--parts a,b,c,d,e] [--questions 4] [--standin-questions 36]
-                             [--experts 6] [--k 3] [--start-delay 2] [--decode-s 1]
+                             [--experts 16] [--k 3] [--start-delay 2] [--decode-s 1]
                              [--kill-after 0.4] [--request-timeout 60] [--timeout 300] [--keep DIR]
 
     quick check (stand-ins only, about 2 minutes): python bench/scaleout.py --parts b,c,e --standin-questions 12
@@ -807,7 +807,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--parts", default="a,b,c,d,e", help="which of a,b,c,d,e to run (see the docstring)")
     ap.add_argument("--questions", type=int, default=4, help="questions for the real pool (a, d)")
     ap.add_argument("--standin-questions", type=int, default=36, help="questions for the stand-ins (b, c, d)")
-    ap.add_argument("--experts", type=int, default=6, help="stand-in experts, each its own server")
+    ap.add_argument("--experts", type=int, default=16, help="stand-in experts, each its own server")
     ap.add_argument("--k", type=int, default=3, help="experts per question (stand-ins)")
     ap.add_argument("--start-delay", type=float, default=2.0, help="seconds a stand-in takes to start (a model load)")
     ap.add_argument("--decode-s", type=float, default=1.0, help="seconds a stand-in takes per completion")

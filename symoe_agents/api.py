@@ -87,16 +87,20 @@ class SymbolicMoE:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
         self._manager = ServerManager(self.config, self.events)
         if self.config.cluster is not None:
-            from .cluster import Cluster
-
             try:
                 self._cluster = await Cluster.join(self.config, self.events)
-            except BaseException:
-                await self._manager.aclose()
+            except BaseException:  # the cluster cannot run the config: what was opened here closes
+                await self.__aexit__()
                 raise
         self._controller = Controller(
             self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster
         )
+        if self._cluster is not None:
+            try:
+                await self._controller.devices()  # each node's host starts now, while the batch is read and prepared
+            except BaseException:  # no device fits the models: nothing was started, but the hosts and Ray end here
+                await self.__aexit__()
+                raise
         self._closed = False
         return self
 

@@ -253,6 +253,8 @@ async def run_profile(
     pool = cfg.roles.experts
     async with ServerManager(cfg, events) as manager, joined(cfg, events) as cluster:
         ctrl = Controller(cfg, manager, events, progress, cluster=cluster)
+        if cluster is not None:
+            await ctrl.devices()  # each node's host starts now
         calls = _call_keys(ctrl, "expert", pool, prompts, streams)
         skill_keys = _skill_keys(ctrl, list(prepared.values()))
         todo = [p for qid, p in prepared.items() if known.get(qid, {}).get("skill_key") != skill_keys[qid]]
@@ -319,6 +321,8 @@ async def run_pick_aggregator(
     template = load_template("aggregator", cfg.prompts_dir)
     async with ServerManager(cfg, events) as manager, joined(cfg, events) as cluster:
         ctrl = Controller(cfg, manager, events, progress, cluster=cluster)
+        if cluster is not None:
+            await ctrl.devices()  # each node's host starts now
         by_q: dict[str, dict[str, tuple[str, bool]]] = {}
         answered = store.answers(_call_keys(ctrl, "expert", config.roles.experts, expert_prompts, all_streams))
         for (model, qid), r in answered.items():
