@@ -213,9 +213,10 @@ class Cluster:
         return [h for h in self._hosts.values() if not h.lost]
 
     async def move(self, device: Device) -> Device | None:
-        """Where a lost device's groups go: a live device of another node if there is one,
-        the one that has taken the fewest moved devices so far (the planner's order breaks
-        ties); the same answer for every group of that device. None: no device is left."""
+        """Where a lost device's groups go: a live device on a node that has lost none if
+        there is one, the one that has taken the fewest moved devices so far (the planner's
+        order breaks ties); the same answer for every group of that device. None: no device
+        is left."""
         async with self._lock:
             while device in self._moved:
                 device = self._moved[device]
@@ -224,9 +225,10 @@ class Cluster:
             live = [d for d in self._devices if not self._lost(d)]
             if not live:
                 return None
-            # another node first: a slice of the same node may be lost with it, not yet seen
+            # nodes without a lost device first: a slice of such a node may be lost with it, not yet seen
             moved = list(self._moved.values())
-            target = min(live, key=lambda d: (d.node == device.node, moved.count(d), live.index(d)))
+            shaken = {d.node for d in self._devices if self._lost(d)}
+            target = min(live, key=lambda d: (d.node in shaken, moved.count(d), live.index(d)))
             self._moved[device] = target
             return target
 
