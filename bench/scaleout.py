@@ -71,6 +71,8 @@ from pathlib import Path
 
 import psutil
 
+from swap_server import pool_toml  # bench/ is this script's folder, first on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MiB = 2**20
@@ -131,41 +133,8 @@ def real_pool_text(address: str | None) -> str:
 def standin_text(args, address: str | None) -> str:
     """--experts stand-in servers, each its own process and server (distinct served names)."""
     models = [f"m{i + 1}" for i in range(args.experts)]
-    lines = [f"k = {args.k}", f"seed = {args.seed}", ""]
-    for name in models:
-        command = [sys.executable, str(HERE / "swap_server.py"), "--port", "{port}", "--model", "{model}",
-                   "--start-delay", str(args.start_delay), "--decode-s", str(args.decode_s)]  # fmt: skip
-        lines += [
-            f"[models.{name}]",
-            'backend = "command"',
-            "command = [" + ", ".join(json.dumps(a) for a in command) + "]",
-            f'served_model_name = "{STANDIN_TAG}{name}"',
-            "continuous_batching = true  # the stand-in answers any number at once",
-            "start_timeout_s = 60",
-            "",
-        ]
-    lines += [
-        "[roles]",
-        f'skill_inferencer = "{models[0]}"',
-        f"experts = [{', '.join(json.dumps(m) for m in models)}]",
-        f'aggregator = "{models[1]}"',
-        "",
-        "[sampling.skill_inferencer]",
-        "samples = 2",
-        "max_tokens = 32",
-        "[sampling.expert]",
-        "max_tokens = 64",
-        "[sampling.aggregator]",
-        "max_tokens = 64",
-        "",
-        "[concurrency]",
-        f"request_timeout_s = {args.request_timeout:g}",
-        "retries = 2",
-        "",
-        "[servers]",
-        "start_timeout_s = 60",
-        "stop_grace_s = 5",
-    ]
+    lines = pool_toml(models, args.start_delay, args.decode_s, STANDIN_TAG, k=args.k, seed=args.seed, samples=2,
+                      request_timeout_s=args.request_timeout, retries=2)
     return "\n".join(lines) + "\n" + cluster_table(address)
 
 

@@ -77,6 +77,8 @@ from symoe_agents.config import load_config
 from symoe_agents.events import EventLog
 from symoe_agents.servers import ServerManager
 
+from swap_server import pool_toml  # bench/ is this script's folder, first on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENSEMBLE = "symoe"
@@ -93,41 +95,9 @@ def pool(n: int) -> list[str]:
 
 def config_text(args, start_delay: float, decode_s: float) -> str:
     """A pool of stand-in servers, one per model, and the roles and serve options."""
-    models = pool(args.models)
-    lines = [f"k = {args.k}", f"seed = {args.seed}", ""]
-    for name in models:
-        command = [sys.executable, str(HERE / "swap_server.py"), "--port", "{port}", "--model", "{model}",
-                   "--start-delay", str(start_delay), "--decode-s", str(decode_s)]  # fmt: skip
-        lines += [
-            f"[models.{name}]",
-            'backend = "command"',
-            "command = [" + ", ".join(json.dumps(a) for a in command) + "]",
-            f'served_model_name = "standin-{name}"',  # distinct names: distinct servers
-            "continuous_batching = true  # the stand-in answers any number at once",
-            "start_timeout_s = 60",
-            "",
-        ]
+    lines = pool_toml(pool(args.models), start_delay, decode_s, "standin-", k=args.k, seed=args.seed, samples=args.samples,
+                      request_timeout_s=300, retries=1)
     lines += [
-        "[roles]",
-        f'skill_inferencer = "{models[0]}"',
-        f"experts = [{', '.join(json.dumps(m) for m in models)}]",
-        f'aggregator = "{models[1]}"',
-        "",
-        "[sampling.skill_inferencer]",
-        f"samples = {args.samples}",
-        "max_tokens = 32",
-        "[sampling.expert]",
-        "max_tokens = 64",
-        "[sampling.aggregator]",
-        "max_tokens = 64",
-        "",
-        "[concurrency]",
-        "request_timeout_s = 300",
-        "retries = 1",
-        "",
-        "[servers]",
-        "start_timeout_s = 60",
-        "stop_grace_s = 5",
         "",
         "[serve]",
         f"window_s = {args.window_s}",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 import uuid
 
@@ -160,6 +161,48 @@ async def serve(port: int, model: str, decode_s: float) -> None:
     server = await asyncio.start_server(SwapServer(model, decode_s).handle, "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()
+
+
+def pool_toml(models: list[str], start_delay: float, decode_s: float, served_prefix: str, *, k: int, seed: int, samples: int,
+              request_timeout_s: float, retries: int) -> list[str]:
+    """A config's lines for a pool of these servers, one process per model (distinct served
+    names: distinct servers), the first model the skill inferencer, the second the aggregator;
+    what the benchmarks that use it share (each adds its own tables)."""
+    lines = [f"k = {k}", f"seed = {seed}", ""]
+    for name in models:
+        command = [sys.executable, __file__, "--port", "{port}", "--model", "{model}",
+                   "--start-delay", str(start_delay), "--decode-s", str(decode_s)]  # fmt: skip
+        lines += [
+            f"[models.{name}]",
+            'backend = "command"',
+            "command = [" + ", ".join(json.dumps(a) for a in command) + "]",
+            f'served_model_name = "{served_prefix}{name}"',
+            "continuous_batching = true  # the stand-in answers any number at once",
+            "start_timeout_s = 60",
+            "",
+        ]
+    return lines + [
+        "[roles]",
+        f'skill_inferencer = "{models[0]}"',
+        f"experts = [{', '.join(json.dumps(m) for m in models)}]",
+        f'aggregator = "{models[1]}"',
+        "",
+        "[sampling.skill_inferencer]",
+        f"samples = {samples}",
+        "max_tokens = 32",
+        "[sampling.expert]",
+        "max_tokens = 64",
+        "[sampling.aggregator]",
+        "max_tokens = 64",
+        "",
+        "[concurrency]",
+        f"request_timeout_s = {request_timeout_s:g}",
+        f"retries = {retries}",
+        "",
+        "[servers]",
+        "start_timeout_s = 60",
+        "stop_grace_s = 5",
+    ]
 
 
 def main() -> None:
