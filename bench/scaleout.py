@@ -711,7 +711,7 @@ def report(args, parts, runs, clusters, recovery, temp_dirs) -> None:
         run, killer, cluster = recovery
         print(f"\n## (c) recovery: a worker node removed mid-group (stand-ins, 3 worker nodes, {args.standin_questions} questions)\n")
         print("\n".join(recovery_lines(run, killer, cluster)))
-        print("\n(a lost node's groups move to the live device that has taken the fewest moves; symoe's cluster mode runs "
+        print("\n(a lost node's groups move to a live device on a node that has lost none, the one that has taken the fewest moves; symoe's cluster mode runs "
               "one group at a time per device (Turns), so a moved group waits for the group running there, and that "
               "device's own next group waits for the moved one)")  # fmt: skip
 

@@ -92,15 +92,15 @@ class SymbolicMoE:
             except BaseException:  # the cluster cannot run the config: what was opened here closes
                 await self.__aexit__()
                 raise
-        self._controller = Controller(
-            self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster
-        )
-        if self._cluster is not None:
-            try:
+        try:
+            self._controller = Controller(
+                self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster
+            )
+            if self._cluster is not None:
                 await self._controller.devices()  # each node's host starts now, while the batch is read and prepared
-            except BaseException:  # no device fits the models: nothing was started, but the hosts and Ray end here
-                await self.__aexit__()
-                raise
+        except BaseException:  # profiles that do not fit, no device for the models: nothing was started; what opened here closes
+            await self.__aexit__()
+            raise
         self._closed = False
         return self
 

@@ -14,7 +14,8 @@ A lost node (its actor dies, Ray says it is unavailable, or its event stream is 
 longer than ``concurrency.request_timeout_s``, since Ray may take a minute to declare a
 partitioned node dead) is written off: its device's groups move to a live device, where
 each running group sends only its unanswered requests (``GroupRunner``). Answers already
-received were kept on the driver, so nothing is asked twice and no record is repeated.
+received were kept on the driver, so nothing answered is asked again (what was in flight on
+the lost node is) and no record is repeated.
 
 Ray is imported only here and only for a config with ``[cluster]``.
 """
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -36,8 +38,9 @@ from .placement import Device, node_name
 from symoe_agents.servers import Endpoint
 
 
-#: how long a node may take to run ``symoe check``'s task (a Python start and the preflight)
-REPORT_TIMEOUT_S = 60.0
+#: how long a node may take to run ``symoe check``'s task: a Ray worker's start, symoe's
+#: import and the preflight, whose probe of an SGLang environment alone may take 300 s
+REPORT_TIMEOUT_S = 400.0
 
 
 class HostLost(Exception):
@@ -105,7 +108,9 @@ class Cluster:
         joined = not ray.is_initialized()
         if joined:
             await _reachable(opts.address)  # ray.init retries an absent head for minutes, deaf to signals
-            kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+            # ray.init sets its own handlers on the main thread only, and only there can they be put back
+            main = threading.current_thread() is threading.main_thread()
+            kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} if main else {}
             try:
                 # its own banners and worker logs stay off the driver's terminal (stdout is the user's)
                 ray.init(address=opts.address, log_to_driver=False, logging_level=logging.ERROR)
@@ -155,7 +160,7 @@ class Cluster:
             except asyncio.TimeoutError:
                 with contextlib.suppress(Exception):
                     self.ray.cancel(ref, force=True)
-                why = f"no answer within {REPORT_TIMEOUT_S:g} s (is the node reachable?)"
+                why = f"its check gave no answer within {REPORT_TIMEOUT_S:g} s (a node that cannot be reached, or stuck starting Python)"
             except self.ray.exceptions.RayError as exc:  # symoe missing there, another version, a node that went
                 why = f"cannot run symoe's check there: {_first_line(exc)}"
             return {"host": node.get("NodeManagerAddress", "?"), "gpus": [], "problems": [why]}
@@ -235,6 +240,10 @@ class Cluster:
     async def where(self, device: Device) -> Device | None:
         """The device a lane's next group runs on: its own, or where it moved."""
         return await self.move(device)
+
+    def live(self, devices: Sequence[Device]) -> list[Device]:
+        """``devices`` without the lost ones (a later batch plans without them)."""
+        return [d for d in devices if not self._lost(d)]
 
     def _lost(self, device: Device) -> bool:
         host = self._hosts.get(device)
@@ -350,7 +359,9 @@ class RemoteHost:
     # -- the manager's calls -----------------------------------------------------------
 
     async def acquire(self, model: str, *, exclusive: bool = True, gpu_ids: Sequence[int] | None = None, share: object = None) -> Endpoint:
-        reply = await self._control("acquire", model, exclusive, sorted(self.reuse_later), model=model)
+        # always exclusive: a host is one device, which turns (``Turns``) give to one server's
+        # groups at a time; a server kept for a later stage must not stay loaded under the next
+        reply = await self._control("acquire", model, True, sorted(self.reuse_later), model=model)
         if "error" in reply:
             raise ServerStartError(model, f"{reply['error']} (node {self.node})")
         return self._endpoint[model]

@@ -177,6 +177,8 @@ class Controller:
     async def devices(self) -> list[Device]:
         """Where servers can run: GPU slices sized to the largest tp, or the CPU."""
         if self._devices is not None:
+            if self.cluster is not None:  # a later batch plans on the devices still alive
+                return self.cluster.live(self._devices) or self._devices
             return self._devices
         cfg = self.config
         needed = 0

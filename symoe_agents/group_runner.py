@@ -81,7 +81,8 @@ class NoProgress:
 
 
 def _node(device: Device | None) -> str | None:
-    """The node an event of a group on ``device`` names (None: this machine)."""
+    """The node an event of a group on ``device`` names (None: this machine, where a hosted
+    model's calls leave from)."""
     return node_name(device.node) if device is not None and device.node else None
 
 
@@ -199,7 +200,7 @@ class GroupRunner:
         model = self.config.model(group.model)
         hosted = isinstance(model, OpenAIModel)
         cache = self.cache
-        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n, node=_node(device))
+        self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device))
         stats = GroupStats()
         finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
         # why this group stops sending (the answer cache stuck, or on_final failing: the
@@ -213,7 +214,7 @@ class GroupRunner:
             if c.error:
                 stats.failed += 1
                 req = requests[i]
-                self.events.emit("request_failed", group=group.name, model=group.model, node=_node(device),
+                self.events.emit("request_failed", group=group.name, model=group.model, node=_node(None if hosted else device),
                                  detail={"question": req.question_id, "sample": req.sample, "error": c.error})  # fmt: skip
             try:
                 await _settle(on_final(i, c))
@@ -442,7 +443,7 @@ class GroupRunner:
             await turn.aclose()
             self.progress.finish()
             self.events.emit(
-                "group_end", group=group.name, model=group.model, server=group.server, requests=n, node=_node(device),
+                "group_end", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device),
                 duration_s=round(time.monotonic() - began, 3),
                 detail={"failed": stats.failed, "restarts": stats.restarts, "calls": stats.calls, "resent": stats.resent,
                         "cached": stats.cached, "skipped": stats.skipped, "peak_in_flight": stats.peak_in_flight},

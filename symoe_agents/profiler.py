@@ -205,7 +205,7 @@ async def _each_model(
     dealt = deal([sum(len(ids[m]) for m in jobs[k]) for k in keys], keys, len(devices), [i for i, k in enumerate(keys) if k == skill_server])
     lanes = [[m for i in mine for m in jobs[keys[i]]] for mine in dealt]
 
-    halted: list[SymoeError] = []
+    halted: list[Exception] = []
 
     async def lane(device, models: list[str]) -> None:
         for model in models:
@@ -214,7 +214,7 @@ async def _each_model(
             here = await ctrl.cluster.where(device) or device
             try:
                 await _each_once(ctrl, kind, model, ids[model], prompts, streams, keep, here)
-            except SymoeError as exc:  # a full disk under the store: this lane stops; the others finish
+            except (SymoeError, OSError) as exc:  # a full disk under the store: this lane stops; the others finish
                 halted.append(exc)  # what they have in flight (raising here would cancel answers being paid for)
                 return
 
