@@ -214,17 +214,25 @@ def unit_rows(vectors) -> "np.ndarray":
 
 
 def nearest(queries, vocabulary, chunk: int = 2048) -> list[int]:
-    """Index of the most cosine-similar vocabulary vector for each query (pure).
-    Queries go through in chunks: 20,000 keywords against a 5,000-skill vocabulary would
-    otherwise be one 400 MB similarity matrix; a chunk is 40 MB."""
+    """Index of the most cosine-similar vocabulary vector for each query (pure)."""
+    return nearest_scored(queries, vocabulary, chunk)[0]
+
+
+def nearest_scored(queries, vocabulary, chunk: int = 2048) -> tuple[list[int], list[float]]:
+    """``nearest``'s indices and their cosine similarities (pure). Queries go through in
+    chunks: 20,000 keywords against a 5,000-skill vocabulary would otherwise be one 400 MB
+    similarity matrix; a chunk is 40 MB."""
     if len(queries) == 0:
-        return []
+        return [], []
     q = unit_rows(queries)
     v = vocabulary if isinstance(vocabulary, np.ndarray) and vocabulary.dtype == np.float32 else unit_rows(vocabulary)
     out = np.empty(len(q), dtype=np.int64)
+    best = np.empty(len(q), dtype=np.float32)
     for start in range(0, len(q), chunk):
-        out[start : start + chunk] = (q[start : start + chunk] @ v.T).argmax(axis=1)
-    return out.tolist()
+        sims = q[start : start + chunk] @ v.T
+        out[start : start + chunk] = sims.argmax(axis=1)
+        best[start : start + chunk] = sims.max(axis=1)
+    return out.tolist(), best.tolist()
 
 
 class Aligner:
@@ -246,14 +254,19 @@ class Aligner:
 
     async def mapping(self, keywords: set[str]) -> dict[str, str]:
         """keyword -> nearest vocabulary keyword (exact: only keywords already in it)."""
+        return {k: target for k, (target, _) in (await self.matches(keywords)).items()}
+
+    async def matches(self, keywords: set[str]) -> dict[str, tuple[str, float]]:
+        """keyword -> (nearest vocabulary keyword, cosine similarity); a keyword the
+        vocabulary holds verbatim maps to itself with similarity 1.0."""
         known = set(self.vocabulary)
-        out = {k: k for k in keywords if k in known}
+        out = {k: (k, 1.0) for k in keywords if k in known}
         rest = sorted(k for k in keywords if k not in known)
         if not rest or self.embedder is None or not self.vocabulary:
             return out
         await self.prepare()
         assert self._vocab_vectors is not None
         vectors = await self.embedder.embed(rest)
-        for k, i in zip(rest, nearest(vectors, self._vocab_vectors)):
-            out[k] = self.vocabulary[i]
+        for k, i, sim in zip(rest, *nearest_scored(vectors, self._vocab_vectors)):
+            out[k] = (self.vocabulary[i], sim)
         return out

@@ -36,6 +36,7 @@ def solve(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither reuse nor store model answers (questions in OUTPUT are still skipped)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over: overwrite OUTPUT and request every answer again (new answers replace cached ones)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="ask again the questions whose record in OUTPUT lists errors")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="each record says why its experts were chosen (config: explain = true)")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid records and list the invalid ones in the summary, instead of refusing the file")] = False,
 ) -> None:
     """Solve a question set: infer skills, recruit experts, answer group by group, aggregate.
@@ -47,7 +48,7 @@ def solve(
         raise typer.Exit(2)
     out_path = output or Path(f"{input.stem}.answers.jsonl")
     try:
-        cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
+        cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None, explain=explain or None)
         if no_profiles:
             cfg = cfg.without_profiles()
         questions, skipped, warnings = read_questions_skipping(input, skip_invalid)

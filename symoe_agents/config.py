@@ -466,6 +466,7 @@ class Config(_Strict):
         description="'expert-majority': when the aggregator fails or does not parse, take the experts' majority "
         "(the record says so); 'none' (the method): no answer, scored wrong",
     )
+    explain: bool = Field(default=False, description="every record explains its routing (keywords, alignment, S, gamma, probabilities, draws)")
     profiles: Path | None = None
     prompts_dir: Path | None = None
     models: dict[str, ModelConfig]

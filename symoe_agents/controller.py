@@ -46,6 +46,7 @@ from .agents import Agent, Connect, OpenAIClient, build_agent
 from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
+from .explain import RoutingExplanation, explain_route
 from .config import Config, uses_cpu
 from .errors import CacheError, OutputError, ServerStartError, SymoeError
 from .events import EventLog
@@ -129,6 +130,7 @@ class Controller:
         self._dropped: Container[str] = ()
         self._tokens_to: Mapping[str, Callable[[str], None]] = {}
         self._aligner: Aligner | None = None
+        self._matches: Mapping[str, tuple[str, float]] = {}  # keyword -> (profile keyword, similarity), when explaining
         self.alignment_warning: str | None = None
         self.aggregator = config.roles.aggregator
         if config.profiles:
@@ -384,7 +386,10 @@ class Controller:
         detail: dict[str, object] = {"method": "profiles" if profiles else "uniform-no-profiles"}
         align = routing.exact_align
         if profiles is not None:
-            mapping = await self.aligner().mapping({k for kws in keywords.values() for k in kws})
+            matches = await self.aligner().matches({k for kws in keywords.values() for k in kws})
+            mapping = {k: target for k, (target, _) in matches.items()}
+            if cfg.explain:  # the records' explanations read the similarities (the batch's distinct keywords)
+                self._matches = matches
             detail["alignment"] = self._aligner.method
             if self.alignment_warning:
                 detail["warning"] = self.alignment_warning
@@ -422,6 +427,7 @@ class Controller:
         self.method = method or Method("symoe", "skills", self.config.k)
         self._dropped = dropped
         self._tokens_to = tokens_to or {}
+        self._matches = {}
         self.tally = OutcomeTally()
         prepared = await asyncio.to_thread(prepare_all, questions)  # a hash and a format per question
         events = EventTally()
@@ -671,12 +677,25 @@ class Controller:
             aggregator=aggregator, aggregator_response=agg.text if agg else None, aggregator_answer=agg,
             aggregator_status=status, final_answer=final, final_source=source, gold_answer=gold,
             correct=correct, errors=run.errors.pop(qid, []), truncated=_in_call_order(run.truncated.pop(qid, [])), usage=usage,
+            routing_explanation=self._explain(route, run.skills.keywords.get(qid, []), p.stream) if self.config.explain else None,
         )  # fmt: skip
         self.tally.count(result)
         if run.on_result is not None:
             done = run.on_result(result)
             if inspect.isawaitable(done):
                 await done
+
+    def _explain(self, route: routing.Route, raw_keywords: list[str], draw_key: str) -> RoutingExplanation:
+        pool = self.config.roles.experts
+        profiles = {m: self.profiles[m].skills for m in pool} if self.profiles else None
+        gamma = self._gamma if profiles else None
+        return explain_route(route, raw_keywords, self._matches, profiles, gamma, pool, self.config.seed, draw_key)
+
+    @functools.cached_property
+    def _gamma(self) -> dict[str, float]:
+        """The pool's global competence (the profiles do not change while the controller lives)."""
+        assert self.profiles
+        return routing.global_competence({m: sum(self.profiles[m].skills.values()) for m in self.config.roles.experts})
 
     def _summary(self, events: "EventTally") -> RunSummary:
         summary = events.summary()

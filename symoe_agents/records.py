@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from .explain import RoutingExplanation
 from .formats import AnswerFormat
 
 
@@ -148,6 +149,9 @@ class QuestionResult(BaseModel):
     correct: bool | None = None
     errors: list[str] = []
     usage: Usage = Field(default_factory=Usage, description="tokens and calls by stage, cache hits included")
+    routing_explanation: RoutingExplanation | None = Field(
+        default=None, description="why these experts (config explain = true): keywords, alignment, S, gamma, probabilities, draws"
+    )
 
     @property
     def tokens(self) -> int:

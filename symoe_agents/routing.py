@@ -87,14 +87,18 @@ def suitability(keywords: Sequence[str], profiles: Mapping[str, Mapping[str, flo
     return dict(sorted(scores.items(), key=lambda item: item[1], reverse=True))
 
 
-def expert_probabilities(scores: Mapping[str, float], gamma: Mapping[str, float]) -> dict[str, float]:
-    """p_i from local suitability and global competence (steps 3 of the module doc)."""
+def expert_weights(scores: Mapping[str, float], gamma: Mapping[str, float]) -> tuple[dict[str, float], bool]:
+    """w_i of step 3, and whether the scores were shifted (no candidate scored above 0)."""
     positive = {m: s for m, s in scores.items() if s > 0}
     if positive:
-        weights = {m: s * gamma[m] for m, s in positive.items()}
-    else:
-        lowest = min(scores.values())
-        weights = {m: (s - lowest + 1) * gamma[m] for m, s in scores.items()}
+        return {m: s * gamma[m] for m, s in positive.items()}, False
+    lowest = min(scores.values())
+    return {m: (s - lowest + 1) * gamma[m] for m, s in scores.items()}, True
+
+
+def expert_probabilities(scores: Mapping[str, float], gamma: Mapping[str, float]) -> dict[str, float]:
+    """p_i from local suitability and global competence (steps 3 of the module doc)."""
+    weights, _ = expert_weights(scores, gamma)
     total = sum(weights.values())
     if total == 0:  # every candidate has zero competence: fall back to equal chances
         return {m: 1.0 / len(weights) for m in weights}

@@ -30,6 +30,30 @@ def test_nearest_is_cosine_top1(queries, vocab, expected):
     assert nearest(queries, vocab) == expected
 
 
+class _Fixed:
+    """An embedder with chosen vectors: the similarity it yields is known by hand."""
+
+    name = "fixed"
+
+    def __init__(self, vectors):
+        self.vectors = vectors
+
+    async def embed(self, texts):
+        return [self.vectors[t] for t in texts]
+
+
+async def test_matches_report_the_cosine_of_the_nearest_keyword():
+    vectors = {"algebra": [1, 0], "law": [0, 1], "equations": [3, 1], "courts": [-1, 2]}
+    al = Aligner(["algebra", "law"], _Fixed(vectors))
+    got = await al.matches({"equations", "courts", "law"})
+    # cos((3,1),(1,0)) = 3/sqrt(10); cos((-1,2),(0,1)) = 2/sqrt(5); verbatim: 1
+    assert got.keys() == {"equations", "courts", "law"}
+    assert got["law"] == ("law", 1.0)
+    assert got["equations"][0] == "algebra" and got["equations"][1] == pytest.approx(3 / 10**0.5, rel=1e-6)
+    assert got["courts"][0] == "law" and got["courts"][1] == pytest.approx(2 / 5**0.5, rel=1e-6)
+    assert await al.mapping({"equations", "courts"}) == {"equations": "algebra", "courts": "law"}
+
+
 async def test_exact_alignment_keeps_known_keywords_only():
     al = Aligner(["algebra", "law"], None)
     assert await al.mapping({"algebra", "poetry"}) == {"algebra": "algebra"}

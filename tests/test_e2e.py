@@ -46,9 +46,14 @@ def test_solve_example_set(tmp_path):
     questions = read_jsonl(EXAMPLES / "questions.jsonl")
     assert len(questions) >= 5
     out, ev = tmp_path / "answers.jsonl", tmp_path / "events.jsonl"
-    proc = run_symoe("solve", EXAMPLES / "questions.jsonl", "-o", out, "--events", ev)
+    proc = run_symoe("solve", EXAMPLES / "questions.jsonl", "-o", out, "--events", ev, "--explain")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = load_config()
+    from symoe_agents.profiles import load_profiles
+    from test_explain import check as check_explanation
+
+    profiles = {m: p.skills for m, p in load_profiles(cfg.profiles, cfg.roles.experts).items()}
+    vocabulary = {kw for p in profiles.values() for kw in p}
     chosen_aggregator = json.loads((cfg.profiles / "_aggregator.json").read_text())["aggregator"]
     template = (ROOT / "prompts" / "aggregator.md").read_text().rstrip("\n")
 
@@ -62,6 +67,14 @@ def test_solve_example_set(tmp_path):
         # the pool ships with profiles: a question with keywords is routed by them
         assert r["routing"] == ("skills" if r["skills"] else "uniform-no-keywords")
         assert len(r["experts"]) == cfg.k and set(r["experts"]) <= set(cfg.roles.experts)
+        # --explain: why these experts, recomputed from the explanation and the shipped profiles
+        ex = r["routing_explanation"]
+        assert ex["method"] == r["routing"] and [m["keyword"] for m in ex["keywords"]] == r["skills"]
+        for m in ex["keywords"]:  # MiniLM alignment maps every keyword to a profile keyword
+            assert m["aligned_to"] in vocabulary and -1 <= m["similarity"] <= 1 + 1e-6
+            assert m["similarity"] == 1.0 or m["keyword"] not in vocabulary  # verbatim: 1, no embedding
+        if ex["method"] == "skills":
+            check_explanation(ex, profiles, r["experts"])
         answers = sorted(r["expert_answers"], key=lambda a: a["slot"])
         assert [a["model"] for a in answers] == r["experts"]
         for n, a in enumerate(answers):
