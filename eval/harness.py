@@ -17,6 +17,7 @@ from symoe_agents.api import SymbolicMoE
 from symoe_agents.cache import AnswerCache
 from symoe_agents.config import Config
 from symoe_agents.controller import Progress
+from symoe_agents.errors import BudgetSpent
 from symoe_agents.events import EventLog
 from symoe_agents.methods import Method
 from symoe_agents.records import Question
@@ -34,7 +35,13 @@ async def run_eval(
     are then paid once, so per-method calls and wall time no longer compare schedules."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    limit = config.cost.max_usd  # --max-cost spans every method: each gets what the ones before left
     for method in methods:
+        if limit is not None:
+            spent = sum(r["cost_usd"] for r in rows)
+            if spent >= limit:
+                raise BudgetSpent(limit, spent)
+            config = config.with_budget(limit - spent)
         events = EventLog(out_dir / f"{method.name}.events.jsonl")
         if on_event:
             events.listen(on_event)

@@ -38,6 +38,7 @@ def method_row(name: str, results: list[QuestionResult], events: list[Event], wa
         cat = r.category or r.id.split(":", 1)[0]
         by_cat.setdefault(cat, []).append(r)
         experts_by_cat.setdefault(cat, Counter()).update(r.experts)
+    cost = sum(r.usage.cost_usd for r in results)
     calls = skill_calls + sum(layers * len(r.expert_answers) + (1 if r.aggregator_answer else 0) for r in results)
     return {
         "method": name,
@@ -53,6 +54,10 @@ def method_row(name: str, results: list[QuestionResult], events: list[Event], wa
         "truncated_calls": sum(outcome.truncated.values()),
         "calls_per_question": calls / n if n else 0.0,
         "tokens_per_question": tokens / n if n else 0.0,
+        # what the method paid in this run (costs.py): USD per 1,000 questions, device time per question
+        "cost_usd": cost,
+        "cost_per_1k_usd": 1000 * cost / n if n else 0.0,
+        "device_s_per_question": sum(r.usage.device_s for r in results) / n if n else 0.0,
         "model_loads": sum(1 for e in events if e.kind == "server_start"),
         "wall_s": round(wall_s, 2),
         "experts_by_category": {c: dict(cnt) for c, cnt in sorted(experts_by_cat.items())},
@@ -69,12 +74,12 @@ def _pct(x: float | None) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     benches = sorted({b for r in rows for b in r["by_benchmark"]})
     head = ["method", "questions", "accuracy %", *[f"{b} %" for b in benches], "no answer", "agg. unparsable",
-            "agg. failed", "fallbacks", "agg. skipped", "truncated", "calls/q", "tokens/q", "model loads", "wall s"]  # fmt: skip
+            "agg. failed", "fallbacks", "agg. skipped", "truncated", "calls/q", "tokens/q", "USD/1k q", "device s/q", "model loads", "wall s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
     for r in rows:
         cells = [r["method"], str(r["questions"]), _pct(r["accuracy"]), *[_pct(r["by_benchmark"].get(b)) for b in benches],
                  *[str(r[c]) for c in _OUTCOMES], f"{r['calls_per_question']:.1f}", f"{r['tokens_per_question']:.0f}",
-                 str(r["model_loads"]), f"{r['wall_s']:.1f}"]  # fmt: skip
+                 f"{r['cost_per_1k_usd']:.4f}", f"{r['device_s_per_question']:.2f}", str(r["model_loads"]), f"{r['wall_s']:.1f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     cats = sorted({c for r in rows for c in r["by_category"]})
     if len(cats) > 1:
@@ -104,6 +109,24 @@ def plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
+    if any(r["cost_per_1k_usd"] or r["device_s_per_question"] for r in rows):
+        # priced: USD per 1,000 questions; unpriced local models: device-seconds per question
+        priced = any(r["cost_per_1k_usd"] for r in rows)
+        key, label = ("cost_per_1k_usd", "USD per 1,000 questions") if priced else ("device_s_per_question", "device-seconds per question")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            x, y = r[key], 100 * (r["accuracy"] or 0)
+            ax.scatter([x], [y], color="#4C72B0")
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("Accuracy against cost")
+        ax.set_xlim(left=0)
+        fig.tight_layout()
+        path = out_dir / "accuracy_vs_cost.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     sym = next((r for r in rows if r["method"] == "symoe"), None)
     if sym and sym["experts_by_category"]:
         cats = list(sym["experts_by_category"])

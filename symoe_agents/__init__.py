@@ -6,7 +6,7 @@ Public names are listed in ``__all__``; everything else is internal.
 from .api import SymbolicMoE
 from .cache import AnswerCache
 from .config import Config, load_config
-from .errors import CacheError, ConfigError, EndpointError, InputError, ProfileError, OutputError, PromptError, ServerStartError, SymoeError
+from .errors import BudgetSpent, CacheError, ConfigError, EndpointError, InputError, ProfileError, OutputError, PromptError, ServerStartError, SymoeError
 from .events import Event, EventLog
 from .summary import RunSummary
 from .formats import AnswerFormat
@@ -19,6 +19,7 @@ __all__ = [
     "AggregatorAnswer",
     "AnswerCache",
     "AnswerFormat",
+    "BudgetSpent",
     "CacheError",
     "Config",
     "ConfigError",

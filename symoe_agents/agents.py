@@ -29,6 +29,7 @@ from symoe_agents.servers import Endpoint
 
 from . import redaction
 from .config import SERIAL_IN_FLIGHT, Concurrency, Config, Sampling
+from .costs import ShareClock
 from .prompting import PromptTemplate, RenderedPrompt, load_template
 from .records import Completion
 
@@ -258,10 +259,12 @@ class AgentRunner:
     keeps another request from the server."""
 
     def __init__(
-        self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None, connect: Connect = OpenAIClient
+        self, endpoint: Endpoint, concurrency: Concurrency, run_seed: int, max_in_flight: int | None = None, connect: Connect = OpenAIClient,
+        clock: ShareClock | None = None,
     ):
         """``connect`` opens the model client (``OpenAIClient`` unless a caller puts another
-        model there, e.g. a scripted one in a test)."""
+        model there, e.g. a scripted one in a test). ``clock``: the server's device-time
+        clock, shared by every runner that sends to it (each call's ``device_s``)."""
         self.endpoint = endpoint
         self.concurrency = concurrency
         self.run_seed = run_seed
@@ -274,6 +277,7 @@ class AgentRunner:
         self.calls_sent = 0  # HTTP attempts, retries included: proves what was (not) sent twice
         self.peak_in_flight = 0  # the most sequences open at once, for the group's event
         self._open = 0
+        self.clock = clock or ShareClock()
         rps = concurrency.requests_per_second
         self._throttle = Throttler(rate_limit=1, period=1.0 / rps) if rps else None
 
@@ -357,6 +361,7 @@ class AgentRunner:
             on_delta(piece)
 
         started: float | None = None
+        device_s = 0.0  # each sequence's share of the server's time, every attempt
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(retryable_error),
@@ -375,6 +380,7 @@ class AgentRunner:
                         self.calls_sent += 1
                         self._open += n
                         self.peak_in_flight = max(self.peak_in_flight, self._open)
+                        mark = self.clock.enter(n)
                         try:
                             async with asyncio.timeout(self.concurrency.request_timeout_s):
                                 if on_delta is not None and n == 1:
@@ -387,6 +393,7 @@ class AgentRunner:
                             raise
                         finally:
                             self._open -= n
+                            device_s += self.clock.leave(mark, n)  # failed attempts held the device too
         except Exception as exc:  # recorded, not raised: one failed call must not sink the group
             failed = Completion(
                 model=agent.model,
@@ -394,6 +401,7 @@ class AgentRunner:
                 prompt_sha256=prompt.sha256,
                 error="not sent: the server is down" if isinstance(exc, _NotSent) else describe_error(exc, agent.model, self.endpoint),
                 retryable=isinstance(exc, _NotSent) or retryable_error(exc) or (isinstance(exc, CallFailed) and exc.elsewhere),
+                device_s=device_s,
             )
             return [failed] + [failed.model_copy() for _ in range(n - 1)]
         assert started is not None
@@ -407,7 +415,7 @@ class AgentRunner:
                 Completion(
                     model=agent.model, text=text or "", finish_reason=choice.finish_reason if choice else None,
                     prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=usage.completion_tokens if usage else 0,
-                    latency_s=latency, prompt_sha256=prompt.sha256,
+                    latency_s=latency, prompt_sha256=prompt.sha256, device_s=device_s,
                 )  # fmt: skip
             ]
         out: list[Completion] = []
@@ -415,7 +423,7 @@ class AgentRunner:
             choice = choices.get(j)
             if choice is None:
                 out.append(Completion(
-                    model=agent.model, latency_s=latency, prompt_sha256=prompt.sha256,
+                    model=agent.model, latency_s=latency, prompt_sha256=prompt.sha256, device_s=device_s,
                     error=f"model '{agent.model}' ({self.endpoint.base_url}) answered {len(choices)} of {n} samples asked "
                           "in one request: set samples_per_request = 1 for this model",
                 ))  # fmt: skip
@@ -425,6 +433,6 @@ class AgentRunner:
                 model=agent.model, text=choice.message.content or "", finish_reason=choice.finish_reason,
                 prompt_tokens=(usage.prompt_tokens if usage else 0) if j == 0 else 0,
                 completion_tokens=len(tokens) if tokens is not None else ((usage.completion_tokens if usage else 0) // n),
-                latency_s=latency, prompt_sha256=prompt.sha256,
+                latency_s=latency, prompt_sha256=prompt.sha256, device_s=device_s,
             ))  # fmt: skip
         return out

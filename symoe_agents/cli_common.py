@@ -24,6 +24,9 @@ from .errors import ClusterError, ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
 from .preflight import preflight
 
+#: ``--max-cost`` stopped the run: everything answered is kept, the same command resumes
+BUDGET_EXIT = 3
+
 
 def err(msg: str) -> None:
     """A message on stderr. A reader that went away (``symoe solve ... 2>&1 | head``, a

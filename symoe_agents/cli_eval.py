@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import TerminalProgress, err, load_checked, lock_or_exit, run_with_signals
-from .errors import CacheError, ClusterError, OutputError, SymoeError
+from .cli_common import BUDGET_EXIT, TerminalProgress, err, load_checked, lock_or_exit, run_with_signals
+from .errors import BudgetSpent, CacheError, ClusterError, ConfigError, OutputError, SymoeError
 from .methods import METHOD_NAMES
 from .output_paths import check_folder_target
 
@@ -27,6 +27,7 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option("--k", min=1)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache: resume an interrupted evaluation without paying again (methods then share identical calls, so their costs no longer compare)")] = None,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="stop cleanly once all methods' calls cost this many USD (exit 3; with --cache the same command resumes); needs prices in the config")] = None,
 ) -> None:
     """Run symoe and the paper's baselines on the same questions; write JSON, Markdown and plots."""
     from symoe_agents.eval.benchmarks import load_benchmark
@@ -37,7 +38,11 @@ def evaluate(
     from .methods import build_methods
     from .profiles import load_profiles
 
-    cfg = load_checked(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None)
+    try:
+        cfg = load_checked(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None).with_budget(max_cost)
+    except ConfigError as exc:
+        err(f"error: {exc}")
+        raise typer.Exit(2) from None
     questions = []
     for spec in benchmarks:
         name, qs = load_benchmark(spec, limit, category)
@@ -78,6 +83,9 @@ def evaluate(
             finally:
                 if answers:
                     await answers.aclose()
+        except BudgetSpent as exc:  # --max-cost: a clean stop, its own code
+            err(f"[symoe] {exc}")
+            return BUDGET_EXIT
         except SymoeError as exc:  # a cache stuck or a disk full mid-run, a server that cannot start
             err(f"error: {exc}")
             return 2 if isinstance(exc, (CacheError, OutputError, ClusterError)) else 1

@@ -47,6 +47,10 @@ def serve(
         err("error: symoe serve runs its servers on this machine; its config has a [cluster] table. "
             "Use a config without [cluster] for serve (solve, profile and eval run on the cluster)")  # fmt: skip
         raise typer.Exit(2)
+    if cfg.cost.max_usd is not None:  # a budget ends a run; a server has no end to stop at
+        err("error: cost.max_usd is a budget for one run (solve, eval); symoe serve reports each answer's cost instead. "
+            "Remove max_usd from [cost] for serve")  # fmt: skip
+        raise typer.Exit(2)
     changes = {"window_s": window_s, "max_wait_s": max_wait_s, "max_queue": max_queue, "idle_release_s": idle_release_s}
     if any(v is not None for v in changes.values()):
         serve_opts = cfg.serve.model_copy(update={k: v for k, v in changes.items() if v is not None})

@@ -11,9 +11,9 @@ import typer
 
 from .answer_file import AnswerFile
 from .cache import AnswerCache
-from .cli_common import TerminalProgress, err, lock_or_exit, logged, run_with_signals
+from .cli_common import BUDGET_EXIT, TerminalProgress, err, lock_or_exit, logged, run_with_signals
 from .config import Config, load_config
-from .errors import CacheError, ClusterError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
+from .errors import BudgetSpent, CacheError, ClusterError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
@@ -36,6 +36,7 @@ def solve(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither reuse nor store model answers (questions in OUTPUT are still skipped)")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over: overwrite OUTPUT and request every answer again (new answers replace cached ones)")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="ask again the questions whose record in OUTPUT lists errors")] = False,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="stop cleanly once the run's calls cost this many USD (exit 3; the same command resumes); needs prices in the config")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="each record says why its experts were chosen (config: explain = true)")] = False,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="run the valid records and list the invalid ones in the summary, instead of refusing the file")] = False,
 ) -> None:
@@ -48,7 +49,7 @@ def solve(
         raise typer.Exit(2)
     out_path = output or Path(f"{input.stem}.answers.jsonl")
     try:
-        cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None, explain=explain or None)
+        cfg = load_config(config).with_overrides(k=k, seed=seed, profiles=str(profiles) if profiles else None, explain=explain or None).with_budget(max_cost)
         if no_profiles:
             cfg = cfg.without_profiles()
         questions, skipped, warnings = read_questions_skipping(input, skip_invalid)
@@ -113,6 +114,10 @@ class _SolveRun:
         except ClusterError as exc:  # found while joining, before anything started
             err(f"error: {exc}")
             return 2
+        except BudgetSpent as exc:  # --max-cost: a clean stop, its own code
+            err(f"[symoe] {exc}")
+            self._stopped()
+            return BUDGET_EXIT
         except (ProfileError, OutputError, CacheError, StoreError) as exc:  # a full disk, a locked cache: the user's to fix
             err(f"error: {exc}")
             self._stopped()

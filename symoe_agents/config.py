@@ -68,9 +68,18 @@ class SkillSampling(Sampling):
     samples: int = Field(default=5, ge=1)
 
 
+class Price(_Strict):
+    """What a model's calls cost, in USD: tokens for a hosted model, device time for a local one."""
+
+    input_per_mtok: float | None = Field(default=None, ge=0, description="hosted: USD per million prompt tokens")
+    output_per_mtok: float | None = Field(default=None, ge=0, description="hosted: USD per million completion tokens")
+    device_hour: float | None = Field(default=None, ge=0, description="local: USD per hour of the model's device; default: cost.device_hour")
+
+
 class _ModelBase(_Strict):
     description: str = ""
     sampling: Sampling = Sampling()
+    price: Price = Price()
     max_in_flight: int | None = Field(
         default=None,
         ge=1,
@@ -99,6 +108,13 @@ class _LocalModel(_ModelBase):
         "plans co-residency and overlap",
     )
     start_timeout_s: float | None = Field(default=None, gt=0, description="default: servers.start_timeout_s")
+
+    @field_validator("price")
+    @classmethod
+    def _device_priced(cls, v: Price) -> Price:
+        if v.input_per_mtok is not None or v.output_per_mtok is not None:
+            raise ValueError("a local model costs device time, not tokens: set price.device_hour (USD per hour of its device) instead")
+        return v
 
     def gpus_needed(self) -> int:
         return 0
@@ -270,6 +286,13 @@ class OpenAIModel(_ModelBase):
     api_key_env: str | None = Field(
         default=None, description="name of the environment variable holding the key; None for keyless endpoints"
     )
+
+    @field_validator("price")
+    @classmethod
+    def _token_priced(cls, v: Price) -> Price:
+        if v.device_hour is not None:
+            raise ValueError("a hosted model costs tokens, not device time: set price.input_per_mtok and price.output_per_mtok instead")
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -446,6 +469,13 @@ class ClusterOptions(_Strict):
         return v
 
 
+class CostOptions(_Strict):
+    """Prices that are not a model's own, and the run's budget."""
+
+    device_hour: float | None = Field(default=None, ge=0, description="USD per device-hour for every local model without price.device_hour")
+    max_usd: float | None = Field(default=None, gt=0, description="stop the run cleanly once its calls have cost this much (--max-cost)")
+
+
 class Config(_Strict):
     """A whole run's configuration."""
 
@@ -478,6 +508,7 @@ class Config(_Strict):
     alignment: AlignmentConfig = AlignmentConfig()
     serve: ServeOptions = ServeOptions()
     cluster: ClusterOptions | None = None  # None: one machine, and ray is never imported
+    cost: CostOptions = CostOptions()
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":
@@ -491,12 +522,28 @@ class Config(_Strict):
                 problems.append(f"roles.experts[{i}]: unknown model '{name}'; declared models: {declared}")
         if len(set(self.roles.experts)) != len(self.roles.experts):
             problems.append("roles.experts: lists a model twice; list each expert once")
+        if self.cost.max_usd is not None and not self.priced():
+            problems.append("cost.max_usd (--max-cost): no model has a price, so no budget can be spent; set "
+                            "models.NAME.price (input_per_mtok/output_per_mtok for hosted, device_hour for local) or cost.device_hour")  # fmt: skip
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
     def model(self, name: str) -> AnyModel:
         return self.models[name]
+
+    def price(self, name: str) -> Price:
+        """Model ``name``'s price, a local model's device-hour defaulting to ``cost.device_hour``."""
+        model = self.models[name]
+        if isinstance(model, OpenAIModel) or model.price.device_hour is not None:
+            return model.price
+        return Price(device_hour=self.cost.device_hour)
+
+    def priced(self) -> bool:
+        """Some call of this config can cost money (a budget can be spent)."""
+        return self.cost.device_hour is not None or any(
+            p is not None for m in self.models.values() for p in (m.price.input_per_mtok, m.price.output_per_mtok, m.price.device_hour)
+        )
 
     def in_flight(self, name: str) -> int:
         """Sequences one group keeps open to model ``name`` (see ``in_flight_limit``)."""
@@ -507,6 +554,15 @@ class Config(_Strict):
         data = self.model_dump()
         data.update({k: v for k, v in changes.items() if v is not None})
         return Config.model_validate(data)
+
+    def with_budget(self, max_usd: float | None, source: str = "--max-cost") -> "Config":
+        """A copy whose run stops once its calls cost ``max_usd`` (None: as configured);
+        a budget nothing can spend is a ``ConfigError``."""
+        if max_usd is None:
+            return self
+        data = self.model_dump()
+        data["cost"]["max_usd"] = max_usd
+        return parse_config(data, source)
 
     def secret_env_names(self) -> set[str]:
         """The environment variables this config reads keys from (hosted models, alignment)."""

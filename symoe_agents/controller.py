@@ -46,6 +46,7 @@ from .agents import Agent, Connect, OpenAIClient, build_agent
 from .cache import AnswerCache
 from .methods import Method
 from .alignment import Aligner, make_embedder
+from .costs import Budget
 from .explain import RoutingExplanation, explain_route
 from .config import Config, uses_cpu
 from .errors import CacheError, OutputError, ServerStartError, SymoeError
@@ -81,7 +82,7 @@ class SkillResults:
     texts: dict[str, list[str]]
     errors: dict[str, list[str]]
     truncated: dict[str, list[str]] = field(default_factory=dict)
-    usage: dict[str, list[int]] = field(default_factory=dict)  # per question: calls, cached, prompt and completion tokens
+    usage: dict[str, list] = field(default_factory=dict)  # per question: calls, cached, prompt and completion tokens, device s, USD
 
 
 @dataclass
@@ -115,6 +116,8 @@ class Controller:
         self.events = events
         self.cluster = cluster
         self.groups = GroupRunner(config, manager, events, progress, cache, connect)
+        # --max-cost spans the controller's life: every batch and, in eval, every method
+        self.groups.budget = Budget(config.cost.max_usd) if config.cost.max_usd else None
         if cluster is not None:
             self.groups.hosts = cluster
             # one group at a time on a device: a lane moved off a lost node shares its new device
@@ -352,11 +355,14 @@ class Controller:
                 store.put(qid, "skills", req.sample, c.text or "")
             self.tally.prompt_tokens += c.prompt_tokens
             self.tally.completion_tokens += c.completion_tokens
-            used = out.usage.setdefault(qid, [0, 0, 0, 0])
+            used = out.usage.setdefault(qid, [0, 0, 0, 0, 0.0, 0.0])
             used[0] += 1
             used[1] += c.cached
             used[2] += c.prompt_tokens
             used[3] += c.completion_tokens
+            if not c.cached:  # paid by an earlier run
+                used[4] += c.device_s
+                used[5] += c.cost_usd
             if entry[0] == samples:  # each sample is final exactly once
                 del arriving[qid]
                 out.keywords[qid] = infer_keywords(entry[1])
@@ -648,8 +654,9 @@ class Controller:
         roles = ["skills", *(f"expert{layer}" for layer in range(last + 1))]
         stored = await run.store.get(qid, *roles)
         usage = Usage()
-        calls, cached, prompt_tokens, completion_tokens = run.skills.usage.pop(qid, (0, 0, 0, 0))
-        usage.skills = StageUsage(calls=calls, cached=cached, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        calls, cached, prompt_tokens, completion_tokens, device_s, cost_usd = run.skills.usage.pop(qid, (0, 0, 0, 0, 0.0, 0.0))
+        usage.skills = StageUsage(calls=calls, cached=cached, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                  device_s=device_s, cost_usd=cost_usd)  # fmt: skip
         for layer in range(last):  # an earlier Mixture-of-Agents layer's tokens still count
             for body in stored[f"expert{layer}"].values():
                 earlier = ExpertAnswer.model_validate_json(body)

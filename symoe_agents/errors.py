@@ -70,3 +70,12 @@ class OutputError(SymoeError):
 class ClusterError(SymoeError):
     """The Ray cluster of ``[cluster]`` cannot run the config (Ray missing, no cluster at the
     address, no usable node, a node without the model files): found before anything starts."""
+
+
+class BudgetSpent(SymoeError):
+    """The run's calls cost ``--max-cost`` (``cost.max_usd``): no more requests were sent.
+    Everything answered is kept; the same command resumes."""
+
+    def __init__(self, limit_usd: float, spent_usd: float):
+        self.limit_usd, self.spent_usd = limit_usd, spent_usd
+        super().__init__(f"budget spent: the calls cost ${spent_usd:.4f} of the ${limit_usd:.4f} allowed (--max-cost), so no more requests were sent")

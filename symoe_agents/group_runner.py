@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
+from .costs import Budget, ShareClock, call_cost
 from .dispatch import dispatch, pool_size, sample_batches
 from .errors import ServerStartError
 from symoe_agents.servers import Endpoint
@@ -148,6 +149,10 @@ class GroupRunner:
         # a cluster run (``cluster.py``): a device's servers are on its node, run by its host;
         # a group whose node is lost moves on to a live device and sends what is unanswered
         self.hosts: Cluster | None = None
+        # each server's device-time clock, by endpoint: shared by every group that sends to it
+        # (serve's windows included: sibling runners share this dict)
+        self.clocks: dict[str, ShareClock] = {}
+        self.budget: Budget | None = None  # --max-cost: no request is sent once it is spent
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -202,6 +207,9 @@ class GroupRunner:
         cache = self.cache
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device))
         stats = GroupStats()
+        price = self.config.price(group.model)
+        load_s = 0.0  # the server's start (and restarts) on the device, shared by the group's requests
+        held_from: float | None = None  # when the group first asked for its server: device time from there
         finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
         # why this group stops sending (the answer cache stuck, or on_final failing: the
         # answers file on a full disk); requests in flight then finish and are kept, and the
@@ -288,7 +296,7 @@ class GroupRunner:
             async def serve_on(dev: Device | None) -> Endpoint | None:
                 """Take ``dev``'s turn and the group's server on it; None: the group cannot
                 run anywhere (every request not yet final has failed)."""
-                nonlocal manager, device
+                nonlocal manager, device, load_s, held_from
                 while True:
                     await turn.aclose()  # a move gives the lost device's turn back
                     if remote:
@@ -308,13 +316,17 @@ class GroupRunner:
                     if self.on_serving is not None and not told:
                         told.append(True)
                         self.on_serving(group)
+                    asked = time.monotonic()
                     try:
-                        return await manager.acquire(
+                        got = await manager.acquire(
                             group.model,
                             exclusive=exclusive and not co_resident,
                             gpu_ids=dev.gpu_ids if dev else None,
                             share=await self.share(group.model, dev, co_resident) if dev else None,
                         )
+                        load_s += time.monotonic() - asked
+                        held_from = asked if held_from is None else held_from
+                        return got
                     except HostLost:
                         continue  # its node went: the next live device
                     except Exception as exc:  # ServerStartError, or a hosted endpoint without its key
@@ -342,13 +354,16 @@ class GroupRunner:
                 # with the narrowest requests
                 narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
                 connect = manager.connect_for(group.model) if remote else self.connect
-                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, connect) as runner:
+                clock = self.clocks.setdefault(endpoint.base_url, ShareClock())
+                async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, connect, clock) as runner:
 
                     async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
                         # a unit is one request: a whole batch (members not yet final are the
                         # ones that count), sent again whole if any member needs it, so that
                         # its samples are always the ones its cache keys name
                         stop = cache.stuck() if cache is not None else None
+                        if stop is None and self.budget is not None and self.budget.exhausted:
+                            stop = self.budget.error()
                         if stop is not None:  # send nothing more; what is in flight finishes and is kept
                             halted.append(stop)
                         if halted:
@@ -373,6 +388,11 @@ class GroupRunner:
                         for i, c in zip(members, results):
                             if i not in keys:
                                 continue  # final already (cached, or answered before a restart)
+                            # what the call cost: a hosted one its tokens, a local one its share of the device
+                            c.device_s = 0.0 if hosted else c.device_s + load_s / n
+                            c.cost_usd = call_cost(price, c.prompt_tokens, c.completion_tokens, c.device_s)
+                            if self.budget is not None:
+                                self.budget.add(c.cost_usd)
                             if cache is not None and keys[i] is not None:
                                 req = requests[i]
                                 cache.put(keys[i], c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
@@ -422,7 +442,9 @@ class GroupRunner:
                         break
                     stats.restarts += 1
                     try:
+                        asked = time.monotonic()
                         endpoint = await manager.restart(group.model, reason, seen)
+                        load_s += time.monotonic() - asked
                     except HostLost:  # the node went while its server restarted
                         lost = True
                     except ServerStartError as exc:
@@ -445,7 +467,8 @@ class GroupRunner:
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device),
                 duration_s=round(time.monotonic() - began, 3),
-                detail={"failed": stats.failed, "restarts": stats.restarts, "calls": stats.calls, "resent": stats.resent,
+                detail={"held_s": 0.0 if hosted or held_from is None else round(time.monotonic() - held_from, 3), "load_s": round(load_s, 3),
+                        "failed": stats.failed, "restarts": stats.restarts, "calls": stats.calls, "resent": stats.resent,
                         "cached": stats.cached, "skipped": stats.skipped, "peak_in_flight": stats.peak_in_flight},
             )  # fmt: skip
 

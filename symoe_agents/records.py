@@ -40,6 +40,8 @@ class Completion(BaseModel):
     finish_reason: str | None = Field(default=None, description="the server's: 'stop', 'length' (cut off at max_tokens), ...")
     retryable: bool = Field(default=False, description="the error was transient (connection, timeout, 429, 5xx)")
     cached: bool = Field(default=False, description="reused from the answer cache, not requested in this run")
+    device_s: float = Field(default=0.0, description="local model: this call's share of its device's time (costs.py); 0 for hosted")
+    cost_usd: float = Field(default=0.0, description="what this call cost when it was made (cached: paid by an earlier run)")
 
     @field_validator("text", "error")
     @classmethod
@@ -89,18 +91,24 @@ AggregatorStatus = Literal[
 
 class StageUsage(BaseModel):
     """One stage's calls for one question: how many, how many came from the answer cache
-    (their tokens are the ones paid when they were first asked), and their tokens."""
+    (their tokens are the ones paid when they were first asked), their tokens, and what this
+    run paid for them: device time and USD of the calls it made (cached ones cost nothing now)."""
 
     calls: int = 0
     cached: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    device_s: float = 0.0
+    cost_usd: float = 0.0
 
     def add(self, c: Completion) -> None:
         self.calls += 1
         self.cached += c.cached
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
+        if not c.cached:
+            self.device_s += c.device_s
+            self.cost_usd += c.cost_usd
 
 
 class Usage(BaseModel):
@@ -125,6 +133,17 @@ class Usage(BaseModel):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def device_s(self) -> float:
+        return self.skills.device_s + self.experts.device_s + self.aggregator.device_s
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def cost_usd(self) -> float:
+        """What this question cost this run, every stage."""
+        return self.skills.cost_usd + self.experts.cost_usd + self.aggregator.cost_usd
 
 
 class QuestionResult(BaseModel):

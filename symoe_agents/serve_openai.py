@@ -169,6 +169,8 @@ def symoe_object(r: QuestionResult, method: str, queue_s: float, window_s: float
             "cached_calls": u.skills.cached + u.experts.cached + u.aggregator.cached,
             "prompt_tokens": u.prompt_tokens,
             "completion_tokens": u.completion_tokens,
+            "usd": u.cost_usd,
+            "device_s": round(u.device_s, 3),
             "queue_s": round(queue_s, 3),
             "window_s": round(window_s, 3),
         },

@@ -53,6 +53,11 @@ class RunSummary(BaseModel):
     fallbacks_used: int = 0
     unanswered: int = 0  # no final answer: scored wrong
     truncated: dict[str, int] = {}  # calls cut off at max_tokens, by role
+    # what the run paid (costs.py): USD and device time of its calls (cached ones cost nothing
+    # now), and the device time its local groups held, from asking for the server to their end
+    cost_usd: float = 0.0
+    device_s: float = 0.0
+    held_s: float = 0.0
 
     @property
     def accuracy(self) -> float | None:
@@ -112,6 +117,10 @@ class RunSummary(BaseModel):
         ]
         if self.resumed_questions:
             lines.insert(0, f"resumed: {self.resumed_questions} questions were already answered by an earlier run")
+        if self.cost_usd or self.held_s:
+            per = f" (${1000 * self.cost_usd / self.questions:.4f} per 1,000 questions)" if self.questions else ""
+            lines.append(f"cost: ${self.cost_usd:.4f}{per}   device time: {self.device_s:.1f} s attributed to calls, "
+                         f"of {self.held_s:.1f} s held by groups")  # fmt: skip
         for g in self.groups:
             fail = f", {g.failed} failed" if g.failed else ""
             cached = f", {g.cached} cached" if g.cached else ""
@@ -157,6 +166,7 @@ class EventTally:
                 )
             )
             summary.calls_sent += int(e.detail.get("calls", 0))
+            summary.held_s += float(e.detail.get("held_s", 0.0))
             summary.cached_answers += int(e.detail.get("cached", 0))
         elif e.kind == "run_start":
             self._began = e.ts
@@ -188,10 +198,14 @@ class OutcomeTally:
     graded: int = 0
     correct: int = 0
     failed_questions: int = 0
+    cost_usd: float = 0.0
+    device_s: float = 0.0
     outcomes: RunSummary = field(default_factory=RunSummary)
 
     def count(self, r: QuestionResult) -> None:
         self.questions += 1
+        self.cost_usd += r.usage.cost_usd
+        self.device_s += r.usage.device_s
         for c in [*r.expert_answers, *([r.aggregator_answer] if r.aggregator_answer else [])]:
             self.prompt_tokens += c.prompt_tokens
             self.completion_tokens += c.completion_tokens
@@ -211,3 +225,4 @@ class OutcomeTally:
         summary.graded = self.graded
         summary.correct = self.correct if self.graded else None
         summary.failed_questions = self.failed_questions
+        summary.cost_usd, summary.device_s = self.cost_usd, self.device_s

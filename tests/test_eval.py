@@ -58,11 +58,12 @@ def test_methods_table():
 def test_markdown_has_a_row_per_method():
     rows = [{"method": m, "questions": 2, "accuracy": 0.5, "by_benchmark": {"x": 0.5}, "by_category": {"x": 0.5},
              "unanswered": 1, "aggregator_unparsable": 2, "aggregator_failed": 3, "fallbacks": 4, "aggregations_skipped": 5,
-             "truncated_calls": 6, "calls_per_question": 4.0, "tokens_per_question": 10, "model_loads": 2, "wall_s": 1.0}
+             "truncated_calls": 6, "calls_per_question": 4.0, "tokens_per_question": 10, "cost_per_1k_usd": 1.25,
+             "device_s_per_question": 0.5, "model_loads": 2, "wall_s": 1.0}
             for m in ("symoe", "single")]  # fmt: skip
     md = markdown(rows)
     assert "| no answer | agg. unparsable | agg. failed | fallbacks | agg. skipped | truncated |" in md
-    assert "| symoe | 2 | 50.0 | 50.0 | 1 | 2 | 3 | 4 | 5 | 6 | 4.0 | 10 | 2 | 1.0 |" in md and "| single |" in md
+    assert "| symoe | 2 | 50.0 | 50.0 | 1 | 2 | 3 | 4 | 5 | 6 | 4.0 | 10 | 1.2500 | 0.50 | 2 | 1.0 |" in md and "| single |" in md
 
 
 def hand_loads(method: str, recruited: set[str]) -> int:
@@ -99,7 +100,8 @@ def test_eval_every_method_end_to_end(tmp_path):
             lines.append(f"sampling = {{ temperature = {m['sampling']['temperature']} }}")
     lines += ['[roles]', 'skill_inferencer = "smollm2"', 'experts = ["smollm2", "smollm2-focused", "gemma3"]', 'aggregator = "smollm2"',
               "[sampling.skill_inferencer]", "samples = 2", "max_tokens = 24",
-              "[sampling.expert]", "max_tokens = 48", "[sampling.aggregator]", "max_tokens = 48"]  # fmt: skip
+              "[sampling.expert]", "max_tokens = 48", "[sampling.aggregator]", "max_tokens = 48",
+              "[cost]", "device_hour = 3.6"]  # fmt: skip
     cfg = tmp_path / "small.toml"
     cfg.write_text("\n".join(lines) + "\n")
     out = tmp_path / "report"
@@ -133,7 +135,14 @@ def test_eval_every_method_end_to_end(tmp_path):
         assert row["model_loads"] == hand_loads(name, recruited), (name, recruited)
         assert re.search(rf"^\| {re.escape(name)} \| 2 \| ", md, re.M)
         assert row["wall_s"] > 0 and row["tokens_per_question"] > 0
+        # cost: each record's device time at $3.6 a device-hour; the row per 1,000 questions
+        device = [r["usage"]["device_s"] for r in records]
+        assert all(d > 0 for d in device)
+        assert row["cost_per_1k_usd"] == pytest.approx(1000 * sum(device) / 1000 / 2, rel=1e-9)
+        assert row["device_s_per_question"] == pytest.approx(sum(device) / 2, rel=1e-9)
+        assert f"| {row['cost_per_1k_usd']:.4f} | {row['device_s_per_question']:.2f} |" in md
         assert set(row["by_benchmark"]) == {"MMLU_Pro_train"}
     assert rows["single"]["model_loads"] == 1  # one fixed model, no skills, no aggregator
     assert all(r["aggregator"] is None for r in read_jsonl(out / "majority.jsonl"))
     assert (out / "accuracy.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_cost.png").stat().st_size > 1000

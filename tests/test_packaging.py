@@ -37,7 +37,7 @@ def test_wheel_layout(tmp_path):
 
 def test_public_names_are_pinned():
     assert sorted(symoe_agents.__all__) == [
-        "AggregatorAnswer", "AnswerCache", "AnswerFormat", "CacheError", "Config", "ConfigError", "EndpointError",
+        "AggregatorAnswer", "AnswerCache", "AnswerFormat", "BudgetSpent", "CacheError", "Config", "ConfigError", "EndpointError",
         "Event", "EventLog", "ExpertAnswer", "InputError", "OutputError", "ProfileError", "PromptError", "Question",
         "QuestionResult", "RunSummary",
         "Schedule", "ServerStartError", "SymbolicMoE", "SymoeError", "__version__", "load_config",

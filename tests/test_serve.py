@@ -357,3 +357,12 @@ def test_a_port_in_use_exits_2():
         port = taken.getsockname()[1]
         out = subprocess.run([*symoe_cmd(), "serve", "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_run_budget_is_refused_by_serve(tmp_path):
+    from symoe_agents.config import embedded_config_text
+
+    config = tmp_path / "budget.toml"
+    config.write_text(embedded_config_text() + "\n[cost]\ndevice_hour = 1.0\nmax_usd = 5.0\n")
+    out = subprocess.run([*symoe_cmd(), "serve", "--config", str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "cost.max_usd is a budget for one run" in out.stderr and "Traceback" not in out.stderr

@@ -65,9 +65,9 @@ def test_without_an_aggregator_the_answer_is_the_winning_expert_response():
 
 def test_usage_is_the_sum_of_the_stages_and_the_symoe_object_tells_who_answered():
     usage = Usage(
-        skills=StageUsage(calls=2, prompt_tokens=10, completion_tokens=7),
-        experts=StageUsage(calls=2, cached=1, prompt_tokens=20, completion_tokens=30),
-        aggregator=StageUsage(calls=1, prompt_tokens=40, completion_tokens=5),
+        skills=StageUsage(calls=2, prompt_tokens=10, completion_tokens=7, device_s=1.5, cost_usd=0.25),
+        experts=StageUsage(calls=2, cached=1, prompt_tokens=20, completion_tokens=30, cost_usd=0.5),
+        aggregator=StageUsage(calls=1, prompt_tokens=40, completion_tokens=5, device_s=0.5),
     )  # fmt: skip
     r = record(
         expert_answers=[ExpertAnswer(model="a", slot=0, text="4", extracted="4", cached=True), ExpertAnswer(model="b", slot=1, text="4", extracted="4")],
@@ -78,7 +78,8 @@ def test_usage_is_the_sum_of_the_stages_and_the_symoe_object_tells_who_answered(
     body = chat_completion("id1", "symoe", 0, r, symoe)
     assert body["usage"] == {"prompt_tokens": 70, "completion_tokens": 42, "total_tokens": 112}
     assert body["choices"][0]["message"]["content"] == "The answer is 4." and body["choices"][0]["finish_reason"] == "length"
-    assert symoe["cost"] == {"calls": 5, "cached_calls": 1, "prompt_tokens": 70, "completion_tokens": 42, "queue_s": 0.5, "window_s": 2.0}
+    assert symoe["cost"] == {"calls": 5, "cached_calls": 1, "prompt_tokens": 70, "completion_tokens": 42, "usd": 0.75, "device_s": 2.0,
+                              "queue_s": 0.5, "window_s": 2.0}
     assert [(e["model"], e["extracted"], e["cached"]) for e in symoe["experts"]] == [("a", "4", True), ("b", "4", False)]
     assert symoe["final_source"] == "aggregator" and symoe["skills"] == ["arithmetic"]
 
