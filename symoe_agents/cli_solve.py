@@ -11,14 +11,13 @@ import typer
 
 from .answer_file import AnswerFile
 from .cache import AnswerCache
-from .cli_common import BUDGET_EXIT, TerminalProgress, err, lock_or_exit, logged, run_with_signals
+from .cli_common import BUDGET_EXIT, TerminalProgress, err, lock_or_exit, logged, preflight_or_exit, run_with_signals
 from .config import Config, load_config
 from .errors import BudgetSpent, CacheError, ClusterError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
 from .output_paths import check_distinct, check_events_target, check_file_target
-from .preflight import preflight
 from .run_store import StoreError
 
 
@@ -63,10 +62,7 @@ def solve(
     with contextlib.ExitStack() as held:
         if not dry_run:  # one run per answers file, from before its state is read
             lock_or_exit(held, out_path, "the answers file")
-        problems = preflight(cfg)
-        if problems:
-            err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
-            raise typer.Exit(2)
+        preflight_or_exit(cfg)
         run = _SolveRun(cfg, questions, skipped, out_path, cache_path, fresh, retry_failed)
         code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
     raise typer.Exit(code)

@@ -476,6 +476,23 @@ class CostOptions(_Strict):
     max_usd: float | None = Field(default=None, gt=0, description="stop the run cleanly once its calls have cost this much (--max-cost)")
 
 
+class TelemetryOptions(_Strict):
+    """Traces and metrics out of the command line (telemetry.py, tracing_setup.py)."""
+
+    traces: Literal["otlp", "console"] | None = Field(
+        default=None, description="export traces: OTLP over HTTP, or to stdout; unset: as OTEL_TRACES_EXPORTER or an OTLP endpoint variable say, else off"
+    )
+    endpoint: str | None = Field(default=None, description="the OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+    service_name: str = Field(default="symoe", min_length=1, description="the traces' service.name (OTEL_SERVICE_NAME wins)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (the collector's OTLP/HTTP port, usually 4318)")
+        return v
+
+
 class Config(_Strict):
     """A whole run's configuration."""
 
@@ -509,6 +526,7 @@ class Config(_Strict):
     serve: ServeOptions = ServeOptions()
     cluster: ClusterOptions | None = None  # None: one machine, and ray is never imported
     cost: CostOptions = CostOptions()
+    telemetry: TelemetryOptions = TelemetryOptions()
 
     @model_validator(mode="after")
     def _roles_exist(self) -> "Config":

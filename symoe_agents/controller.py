@@ -35,6 +35,7 @@ import functools
 import gc
 import inspect
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from .methods import Method
 from .alignment import Aligner, make_embedder
 from .costs import Budget
 from .explain import RoutingExplanation, explain_route
+from .telemetry import RunTrace, Tracing
 from .config import Config, uses_cpu
 from .errors import CacheError, OutputError, ServerStartError, SymoeError
 from .events import EventLog
@@ -106,6 +108,7 @@ class Controller:
         connect: Connect = OpenAIClient,
         scratch_dir: str | None = None,
         cluster: Cluster | None = None,
+        tracing: Tracing | None = None,
     ):
         """``scratch_dir``: where the run's answer store is made (default: the temporary folder).
         ``cluster``: groups run on the nodes of this Ray cluster (``cluster.py``); ``manager``
@@ -115,6 +118,7 @@ class Controller:
         self.manager = manager
         self.events = events
         self.cluster = cluster
+        self.tracing = tracing  # spans of every batch (telemetry.py); None: tracing is off
         self.groups = GroupRunner(config, manager, events, progress, cache, connect)
         # --max-cost spans the controller's life: every batch and, in eval, every method
         self.groups.budget = Budget(config.cost.max_usd) if config.cost.max_usd else None
@@ -440,6 +444,8 @@ class Controller:
         probe = LoopLagProbe()
         store: RunStore | None = None
         self.events.listen(events.add)
+        traced = self.groups.trace = self.tracing.run(self.method.name, len(questions)) if self.tracing is not None else None
+        failure: BaseException | None = None
         probe.start()
         try:
             self.events.emit("run_start", requests=len(questions))
@@ -451,10 +457,17 @@ class Controller:
             # cannot be read) reaches here wrapped by each task group it crossed: the caller
             # gets the error itself, as it would from a plain call
             leaf = _first_symoe_error(group)
+            failure = leaf or group
             if leaf is None:
                 raise
             raise leaf from None
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            if traced is not None:
+                traced.close(failure)
+                self.groups.trace = None
             try:
                 probe.stop()
                 if not self.resident:
@@ -487,18 +500,24 @@ class Controller:
                 raise
             if warm is not None:  # a failure here is raised by routing, if it needs the embedder
                 await asyncio.gather(warm, return_exceptions=True)
+            began = time.time()
             routes = await self.route(skills.keywords, streams)
+            if self.groups.trace is not None:
+                self.groups.trace.routing(routes, began, time.time())
             if m.k != self.config.k:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}
             return skills, routes
         ids = list(streams)
         skills = SkillResults({q: [] for q in ids}, {}, {})
+        began = time.time()
         if m.routing == "fixed":
             routes = {q: routing.Route(m.fixed, "fixed") for q in ids}
         else:
             routes = await asyncio.to_thread(
                 functools.partial(routing_batch.route_batch, [(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None, draw_keys=streams)
             )
+        if self.groups.trace is not None:
+            self.groups.trace.routing(routes, began, time.time())
         self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
         return skills, routes
 
@@ -523,7 +542,7 @@ class Controller:
             return BatchOutcome(schedule, placement, self._summary(events), self.routing_note)
 
         assert store is not None
-        run = _Batch({p.question.id: p for p in prepared}, skills, routes, self.method.k, on_result, store)
+        run = _Batch({p.question.id: p for p in prepared}, skills, routes, self.method.k, on_result, store, self.groups.trace)
         stages = list(placement.stages[1:])  # the skill stage already ran
         for layer in range(self.method.layers):
             for i, stage in enumerate(stages[:-1]):
@@ -687,6 +706,8 @@ class Controller:
             routing_explanation=self._explain(route, run.skills.keywords.get(qid, []), p.stream) if self.config.explain else None,
         )  # fmt: skip
         self.tally.count(result)
+        if self.groups.trace is not None:
+            self.groups.trace.done(result)
         if run.on_result is not None:
             done = run.on_result(result)
             if inspect.isawaitable(done):
@@ -759,6 +780,7 @@ class _Batch:
     k: int
     on_result: OnResult | None
     store: RunStore
+    trace: RunTrace | None = None
     agreed: dict[str, str] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     truncated: dict[str, list[str]] = field(default_factory=dict)
@@ -771,6 +793,8 @@ class _Batch:
 
     def forget(self, qid: str) -> None:
         """A dropped question's notes go (it gets no record)."""
+        if self.trace is not None:
+            self.trace.dropped(qid)
         self.agreed.pop(qid, None)
         self.errors.pop(qid, None)
         self.truncated.pop(qid, None)

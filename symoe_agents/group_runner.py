@@ -32,6 +32,7 @@ from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
 from .costs import Budget, ShareClock, call_cost
+from .telemetry import RunTrace, finish_call
 from .dispatch import dispatch, pool_size, sample_batches
 from .errors import ServerStartError
 from symoe_agents.servers import Endpoint
@@ -153,6 +154,7 @@ class GroupRunner:
         # (serve's windows included: sibling runners share this dict)
         self.clocks: dict[str, ShareClock] = {}
         self.budget: Budget | None = None  # --max-cost: no request is sent once it is spent
+        self.trace: RunTrace | None = None  # the batch's spans, when tracing is on (telemetry.py)
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -207,6 +209,8 @@ class GroupRunner:
         cache = self.cache
         self.events.emit("group_start", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device))
         stats = GroupStats()
+        traced = self.trace
+        group_span = traced.group(group.name, group.model, n, _node(None if hosted else device)) if traced is not None else None
         price = self.config.price(group.model)
         load_s = 0.0  # the server's start (and restarts) on the device, shared by the group's requests
         held_from: float | None = None  # when the group first asked for its server: device time from there
@@ -270,6 +274,8 @@ class GroupRunner:
                 hit = await cache.aget(key) if cache is not None and key is not None else None
                 if hit is not None:
                     stats.cached += 1
+                    if traced is not None:
+                        traced.cached(requests[i].question_id, agent.role, group.model, group_span, hit, {"symoe.sample": requests[i].sample})
                     await final(i, hit)
                 else:
                     keys[i] = key
@@ -305,6 +311,8 @@ class GroupRunner:
                         if moved is None:
                             await fail_rest(f"node of {dev.name} was lost and no live device is left in the cluster")
                             return None
+                        if moved != dev and group_span is not None:
+                            group_span.add_event("group_moved", {"symoe.moved_from": dev.name, "symoe.moved_to": moved.name})
                         if moved != dev:
                             self.events.emit("group_moved", group=group.name, model=group.model, node=_node(moved),
                                              requests=n - sum(finished), detail={"moved_from": dev.name, "moved_to": moved.name})  # fmt: skip
@@ -384,7 +392,15 @@ class GroupRunner:
                                     on_admitted()
 
                         on_delta = delta_of(members[0]) if delta_of is not None and len(members) == 1 else None
-                        results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed, on_delta)
+                        span = None
+                        if traced is not None:
+                            span = traced.call(head.question_id, agent.role, group.model, group_span, {"symoe.sample": head.sample})
+                        try:
+                            results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed, on_delta, span)
+                        except BaseException:
+                            if span is not None:
+                                span.end()
+                            raise
                         for i, c in zip(members, results):
                             if i not in keys:
                                 continue  # final already (cached, or answered before a restart)
@@ -396,6 +412,12 @@ class GroupRunner:
                             if cache is not None and keys[i] is not None:
                                 req = requests[i]
                                 cache.put(keys[i], c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
+                        if span is not None:
+                            finish_call(span, [c for i, c in zip(members, results) if i in keys])
+                            span.end()
+                        for i, c in zip(members, results):
+                            if i not in keys:
+                                continue
                             if c.error and c.retryable and not hosted:
                                 retry.append((i, c))
                                 if not manager.process_alive(group.model):
@@ -441,6 +463,8 @@ class GroupRunner:
                         await fail_rest(f"server for '{group.model}' failed mid-group ({reason}) and was restarted {stats.restarts} time(s) without success")
                         break
                     stats.restarts += 1
+                    if group_span is not None:
+                        group_span.add_event("server_restart", {"symoe.reason": reason})
                     try:
                         asked = time.monotonic()
                         endpoint = await manager.restart(group.model, reason, seen)
@@ -456,6 +480,8 @@ class GroupRunner:
                         break
                     endpoint = moved_to
                 self.events.emit("requests_resent", group=group.name, model=group.model, requests=len(again), node=_node(device))
+                if group_span is not None:  # a restart or a move: what had no final answer is sent again
+                    group_span.add_event("requests_resent", {"symoe.requests": len(again), "symoe.restarts": stats.restarts})
                 seen = manager.process_pid(group.model)
                 order = sorted({u for u in range(len(units)) if any(i in again for i in units[u])}) if per_request > 1 else sorted(again)
                 wanted = again.__contains__
@@ -464,6 +490,11 @@ class GroupRunner:
         finally:
             await turn.aclose()
             self.progress.finish()
+            if group_span is not None:
+                group_span.set_attributes({"symoe.failed": stats.failed, "symoe.restarts": stats.restarts, "symoe.calls": stats.calls,
+                                           "symoe.resent": stats.resent, "symoe.cached": stats.cached, "symoe.skipped": stats.skipped,
+                                           "symoe.load_s": load_s})  # fmt: skip
+                group_span.end()
             self.events.emit(
                 "group_end", group=group.name, model=group.model, server=group.server, requests=n, node=_node(None if hosted else device),
                 duration_s=round(time.monotonic() - began, 3),

@@ -28,6 +28,7 @@ class ScriptedAPI:
         self.requests: list[dict] = []
         self.calls = 0
         self.auth_headers: list[str] = []
+        self.headers: list[dict[str, str]] = []  # each request's headers, names in lower case
         self._server: asyncio.AbstractServer | None = None
         self.port = 0
 
@@ -56,6 +57,7 @@ class ScriptedAPI:
             body = await reader.readexactly(int(headers.get("content-length", 0)))
             self.calls += 1
             self.auth_headers.append(headers.get("authorization", ""))
+            self.headers.append(headers)
             step = self.script.pop(0) if self.script else 200
             if step == "hang":
                 await asyncio.sleep(3600)
