@@ -11,8 +11,14 @@
 2. A STAND-IN server that answers at once (bench/instant_server.py, its own process, so
    its CPU time is not counted here): --instant-requests requests at --concurrency in
    flight, directly, through symoe, and through symoe with the answer cache (every answer
-   written to SQLite; then a second pass answered from it). Requests per second, and this
+   written to SQLite; then a second pass answered from it), and through symoe traced
+   (OpenTelemetry on, the SDK's in-memory exporter: a question span and a call span per
+   request, the worst case: each request its own question). Requests per second, and this
    process's CPU time per request (goal: symoe's own share under 1 ms).
+3. Tracing on against off, the whole method (``SymbolicMoE.solve_batch``: 5 skill samples,
+   k = 3 experts, the aggregator; a question's 9 calls share its trace) on the same instant
+   stand-in: --pipeline-questions questions, --rounds rounds alternating off and on (the
+   in-memory exporter). Goal for parts 2 and 3: tracing costs under 5%.
 """
 
 from __future__ import annotations
@@ -131,7 +137,12 @@ async def instant(args) -> list[str]:
     agent = greedy_expert("instant")
     rendered = prompts(args.instant_requests, agent.template)
     n = len(rendered)
-    rows: dict[str, list[tuple[float, float]]] = {"direct": [], "symoe": [], "symoe + cache (writing)": [], "symoe + cache (all hits)": []}
+    rows: dict[str, list[tuple[float, float]]] = {"direct": [], "symoe": [], "symoe + tracing (in-memory exporter)": [],
+                                                  "symoe + cache (writing)": [], "symoe + cache (all hits)": []}  # fmt: skip
+    from symoe_agents.telemetry import Tracing
+
+    provider, exporter = in_memory_provider()
+    spans = 0
     events = EventLog()
     with tempfile.TemporaryDirectory() as tmp:
         async with ServerManager(cfg, events) as manager:
@@ -144,6 +155,14 @@ async def instant(args) -> list[str]:
                 wall, _, cpu, failed = await through_symoe(plain, "instant", agent, rendered)
                 assert failed == 0
                 rows["symoe"].append((n / wall, 1000 * cpu / n))
+                traced = Controller(cfg, manager, events, tracing=Tracing(provider))
+                run = traced.groups.trace = Tracing(provider).run("bench", n)
+                wall, _, cpu, failed = await through_symoe(traced, "instant", agent, rendered)
+                run.close()  # the questions' spans end here (no record is made in this bench)
+                assert failed == 0
+                spans = len(exporter.get_finished_spans())
+                exporter.clear()
+                rows["symoe + tracing (in-memory exporter)"].append((n / wall, 1000 * cpu / n))
                 cache = AnswerCache(Path(tmp) / f"c{r}.sqlite")
                 cached = Controller(cfg, manager, events, cache=cache)
                 wall, _, cpu, _ = await through_symoe(cached, "instant", agent, rendered)
@@ -159,6 +178,59 @@ async def instant(args) -> list[str]:
         rps, cpu = statistics.median(v for v, _ in vals), statistics.median(c for _, c in vals)
         own = "" if name == "direct" else f"{cpu - base_cpu:+.3f}"
         out.append(f"| {name} | {rps:.0f} | {cpu:.3f} | {own} |")
+    plain_rps = statistics.median(v for v, _ in rows["symoe"])
+    traced_rps = statistics.median(v for v, _ in rows["symoe + tracing (in-memory exporter)"])
+    cost = 100 * (1 - traced_rps / plain_rps)
+    pairs = " ".join(f"{100 * (1 - t / p):+.1f}%" for (p, _), (t, _) in zip(rows["symoe"], rows["symoe + tracing (in-memory exporter)"]))
+    out.append("")
+    out.append(f"tracing on vs off: {cost:+.1f}% fewer requests/s (goal under 5%: {'met' if cost < 5 else 'NOT met'}); "
+               f"per round {pairs}; {spans} spans a pass")  # fmt: skip
+    return out
+
+
+def in_memory_provider():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+async def pipeline(args) -> list[str]:
+    """Tracing off and on over whole batches: (wall s, CPU s) per round, alternating."""
+    from symoe_agents import SymbolicMoE
+
+    cfg = instant_config(args.concurrency)
+    questions = [{"id": f"q{i}", "question": f"What is {i} + {i + 7}? (A) {2 * i + 7} (B) {2 * i + 8}"} for i in range(args.pipeline_questions)]
+    provider, exporter = in_memory_provider()
+    rounds: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+    spans = 0
+    for r in range(args.rounds + 1):  # the first pair warms up
+        for mode in ("off", "on"):
+            cpu, began = time.process_time(), time.perf_counter()
+            async with SymbolicMoE(cfg, check=False, tracer_provider=provider if mode == "on" else None) as moe:
+                results = await moe.solve_batch(questions)
+            wall, cpu = time.perf_counter() - began, time.process_time() - cpu
+            assert len(results) == len(questions) and not any(x.errors for x in results)
+            if mode == "on":
+                spans = len(exporter.get_finished_spans())
+                exporter.clear()
+            if r:
+                rounds[mode].append((wall, cpu))
+        print(f"[overhead] pipeline round {r} done", file=sys.stderr, flush=True)
+    n = len(questions)
+    out = []
+    for mode, vals in rounds.items():
+        wall, cpu = statistics.median(w for w, _ in vals), statistics.median(c for _, c in vals)
+        out.append(f"| tracing {mode} | {n / wall:.1f} | {1000 * cpu / n:.2f} |")
+    cpu_cost = 100 * (statistics.median(c for _, c in rounds["on"]) / statistics.median(c for _, c in rounds["off"]) - 1)
+    wall_cost = 100 * (statistics.median(w for w, _ in rounds["on"]) / statistics.median(w for w, _ in rounds["off"]) - 1)
+    out.append("")
+    out.append(f"tracing on vs off, whole method: wall {wall_cost:+.1f}%, CPU {cpu_cost:+.1f}% "
+               f"(goal under 5%: {'met' if max(wall_cost, cpu_cost) < 5 else 'NOT met'}); {spans} spans a batch of {n}")  # fmt: skip
     return out
 
 
@@ -168,7 +240,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--instant-requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--skip-real", action="store_true", help="only the stand-in part")
+    ap.add_argument("--pipeline-questions", type=int, default=300)
+    ap.add_argument("--skip-real", action="store_true", help="only the stand-in parts")
     args = ap.parse_args()
     if not args.skip_real:
         real = asyncio.run(real_server(args))
@@ -181,6 +254,12 @@ def main() -> None:
     print("| path | requests/s | CPU ms/request (this process) | symoe's own CPU ms/request (minus direct) |")
     print("| --- | ---: | ---: | ---: |")
     print("\n".join(fast))
+    print()
+    whole = asyncio.run(pipeline(args))
+    print(f"whole method on the instant stand-in, {args.pipeline_questions} questions, median of {args.rounds} rounds:")
+    print("| tracing | questions/s | CPU ms/question (this process) |")
+    print("| --- | ---: | ---: |")
+    print("\n".join(whole))
 
 
 if __name__ == "__main__":

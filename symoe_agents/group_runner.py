@@ -275,7 +275,7 @@ class GroupRunner:
                 if hit is not None:
                     stats.cached += 1
                     if traced is not None:
-                        traced.cached(requests[i].question_id, agent.role, group.model, group_span, hit, {"symoe.sample": requests[i].sample})
+                        traced.cached(requests[i].question_id, agent.role, group.model, requests[i].sample, hit)
                     await final(i, hit)
                 else:
                     keys[i] = key
@@ -394,7 +394,7 @@ class GroupRunner:
                         on_delta = delta_of(members[0]) if delta_of is not None and len(members) == 1 else None
                         span = None
                         if traced is not None:
-                            span = traced.call(head.question_id, agent.role, group.model, group_span, {"symoe.sample": head.sample})
+                            span = traced.call(head.question_id, agent.role, group.model, head.sample)
                         try:
                             results = await runner.call_many(agent, prompt, stream_of(head.question_id), head.sample, len(members), admitted, proceed, on_delta, span)
                         except BaseException:

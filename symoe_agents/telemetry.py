@@ -25,22 +25,20 @@ small; unsampled spans record nothing.
 
 from __future__ import annotations
 
+import functools
 import json
-import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .events import Event
     from .records import Completion, QuestionResult
     from .routing import Route
-
-_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def tracing_on(provider: trace.TracerProvider | None = None) -> bool:
@@ -96,7 +94,7 @@ class RunTrace:
         self.tracer = tracer
         self.span = tracer.start_span("symoe.run", attributes={"symoe.method": method, "symoe.questions": questions})
         self._run_ctx = trace.set_span_in_context(self.span)
-        self._questions: dict[str, trace.Span] = {}
+        self._questions: dict[str, tuple[trace.Span, Context]] = {}
 
     # -- groups --------------------------------------------------------------------------
 
@@ -108,21 +106,21 @@ class RunTrace:
 
     def question(self, qid: str) -> Context:
         """The context of question ``qid``'s trace (its root span starts at first use)."""
-        span = self._questions.get(qid)
-        if span is None:
+        held = self._questions.get(qid)
+        if held is None:
             span = self.tracer.start_span("symoe.question", attributes={"symoe.question.id": qid}, links=[Link(self.span.get_span_context())],
                                           context=Context())  # a root: each question is a trace  # fmt: skip
-            self._questions[qid] = span
-        return trace.set_span_in_context(span)
+            held = self._questions[qid] = (span, trace.set_span_in_context(span))
+        return held[1]
 
-    def call(self, qid: str, role: str, model: str, group: trace.Span | None, attributes: Mapping[str, Any]) -> trace.Span:
+    def call(self, qid: str, role: str, model: str, sample: int) -> trace.Span:
         """A span for one call of question ``qid`` (``role``: skill_inferencer, expert, aggregator)."""
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "symoe.role": role, **attributes}
-        links = [Link(group.get_span_context())] if group is not None else None
-        return self.tracer.start_span(f"chat {model}", context=self.question(qid), kind=SpanKind.CLIENT, attributes=_clean(attrs), links=links)
+        attrs = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "symoe.role": role, "symoe.sample": sample}
+        return self.tracer.start_span(f"chat {model}", context=self.question(qid), kind=SpanKind.CLIENT, attributes=attrs)
 
-    def cached(self, qid: str, role: str, model: str, group: trace.Span | None, c: "Completion", attributes: Mapping[str, Any]) -> None:
-        span = self.call(qid, role, model, group, {**attributes, "symoe.cached": True})
+    def cached(self, qid: str, role: str, model: str, sample: int, c: "Completion") -> None:
+        span = self.call(qid, role, model, sample)
+        span.set_attribute("symoe.cached", True)
         span.add_event("cache_hit")
         finish_call(span, [c])
         span.end()
@@ -140,9 +138,10 @@ class RunTrace:
             span.end(end_time=_ns(ended))
 
     def done(self, r: "QuestionResult") -> None:
-        span = self._questions.pop(r.id, None)
-        if span is None:
+        held = self._questions.pop(r.id, None)
+        if held is None:
             return
+        span = held[0]
         u = r.usage
         span.set_attributes(_clean({
             "symoe.routing.method": r.routing, "symoe.experts": list(r.experts), "symoe.aggregator": r.aggregator,
@@ -155,14 +154,14 @@ class RunTrace:
         span.end()
 
     def dropped(self, qid: str) -> None:
-        span = self._questions.pop(qid, None)
-        if span is not None:
-            span.set_attribute("symoe.dropped", True)
-            span.end()
+        held = self._questions.pop(qid, None)
+        if held is not None:
+            held[0].set_attribute("symoe.dropped", True)
+            held[0].end()
 
     def close(self, error: BaseException | None = None) -> None:
         """End what is open: questions that got no record (the run stopped), and the run."""
-        for span in self._questions.values():
+        for span, _ in self._questions.values():
             span.set_status(Status(StatusCode.ERROR, "the run stopped before this question finished"))
             span.end()
         self._questions.clear()
@@ -172,37 +171,49 @@ class RunTrace:
 
 
 def traceparent(span: trace.Span) -> dict[str, str]:
-    """The W3C ``traceparent`` (and ``tracestate``) headers naming ``span``."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier
+    """The W3C Trace Context headers naming ``span``: ``traceparent`` (version 00, the
+    trace and span ids, the flags) and ``tracestate`` when it has entries. Written out
+    rather than through the propagator, which builds a context for each call."""
+    ctx = span.get_span_context()
+    headers = {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    if ctx.trace_state:
+        headers["tracestate"] = ctx.trace_state.to_header()
+    return headers
 
 
 def finish_call(span: trace.Span, calls: "list[Completion]") -> None:
     """A call's outcome on its span (a request of n samples: their sum): tokens, finish
     reasons, cost, or the error."""
     first = calls[0]
-    span.set_attributes(_clean({
-        "gen_ai.usage.input_tokens": sum(c.prompt_tokens for c in calls), "gen_ai.usage.output_tokens": sum(c.completion_tokens for c in calls),
-        "symoe.cost_usd": sum(c.cost_usd for c in calls) or None, "symoe.device_s": sum(c.device_s for c in calls) or None,
-    }))  # fmt: skip
+    attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": sum(c.prompt_tokens for c in calls),
+                             "gen_ai.usage.output_tokens": sum(c.completion_tokens for c in calls)}  # fmt: skip
+    cost, device = sum(c.cost_usd for c in calls), sum(c.device_s for c in calls)
+    if cost:
+        attrs["symoe.cost_usd"] = cost
+    if device:
+        attrs["symoe.device_s"] = device
     reasons = [c.finish_reason for c in calls if c.finish_reason]
     if reasons:
-        span.set_attribute("gen_ai.response.finish_reasons", reasons)
+        attrs["gen_ai.response.finish_reasons"] = reasons
+    span.set_attributes(attrs)
     if first.error:
         span.set_attribute("error.type", "retryable" if first.retryable else "call_failed")
         span.set_status(Status(StatusCode.ERROR, first.error[:500]))
 
 
+@functools.lru_cache(maxsize=256)
+def _address(base_url: str) -> tuple[str | None, int | None]:
+    where = urlsplit(base_url)
+    return where.hostname, where.port
+
+
 def request_attributes(kwargs: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     """The GenAI request attributes of a chat request's parameters, and the server's address."""
-    from urllib.parse import urlsplit
-
-    where = urlsplit(base_url)
+    host, port = _address(base_url)
     return _clean({
         "gen_ai.request.temperature": kwargs.get("temperature"), "gen_ai.request.top_p": kwargs.get("top_p"),
         "gen_ai.request.max_tokens": kwargs.get("max_tokens"), "gen_ai.request.seed": kwargs.get("seed"),
-        "gen_ai.request.choice.count": kwargs.get("n"), "server.address": where.hostname, "server.port": where.port,
+        "gen_ai.request.choice.count": kwargs.get("n"), "server.address": host, "server.port": port,
     })  # fmt: skip
 
 
@@ -217,10 +228,6 @@ def _version() -> str | None:
 
 def _ns(ts: float) -> int:
     return int(ts * 1e9)
-
-
-def now() -> float:
-    return time.time()
 
 
 def _clean(attrs: Mapping[str, Any]) -> dict[str, Any]:
