@@ -20,6 +20,7 @@ from symoe_agents.controller import Progress
 from symoe_agents.errors import BudgetSpent
 from symoe_agents.events import EventLog
 from symoe_agents.methods import Method
+from symoe_agents.metrics import Metrics
 from symoe_agents.records import Question
 
 from .report import method_row
@@ -27,7 +28,7 @@ from .report import method_row
 
 async def run_eval(
     config: Config, questions: list[Question], methods: list[Method], out_dir: Path, progress: Progress | None = None,
-    on_event=None, check: bool = True, cache: AnswerCache | None = None,
+    on_event=None, check: bool = True, cache: AnswerCache | None = None, metrics: Metrics | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """``check=False``: the caller already ran preflight, so the methods do not repeat it.
     ``cache``: answers are stored as they arrive, so an interrupted evaluation resumes
@@ -48,7 +49,7 @@ async def run_eval(
         began = time.monotonic()
         answers = AnswerFile.open(out_dir / f"{method.name}.jsonl", questions, fresh=True)  # each record fsynced as it finishes
         try:
-            async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache) as moe:
+            async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache, metrics=metrics) as moe:
                 results = await moe.solve_batch(questions, on_result=answers.append, method=method)
                 summary = moe.summary
         finally:

@@ -31,6 +31,7 @@ from .config import Config, load_config
 from .controller import BatchOutcome, Controller, OnResult, Progress
 from .events import EventLog
 from .summary import RunSummary
+from .metrics import Metrics
 from .telemetry import Tracing, tracing_on
 from .inputs import as_questions
 from .methods import Method
@@ -54,6 +55,7 @@ class SymbolicMoE:
         connect: Connect = OpenAIClient,
         scratch_dir: str | Path | None = None,
         tracer_provider: Any = None,
+        metrics: Metrics | None = None,
         **overrides: Any,
     ):
         """``config``: a Config, a TOML path, or None for the built-in embedded CPU pool.
@@ -66,6 +68,8 @@ class SymbolicMoE:
         the size of its answers; default: the temporary folder, which may be in memory).
         ``tracer_provider``: an OpenTelemetry tracer provider for symoe's spans (default: the
         global one; tracing is on when it records, see ``telemetry.py``).
+        ``metrics``: Prometheus counters (``metrics.Metrics``) to feed from every call, record
+        and server event.
         ``overrides``: top-level config fields to replace (``k=2``, ``seed=1``, ``profiles=...``)."""
         cfg = config if isinstance(config, Config) else load_config(config)
         self.config = cfg.with_overrides(**overrides) if overrides else cfg
@@ -77,6 +81,7 @@ class SymbolicMoE:
         self._scratch_dir = str(scratch_dir) if scratch_dir is not None else None
         self._tracer_provider = tracer_provider
         self._tracing: Tracing | None = None
+        self.metrics = metrics
         self.cache: AnswerCache | None = cache if isinstance(cache, AnswerCache) else None
         self._manager: ServerManager | None = None
         self._cluster: Cluster | None = None  # a config with [cluster]: its nodes run the servers
@@ -94,6 +99,9 @@ class SymbolicMoE:
         if tracing_on(self._tracer_provider):  # checked at each open: an app may set its provider after making this object
             self._tracing = Tracing(self._tracer_provider)
             self.events.listen(self._tracing.on_event)
+        if self.metrics is not None:
+            self.events.unlisten(self.metrics.on_event)  # once, however often the API is opened
+            self.events.listen(self.metrics.on_event)
         self._manager = ServerManager(self.config, self.events)
         if self.config.cluster is not None:
             try:
@@ -104,7 +112,7 @@ class SymbolicMoE:
         try:
             self._controller = Controller(
                 self.config, self._manager, self.events, self._progress, self.cache, self._connect, self._scratch_dir, self._cluster,
-                self._tracing,
+                self._tracing, self.metrics,
             )
             if self._cluster is not None:
                 await self._controller.devices()  # each node's host starts now, while the batch is read and prepared
@@ -127,6 +135,8 @@ class SymbolicMoE:
                     if self._manager is not None:
                         await self._manager.aclose()
                 finally:
+                    if self.metrics is not None:
+                        self.events.unlisten(self.metrics.on_event)
                     if self._tracing is not None:  # after the servers' stop events have ended their spans
                         tracing, self._tracing = self._tracing, None
                         self.events.unlisten(tracing.on_event)

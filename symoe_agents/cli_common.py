@@ -22,6 +22,7 @@ from .config import Config, load_config
 from . import run_lock
 from .errors import ClusterError, ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
+from .output_paths import check_file_target
 from .preflight import preflight
 from .tracing_setup import start_exporting
 
@@ -204,3 +205,21 @@ async def logged_run(events: Path | None, work: Callable[[EventLog, Any], Awaita
         return None
 
 
+def check_metrics_target(path: Path) -> None:
+    """``--metrics FILE`` can be written, and prometheus-client is there to write it."""
+    from .metrics import available
+
+    if not available():
+        raise OutputError(f'--metrics {path}: writing metrics needs prometheus-client: pip install "symoe-agents[telemetry]"')
+    check_file_target(path, "the metrics file", "--metrics", example="run.prom")
+
+
+async def write_metrics(metrics: Any, path: Path) -> None:
+    """The run's metrics to ``path`` (off the loop); a failure is said, never raised: the
+    run's own outcome stays its exit code."""
+    try:
+        await asyncio.to_thread(metrics.write, path)
+    except OSError as exc:
+        err(f"[symoe] warning: could not write the metrics file {path}: {exc.strerror or exc}")
+    else:
+        err(f"[symoe] metrics: {path}")

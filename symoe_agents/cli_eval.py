@@ -10,9 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .cli_common import BUDGET_EXIT, TerminalProgress, err, load_checked, lock_or_exit, run_with_signals
+from .cli_common import BUDGET_EXIT, TerminalProgress, check_metrics_target, write_metrics, err, load_checked, lock_or_exit, run_with_signals
 from .errors import BudgetSpent, CacheError, ClusterError, ConfigError, OutputError, SymoeError
 from .methods import METHOD_NAMES
+from .metrics import Metrics
 from .output_paths import check_folder_target
 
 
@@ -27,6 +28,7 @@ def evaluate(
     k: Annotated[Optional[int], typer.Option("--k", min=1)] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache: resume an interrupted evaluation without paying again (methods then share identical calls, so their costs no longer compare)")] = None,
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="write the evaluation's Prometheus metrics (text format, every method) here when it ends")] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="stop cleanly once all methods' calls cost this many USD (exit 3; with --cache the same command resumes); needs prices in the config")] = None,
 ) -> None:
     """Run symoe and the paper's baselines on the same questions; write JSON, Markdown and plots."""
@@ -62,6 +64,8 @@ def evaluate(
 
     try:
         check_folder_target(output, "the report folder", "-o")
+        if metrics is not None:
+            check_metrics_target(metrics)
     except OutputError as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -74,15 +78,20 @@ def evaluate(
         err(f"error: {exc}")
         raise typer.Exit(2) from None
 
+    counters = Metrics() if metrics is not None else None
+
     async def go() -> int:
         progress = TerminalProgress(sys.stderr)
         began = time.monotonic()
         try:
             try:
-                rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers)
+                rows = await run_eval(cfg, questions, chosen, output, progress, on_event=progress.on_event, check=False, cache=answers,
+                                      metrics=counters)  # fmt: skip
             finally:
                 if answers:
                     await answers.aclose()
+                if counters is not None and metrics is not None:
+                    await write_metrics(counters, metrics)
         except BudgetSpent as exc:  # --max-cost: a clean stop, its own code
             err(f"[symoe] {exc}")
             return BUDGET_EXIT

@@ -129,7 +129,9 @@ async def _main(cfg, sock: socket.socket, host: str, keyed: bool, key: str | Non
     import uvicorn
 
     from .cache import AnswerCache
+    from .metrics import Metrics, available as metrics_available
     from .serve_app import ServeApp
+    from .telemetry import Tracing, tracing_on
     from .serve_windows import WindowScheduler
     from symoe_agents.servers import ServerManager
 
@@ -149,12 +151,18 @@ async def _main(cfg, sock: socket.socket, host: str, keyed: bool, key: str | Non
     cache = None
     manager = ServerManager(cfg, log)
     scheduler = None
+    tracing = None
     http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
     stopping: list[asyncio.Task] = []
     try:
         try:
             cache = AnswerCache(cache_path) if cache_path is not None else None
-            scheduler = WindowScheduler(cfg, manager, log, cache)
+            tracing = Tracing() if tracing_on() else None  # the exporter preflight started, or none
+            metrics = Metrics() if metrics_available() else None
+            for listener in (tracing, metrics):
+                if listener is not None:
+                    log.listen(listener.on_event)
+            scheduler = WindowScheduler(cfg, manager, log, cache, tracing=tracing, metrics=metrics)
             app = ServeApp(scheduler, key, http)
         except SymoeError as exc:
             err(f"error: {exc}")
@@ -202,6 +210,8 @@ async def _main(cfg, sock: socket.socket, host: str, keyed: bool, key: str | Non
             try:
                 await manager.aclose()
             finally:
+                if tracing is not None:  # after the servers' stop events ended their spans
+                    tracing.close()
                 if cache is not None:
                     with contextlib.suppress(SymoeError):
                         await cache.aclose()

@@ -11,10 +11,11 @@ import typer
 
 from .answer_file import AnswerFile
 from .cache import AnswerCache
-from .cli_common import BUDGET_EXIT, TerminalProgress, err, lock_or_exit, logged, preflight_or_exit, run_with_signals
+from .cli_common import BUDGET_EXIT, check_metrics_target, write_metrics, TerminalProgress, err, lock_or_exit, logged, preflight_or_exit, run_with_signals
 from .config import Config, load_config
 from .errors import BudgetSpent, CacheError, ClusterError, ConfigError, InputError, OutputError, ProfileError, PromptError, SymoeError
 from .events import EventLog
+from .metrics import Metrics
 from .summary import RunSummary
 from .inputs import read_questions_skipping, reads_as_stream
 from .output_paths import check_distinct, check_events_target, check_file_target
@@ -29,6 +30,7 @@ def solve(
     seed: Annotated[Optional[int], typer.Option("--seed", help="routing and sampling seed (overrides the config)")] = None,
     profiles: Annotated[Optional[Path], typer.Option("--profiles", help="profiles directory (overrides the config)")] = None,
     events: Annotated[Optional[Path], typer.Option("--events", help="append lifecycle events as JSONL here")] = None,
+    metrics: Annotated[Optional[Path], typer.Option("--metrics", help="write the run's Prometheus metrics (text format) here when it ends")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="infer skills and route, print the schedule, answer nothing")] = False,
     no_profiles: Annotated[bool, typer.Option("--no-profiles", help="ignore profiles: recruit experts uniformly at random")] = False,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="SQLite answer cache (default: OUTPUT with suffix .cache.sqlite)")] = None,
@@ -55,7 +57,7 @@ def solve(
         for warning in warnings:
             err(f"[symoe] warning: {warning}")
         cache_path = None if no_cache else (cache or out_path.with_suffix(".cache.sqlite"))
-        _check_targets(input, out_path, events, cache_path, config, dry_run)
+        _check_targets(input, out_path, events, cache_path, config, dry_run, metrics)
     except (ConfigError, InputError, ProfileError, PromptError, OutputError) as exc:
         err(f"error: {exc}")
         raise typer.Exit(2) from None
@@ -63,15 +65,19 @@ def solve(
         if not dry_run:  # one run per answers file, from before its state is read
             lock_or_exit(held, out_path, "the answers file")
         preflight_or_exit(cfg)
-        run = _SolveRun(cfg, questions, skipped, out_path, cache_path, fresh, retry_failed)
+        run = _SolveRun(cfg, questions, skipped, out_path, cache_path, fresh, retry_failed, metrics)
         code = run_with_signals(lambda: run.main(events, dry_run), resume_hint=run.resume_hint)
     raise typer.Exit(code)
 
 
-def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path: Path | None, config: Path | None, dry_run: bool) -> None:
+def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path: Path | None, config: Path | None, dry_run: bool,
+                   metrics: Path | None = None) -> None:  # fmt: skip
     """Every file the run will write can be written, and no two of them (or the input) are
     the same file; ``OutputError`` otherwise, before anything starts."""
-    check_distinct({"INPUT": None if str(input) == "-" else input, "-o": out_path, "--events": events, "--cache": cache_path, "--config": config})
+    check_distinct({"INPUT": None if str(input) == "-" else input, "-o": out_path, "--events": events, "--cache": cache_path,
+                    "--config": config, "--metrics": metrics})  # fmt: skip
+    if metrics is not None:
+        check_metrics_target(metrics)
     if not dry_run:
         check_file_target(out_path, "the answers file", "-o")
         if cache_path is not None:
@@ -82,7 +88,8 @@ def _check_targets(input: Path, out_path: Path, events: Path | None, cache_path:
 class _SolveRun:
     """One ``symoe solve``: the answers file, the cache and the batch, and what to say on a stop."""
 
-    def __init__(self, cfg: Config, questions, skipped: list[str], out_path: Path, cache_path: Path | None, fresh: bool, retry_failed: bool):
+    def __init__(self, cfg: Config, questions, skipped: list[str], out_path: Path, cache_path: Path | None, fresh: bool, retry_failed: bool,
+                 metrics_path: Path | None = None):  # fmt: skip
         self.cfg = cfg
         self.questions = questions
         self.skipped = skipped
@@ -92,6 +99,8 @@ class _SolveRun:
         self.retry_failed = retry_failed
         self.answers: AnswerFile | None = None
         self.cache: AnswerCache | None = None
+        self.metrics_path = metrics_path
+        self.metrics = Metrics() if metrics_path is not None else None
 
     def resume_hint(self) -> str:
         done = f"{self.answers.total} questions are in {self.out_path}" if self.answers else f"answers so far are in {self.out_path}"
@@ -99,6 +108,13 @@ class _SolveRun:
         return f"{done}{kept}. Re-run the same command (without --fresh) to resume."
 
     async def main(self, events_path: Path | None, dry_run: bool) -> int:
+        try:
+            return await self._main(events_path, dry_run)
+        finally:  # what the run did, however it ended
+            if self.metrics is not None and self.metrics_path is not None and not dry_run:
+                await write_metrics(self.metrics, self.metrics_path)
+
+    async def _main(self, events_path: Path | None, dry_run: bool) -> int:
         try:
             try:
                 with logged(events_path) as (log, progress):
@@ -174,7 +190,8 @@ class _SolveRun:
             if self.cache_path is not None:
                 self.cache = await asyncio.to_thread(AnswerCache, self.cache_path, not self.fresh)
         err(f"[symoe] {len(todo)} questions; experts: {', '.join(cfg.roles.experts)}; k={cfg.k}, seed={cfg.seed}")
-        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache, scratch_dir=self.out_path.parent) as moe:  # preflight ran above
+        async with SymbolicMoE(cfg, events=log, progress=progress, check=False, cache=self.cache, scratch_dir=self.out_path.parent,
+                               metrics=self.metrics) as moe:  # preflight ran above  # fmt: skip
             err(f"[symoe] {moe.routing_note}")
             if dry_run:
                 print((await moe.plan(todo)).describe())

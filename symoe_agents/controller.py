@@ -49,6 +49,7 @@ from .methods import Method
 from .alignment import Aligner, make_embedder
 from .costs import Budget
 from .explain import RoutingExplanation, explain_route
+from .metrics import Metrics
 from .telemetry import RunTrace, Tracing
 from .config import Config, uses_cpu
 from .errors import CacheError, OutputError, ServerStartError, SymoeError
@@ -109,6 +110,7 @@ class Controller:
         scratch_dir: str | None = None,
         cluster: Cluster | None = None,
         tracing: Tracing | None = None,
+        metrics: Metrics | None = None,
     ):
         """``scratch_dir``: where the run's answer store is made (default: the temporary folder).
         ``cluster``: groups run on the nodes of this Ray cluster (``cluster.py``); ``manager``
@@ -119,7 +121,9 @@ class Controller:
         self.events = events
         self.cluster = cluster
         self.tracing = tracing  # spans of every batch (telemetry.py); None: tracing is off
+        self.metrics = metrics  # Prometheus counters (metrics.py), fed by every call and record
         self.groups = GroupRunner(config, manager, events, progress, cache, connect)
+        self.groups.metrics = metrics
         # --max-cost spans the controller's life: every batch and, in eval, every method
         self.groups.budget = Budget(config.cost.max_usd) if config.cost.max_usd else None
         if cluster is not None:
@@ -708,6 +712,8 @@ class Controller:
         self.tally.count(result)
         if self.groups.trace is not None:
             self.groups.trace.done(result)
+        if self.metrics is not None:
+            self.metrics.question(result)
         if run.on_result is not None:
             done = run.on_result(result)
             if inspect.isawaitable(done):

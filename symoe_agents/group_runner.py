@@ -32,6 +32,7 @@ from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
 from .costs import Budget, ShareClock, call_cost
+from .metrics import Metrics
 from .telemetry import RunTrace, finish_call
 from .dispatch import dispatch, pool_size, sample_batches
 from .errors import ServerStartError
@@ -155,6 +156,7 @@ class GroupRunner:
         self.clocks: dict[str, ShareClock] = {}
         self.budget: Budget | None = None  # --max-cost: no request is sent once it is spent
         self.trace: RunTrace | None = None  # the batch's spans, when tracing is on (telemetry.py)
+        self.metrics: Metrics | None = None  # Prometheus counters (metrics.py)
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1
@@ -223,6 +225,8 @@ class GroupRunner:
 
         async def final(i: int, c: Completion) -> None:
             finished[i] = 1
+            if self.metrics is not None:
+                self.metrics.call(agent.role, group.model, c)
             if c.error:
                 stats.failed += 1
                 req = requests[i]

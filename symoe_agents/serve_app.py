@@ -98,6 +98,7 @@ class ServeApp:
         self.created = int(time.time())
         self.app = Starlette(routes=[
             Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -118,7 +119,7 @@ class ServeApp:
 
     async def _no_route(self, request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 404)
-        routes = "GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions"
+        routes = "GET /health, GET /metrics, GET /v1/models, POST /v1/chat/completions, POST /v1/completions"
         return _error(status, f"no {request.method} {request.url.path[:200]} here; this server has {routes}", code="not_found")
 
     async def health(self, request: Request) -> Response:
@@ -136,6 +137,16 @@ class ServeApp:
         }
         return JSONResponse(body, status_code=503 if s.closing else 200)
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text format (metrics.py); like /health, it needs no key."""
+        metrics = self.scheduler.metrics
+        if metrics is None:
+            return _error(404, 'metrics need prometheus-client: pip install "symoe-agents[telemetry]"', code="not_found")
+        metrics.queue_depth.set(self.scheduler.queued)
+        metrics.windows.set(self.scheduler.running)
+        body = await asyncio.to_thread(metrics.text)  # many label sets take a while to format: not on the loop
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
     async def models(self, request: Request) -> Response:
         cfg = self.config
         data = [{"id": name, "object": "model", "created": self.created, "owned_by": "symoe",
@@ -148,10 +159,23 @@ class ServeApp:
     # -- completions ----------------------------------------------------------------------
 
     async def chat(self, request: Request) -> Response:
-        return await self._complete(request, chat=True)
+        return await self._counted(request, chat=True)
 
     async def completions(self, request: Request) -> Response:
-        return await self._complete(request, chat=False)
+        return await self._counted(request, chat=False)
+
+    async def _counted(self, request: Request, chat: bool) -> Response:
+        """A completion request, counted by the model asked and the status (``/metrics``);
+        an answer that was not streamed also gives its time from arrival."""
+        began = time.monotonic()
+        request.state.model = "other"  # the label of a model this server does not have: no label per typo
+        response = await self._complete(request, chat)
+        metrics = self.scheduler.metrics
+        if metrics is not None:
+            metrics.requests.labels(request.state.model, str(response.status_code)).inc()
+            if response.status_code == 200 and not isinstance(response, StreamingResponse):
+                metrics.latency.labels("request").observe(time.monotonic() - began)
+        return response
 
     async def _complete(self, request: Request, chat: bool) -> Response:
         raw = bytearray()
@@ -167,6 +191,8 @@ class ServeApp:
         except (ValueError, UnicodeDecodeError, RecursionError):
             return _error(400, "the request body is not valid JSON (UTF-8)")
         model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str) and (model in self.config.models or model in self.methods):
+            request.state.model = model
         if isinstance(model, str) and model in self.config.models and model not in self.methods:
             return await self._relay(request, body, model, chat)
         try:

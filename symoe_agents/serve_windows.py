@@ -41,8 +41,10 @@ from .controller import Controller
 from .errors import SymoeError
 from .events import Event, EventLog
 from .methods import Method
+from .metrics import Metrics
 from .records import Question, QuestionResult
 from .schedule import Group
+from .telemetry import Tracing
 from .turns import Turns
 from symoe_agents.servers import Endpoint, ServerManager
 
@@ -117,13 +119,14 @@ class WindowStats:
 
 class WindowScheduler:
     def __init__(self, config: Config, manager: ServerManager, events: EventLog, cache: AnswerCache | None = None,
-                 controller: Controller | None = None):  # fmt: skip
+                 controller: Controller | None = None, tracing: Tracing | None = None, metrics: Metrics | None = None):  # fmt: skip
         self.config = config
         self.opts = config.serve
         self.manager = manager
         self.events = events
         self.turns = Turns(self.opts.max_wait_s)
-        self.controller = controller or Controller(config, manager, events, None, cache)
+        self.controller = controller or Controller(config, manager, events, None, cache, tracing=tracing, metrics=metrics)
+        self.metrics = self.controller.metrics
         self.controller.resident = True
         self.controller.groups.turns = self.turns
         # a server one window releases may serve the next: sleep it where it can sleep
@@ -149,6 +152,11 @@ class WindowScheduler:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        """Windows in flight."""
+        return len(self._windows)
 
     @property
     def closing(self) -> bool:

@@ -150,6 +150,49 @@ async def test_chat_answer_with_usage_summed_over_the_stages(served):
     assert symoe["cost"]["calls"] == 6 and symoe["cost"]["prompt_tokens"] == r.usage.prompt_tokens
 
 
+def scrape(served) -> dict[tuple[str, tuple], float]:
+    """/metrics, parsed by prometheus-client's own parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = httpx.get(served.base + "/metrics", timeout=30)  # like /health, without the key
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+async def test_metrics_count_what_a_request_did(served):
+    before = scrape(served)
+    async with served.client() as c:
+        r = await c.chat.completions.create(model="symoe", messages=[{"role": "user", "content": f"What is {time.time_ns()} + 1? Say only the number."}])
+    after = scrape(served)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    def grew_all(name: str, **labels) -> float:  # summed over the labels not given
+        def total(samples):
+            return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+        return total(after) - total(before)
+
+    symoe = r.model_extra["symoe"]
+    usage = symoe["usage"]
+    assert grew("symoe_http_requests_total", model="symoe", code="200") == 1
+    assert grew("symoe_stage_latency_seconds_count", stage="request") == 1
+    for stage in ("skills", "experts", "aggregator"):  # a new question: every call made, none cached
+        assert grew_all("symoe_calls_total", stage=stage, outcome="ok") == usage[stage]["calls"]
+        assert grew("symoe_stage_latency_seconds_count", stage=stage) == usage[stage]["calls"]
+    assert grew_all("symoe_calls_total", outcome="cached") == 0 and grew_all("symoe_errors_total") == 0
+    assert grew_all("symoe_tokens_total", direction="input") == r.usage.prompt_tokens
+    assert grew_all("symoe_tokens_total", direction="output") == r.usage.completion_tokens
+    for e in symoe["experts"]:  # every expert's tokens are under its model
+        assert grew_all("symoe_tokens_total", model=e["model"], direction="output") >= e["completion_tokens"]
+    assert grew_all("symoe_questions_total") == 1 and grew("symoe_questions_total", source=symoe["final_source"] or "none") == 1
+    health = httpx.get(served.base + "/health", timeout=30).json()
+    loads = sum(v for (n, _), v in after.items() if n == "symoe_model_loads_total")
+    assert loads == health["model_loads"] and after[("symoe_queue_depth", ())] == 0
+    assert sum(v for (n, _), v in after.items() if n == "symoe_model_load_seconds_count") == loads
+
+
 async def test_stream_with_openai_client(served):
     pieces, stages, closing, usage_chunk = [], [], None, None
     async with served.client() as c:

@@ -196,3 +196,48 @@ async def test_solve_exports_traces_over_otlp_from_real_servers(tmp_path):
     assert servers and all([e.name for e in s.events][0] == "ready" and [e.name for e in s.events][-1] == "stop" for s in servers)
     assert len({attrs(s)["process.pid"] for s in servers}) == len(servers)
     assert any(s.name == "symoe.run" for s in spans) and any(s.name.startswith("symoe.group skills:") for s in spans)
+
+
+def parsed(path) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(path.read_text()) for s in fam.samples}
+
+
+async def test_solve_writes_its_metrics_file_and_a_second_run_counts_cache_hits(tmp_path):
+    from conftest import read_jsonl, symoe_async
+    from test_costs import PER_CALL, priced_toml, questions
+
+    async with ScriptedAPI([500]) as api:  # one retried 500: the call still ends ok
+        cfg, q, out, prom = priced_toml(tmp_path, api), questions(tmp_path, 4), tmp_path / "a.jsonl", tmp_path / "run.prom"
+        code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", out, "--metrics", prom, timeout=300)
+        assert code == 0, stderr[-3000:]
+        m = parsed(prom)
+        records = read_jsonl(out)
+        experts = [e for r in records for e in r["experts"]]
+        calls = {("sk", "skills"): 4, ("agg", "aggregator"): 4, **{(e, "experts"): experts.count(e) for e in set(experts)}}
+        for (model, stage), n in calls.items():
+            assert m[("symoe_calls_total", (("model", model), ("outcome", "ok"), ("stage", stage)))] == n
+            assert m[("symoe_tokens_total", (("direction", "input"), ("model", model)))] == 7 * n  # the stand-in's usage
+            assert m[("symoe_tokens_total", (("direction", "output"), ("model", model)))] == 3 * n
+            assert m[("symoe_cost_usd_total", (("model", model),))] == pytest.approx(PER_CALL[model] * n)
+        assert m[("symoe_questions_total", (("source", "aggregator"),))] == 4
+        assert m[("symoe_stage_latency_seconds_count", (("stage", "experts"),))] == 8
+        assert not any(n == "symoe_errors_total" and v for (n, _), v in m.items())
+
+        again = tmp_path / "b.jsonl"  # the same questions, all from the cache
+        code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", again, "--cache", tmp_path / "a.cache.sqlite", "--metrics", prom, timeout=300)
+        assert code == 0, stderr[-3000:]
+        m = parsed(prom)
+        assert m[("symoe_cache_hits_total", (("model", "sk"),))] == 4 and m[("symoe_cache_hits_total", (("model", "agg"),))] == 4
+        assert not any(n == "symoe_tokens_total" and v for (n, _), v in m.items())  # nothing was asked
+
+
+async def test_a_metrics_file_that_cannot_be_written_is_refused_before_anything_starts(tmp_path):
+    from conftest import symoe_async
+    from test_costs import priced_toml, questions
+
+    async with ScriptedAPI([]) as api:
+        code, _, stderr = await symoe_async("solve", questions(tmp_path, 1), "--config", priced_toml(tmp_path, api), "-o", tmp_path / "a.jsonl",
+                                            "--metrics", tmp_path, timeout=120)  # fmt: skip
+        assert code == 2 and "the metrics file" in stderr and "is a folder" in stderr and api.calls == 0
