@@ -147,9 +147,12 @@ def usage_of(r: QuestionResult) -> dict[str, int]:
 
 def symoe_object(r: QuestionResult, method: str, queue_s: float, window_s: float) -> dict[str, Any]:
     """Who answered and how: skills, experts and their extracted answers, the aggregator,
-    where the final answer came from, tokens by stage and the cost counters."""
+    where the final answer came from, tokens by stage and the cost counters; with
+    ``explain = true``, why those experts (``routing_explanation``)."""
     u = r.usage
+    explained = {"routing_explanation": r.routing_explanation.model_dump()} if r.routing_explanation is not None else {}
     return {
+        **explained,
         "method": method,
         "skills": r.skills,
         "routing": r.routing,

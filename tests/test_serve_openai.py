@@ -82,6 +82,12 @@ def test_usage_is_the_sum_of_the_stages_and_the_symoe_object_tells_who_answered(
                               "queue_s": 0.5, "window_s": 2.0}
     assert [(e["model"], e["extracted"], e["cached"]) for e in symoe["experts"]] == [("a", "4", True), ("b", "4", False)]
     assert symoe["final_source"] == "aggregator" and symoe["skills"] == ["arithmetic"]
+    assert "routing_explanation" not in symoe  # explain is off
+    from symoe_agents.explain import Draw, RoutingExplanation
+
+    why = RoutingExplanation(method="fixed", draws=[Draw(slot=0, uniform=None, drawn="a"), Draw(slot=1, uniform=None, drawn="b")])
+    explained = symoe_object(r.model_copy(update={"routing_explanation": why}), "symoe", 0.5, 2.0)
+    assert explained["routing_explanation"] == why.model_dump()
 
 
 def test_chunks_are_chat_or_text_shaped():
