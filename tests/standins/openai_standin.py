@@ -8,7 +8,7 @@ status codes: e.g. [429, 503, 200] answers 429, then 503, then a real completion
 content, ``(content, finish_reason)``, or an ``int`` status to answer instead: a scripted
 pool of models behind one endpoint. As OpenAI's API does, a completion stopped by
 ``max_tokens`` says ``"finish_reason": "length"``. Every request body is kept in
-``requests``.
+``requests``, and its headers in ``headers`` (a traced call's ``traceparent``).
 """
 
 from __future__ import annotations
