@@ -37,26 +37,36 @@ async def run_eval(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     limit = config.cost.max_usd  # --max-cost spans every method: each gets what the ones before left
-    for method in methods:
-        if limit is not None:
-            spent = sum(r["cost_usd"] for r in rows)
-            if spent >= limit:
-                raise BudgetSpent(limit, spent)
-            config = config.with_budget(limit - spent)
-        events = EventLog(out_dir / f"{method.name}.events.jsonl")
-        if on_event:
-            events.listen(on_event)
-        began = time.monotonic()
-        answers = AnswerFile.open(out_dir / f"{method.name}.jsonl", questions, fresh=True)  # each record fsynced as it finishes
-        try:
-            async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache, metrics=metrics) as moe:
-                results = await moe.solve_batch(questions, on_result=answers.append, method=method)
-                summary = moe.summary
-        finally:
-            await answers.aclose()
-            events.close()
-        assert summary is not None
-        skill_calls = len(questions) * config.sampling.skill_inferencer.samples if method.needs_skills else 0
-        rows.append(method_row(method.name, results, events.events, time.monotonic() - began, skill_calls,
-                               summary.prompt_tokens + summary.completion_tokens, method.layers))  # fmt: skip
+    try:
+        for method in methods:
+            if limit is not None:
+                spent = sum(r["cost_usd"] for r in rows)
+                if spent >= limit:
+                    raise BudgetSpent(limit, spent)
+                config = config.with_budget(limit - spent)
+            rows.append(await _run_method(config, questions, method, out_dir, progress, on_event, check, cache, metrics))
+    except BudgetSpent as exc:  # the methods that finished keep their rows (the report is written)
+        exc.finished = rows
+        raise
     return rows
+
+
+async def _run_method(config: Config, questions: list[Question], method: Method, out_dir: Path, progress: Progress | None,
+                      on_event, check: bool, cache: AnswerCache | None, metrics: Metrics | None) -> dict[str, Any]:  # fmt: skip
+    """One method over the whole batch, its records and events beside the report: its row."""
+    events = EventLog(out_dir / f"{method.name}.events.jsonl")
+    if on_event:
+        events.listen(on_event)
+    began = time.monotonic()
+    answers = AnswerFile.open(out_dir / f"{method.name}.jsonl", questions, fresh=True)  # each record fsynced as it finishes
+    try:
+        async with SymbolicMoE(config, events=events, progress=progress, check=check, cache=cache, metrics=metrics) as moe:
+            results = await moe.solve_batch(questions, on_result=answers.append, method=method)
+            summary = moe.summary
+    finally:
+        await answers.aclose()
+        events.close()
+    assert summary is not None
+    skill_calls = len(questions) * config.sampling.skill_inferencer.samples if method.needs_skills else 0
+    return method_row(method.name, results, events.events, time.monotonic() - began, skill_calls,
+                      summary.prompt_tokens + summary.completion_tokens, method.layers)  # fmt: skip

@@ -104,6 +104,9 @@ class ServerManager:
         self._closed = False
         self._serial = 0
         self._failed = False
+        # seconds each model's servers spent starting (and waking): a group's load time is
+        # what grew while it acquired its server, not the wait for the lock or another's stop
+        self.loading_s: dict[str, float] = {}
         self.reuse_later: set[str] = set()
         self.gpu: GpuMonitor | None = GpuMonitor.detect() if gpu_monitor is True else (gpu_monitor or None)
         self._log_dir: Path | None = Path(config.servers.log_dir) if config.servers.log_dir else None
@@ -321,6 +324,7 @@ class ServerManager:
                 self.events.emit("server_stop", model=model, server=key, pid=proc.pid, port=port, detail={"reason": "cancelled while starting"})
                 raise
             self.events.emit("server_ready", model=model, server=key, pid=proc.pid, port=port, duration_s=round(took, 3))
+            self.loading_s[model] = self.loading_s.get(model, 0.0) + took
             endpoint = Endpoint(base_url=f"http://{LOOPBACK}:{port}/v1", served_model=launch.served_model, api_key=self._api_key)
             run = _Running(key, model, proc, endpoint, gpu_ids, launch.probe)
             run.pids |= {p.pid for p in proc._group_members()}
@@ -358,6 +362,7 @@ class ServerManager:
         began = time.monotonic()
         await backend.wake(run.process.port, self._api_key)
         run.asleep = False
+        self.loading_s[run.model] = self.loading_s.get(run.model, 0.0) + time.monotonic() - began
         self.events.emit("server_wake", model=run.model, server=run.key, pid=run.process.pid, duration_s=round(time.monotonic() - began, 3))
 
     async def _stop(self, key: str, grace: float | None = None, reason: str | None = None) -> None:

@@ -24,7 +24,7 @@ from .errors import ClusterError, ConfigError, OutputError, SymoeError
 from .events import Event, EventLog
 from .output_paths import check_file_target
 from .preflight import preflight
-from .tracing_setup import start_exporting
+from .tracing_setup import start_exporting, tracing_problems
 
 #: ``--max-cost`` stopped the run: everything answered is kept, the same command resumes
 BUDGET_EXIT = 3
@@ -185,9 +185,9 @@ def load_checked(config: Path | None):
 def preflight_or_exit(cfg: Config) -> None:
     """Exit 2 with what would stop a run; then start the trace exporter, when asked for
     (the SDK flushes it at exit)."""
-    problems = preflight(cfg)
+    problems = [*map(str, preflight(cfg)), *tracing_problems(cfg)]  # the exporter is the command line's own
     if problems:
-        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(map(str, problems)))
+        err("error: preflight found problems (nothing was started):\n  " + "\n  ".join(problems))
         raise typer.Exit(2)
     start_exporting(cfg)
 

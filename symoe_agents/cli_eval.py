@@ -92,8 +92,13 @@ def evaluate(
                     await answers.aclose()
                 if counters is not None and metrics is not None:
                     await write_metrics(counters, metrics)
-        except BudgetSpent as exc:  # --max-cost: a clean stop, its own code
+        except BudgetSpent as exc:  # --max-cost: a clean stop, its own code; the finished methods' report is written
             err(f"[symoe] {exc}")
+            if exc.finished:
+                files = write_report(exc.finished, output)
+                print(markdown(exc.finished))
+                err("[symoe] report of the methods that finished: " + ", ".join(str(p) for p in files.values()))
+            err(f"[symoe] stopped. {hint}")
             return BUDGET_EXIT
         except SymoeError as exc:  # a cache stuck or a disk full mid-run, a server that cannot start
             err(f"error: {exc}")

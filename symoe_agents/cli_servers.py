@@ -12,6 +12,7 @@ from .cli_common import err, load_config_or_exit, run_with_signals
 from .errors import SymoeError
 from .events import EventLog
 from .preflight import preflight, used_models
+from .tracing_setup import tracing_problems
 
 servers_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Start model servers by hand.")
 
@@ -21,7 +22,7 @@ def check(
 ) -> None:
     """Preflight only: executables, model files, prompts, chat formats, API-key variables, GPUs. Starts nothing."""
     cfg = load_config_or_exit(config)
-    problems = [str(p) for p in preflight(cfg)]
+    problems = [*map(str, preflight(cfg)), *tracing_problems(cfg)]
     if cfg.cluster is not None:
         try:
             problems += asyncio.run(_check_cluster(cfg))

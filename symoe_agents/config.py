@@ -71,9 +71,9 @@ class SkillSampling(Sampling):
 class Price(_Strict):
     """What a model's calls cost, in USD: tokens for a hosted model, device time for a local one."""
 
-    input_per_mtok: float | None = Field(default=None, ge=0, description="hosted: USD per million prompt tokens")
-    output_per_mtok: float | None = Field(default=None, ge=0, description="hosted: USD per million completion tokens")
-    device_hour: float | None = Field(default=None, ge=0, description="local: USD per hour of the model's device; default: cost.device_hour")
+    input_per_mtok: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="hosted: USD per million prompt tokens")
+    output_per_mtok: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="hosted: USD per million completion tokens")
+    device_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="local: USD per hour of the model's device; default: cost.device_hour")
 
 
 class _ModelBase(_Strict):
@@ -472,8 +472,8 @@ class ClusterOptions(_Strict):
 class CostOptions(_Strict):
     """Prices that are not a model's own, and the run's budget."""
 
-    device_hour: float | None = Field(default=None, ge=0, description="USD per device-hour for every local model without price.device_hour")
-    max_usd: float | None = Field(default=None, gt=0, description="stop the run cleanly once its calls have cost this much (--max-cost)")
+    device_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="USD per device-hour for every local model without price.device_hour")
+    max_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="stop the run cleanly once its calls have cost this much (--max-cost)")
 
 
 class TelemetryOptions(_Strict):
@@ -540,8 +540,8 @@ class Config(_Strict):
                 problems.append(f"roles.experts[{i}]: unknown model '{name}'; declared models: {declared}")
         if len(set(self.roles.experts)) != len(self.roles.experts):
             problems.append("roles.experts: lists a model twice; list each expert once")
-        if self.cost.max_usd is not None and not self.priced():
-            problems.append("cost.max_usd (--max-cost): no model has a price, so no budget can be spent; set "
+        if self.cost.max_usd is not None and not problems and not self.priced():
+            problems.append("cost.max_usd (--max-cost): no model of a role has a price above 0, so no budget can be spent; set "
                             "models.NAME.price (input_per_mtok/output_per_mtok for hosted, device_hour for local) or cost.device_hour")  # fmt: skip
         if problems:
             raise ValueError("; ".join(problems))
@@ -558,10 +558,12 @@ class Config(_Strict):
         return Price(device_hour=self.cost.device_hour)
 
     def priced(self) -> bool:
-        """Some call of this config can cost money (a budget can be spent)."""
-        return self.cost.device_hour is not None or any(
-            p is not None for m in self.models.values() for p in (m.price.input_per_mtok, m.price.output_per_mtok, m.price.device_hour)
-        )
+        """Some call of a role's model costs money (a budget can be spent)."""
+        for name in {self.roles.skill_inferencer, self.roles.aggregator, *self.roles.experts}:
+            price = self.price(name)
+            if price.input_per_mtok or price.output_per_mtok or price.device_hour:
+                return True
+        return False
 
     def in_flight(self, name: str) -> int:
         """Sequences one group keeps open to model ``name`` (see ``in_flight_limit``)."""

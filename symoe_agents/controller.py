@@ -52,7 +52,7 @@ from .explain import RoutingExplanation, explain_route
 from .metrics import Metrics
 from .telemetry import RunTrace, Tracing
 from .config import Config, uses_cpu
-from .errors import CacheError, OutputError, ServerStartError, SymoeError
+from .errors import BudgetSpent, CacheError, OutputError, ServerStartError, SymoeError
 from .events import EventLog
 from .summary import EventTally, OutcomeTally, RunSummary
 from .final_answer import aggregator_status, consensus, decide
@@ -167,7 +167,9 @@ class Controller:
         twin = copy.copy(self)
         twin.groups = copy.copy(self.groups)  # its own callbacks; a group runner keeps no state between groups
         twin.groups.on_serving = on_serving
-        if cache_only:
+        if cache_only:  # a probe: the window that answers counts and traces what it does
+            twin.metrics = twin.groups.metrics = None
+            twin.tracing = None
             twin.events = EventLog(keep=64)
             twin.groups.events = twin.events
             twin.groups.cache_only = True
@@ -281,7 +283,7 @@ class Controller:
                     device = await self.cluster.where(lane.device) or lane.device
                 try:
                     await run_group(group, device, co_resident, on_admitted, not multi)
-                except (CacheError, OutputError, StoreError) as exc:  # a stuck cache, a full disk: this lane stops; the others drain
+                except (CacheError, OutputError, StoreError, BudgetSpent) as exc:  # a stuck cache, a full disk, --max-cost: this lane stops; the others drain
                     halted.append(exc)  # what they have in flight (raising here would cancel it) and stop at their next send
                     return
                 if self.cluster is not None:  # it may have moved mid-group: its server is where it ended
@@ -507,7 +509,7 @@ class Controller:
             began = time.time()
             routes = await self.route(skills.keywords, streams)
             if self.groups.trace is not None:
-                self.groups.trace.routing(routes, began, time.time())
+                await self.groups.trace.routing(routes, began, time.time())
             if m.k != self.config.k:
                 routes = {q: routing.Route(r.experts[: m.k], r.method, r.keywords, r.probabilities, r.replaced) for q, r in routes.items()}
             return skills, routes
@@ -521,7 +523,7 @@ class Controller:
                 functools.partial(routing_batch.route_batch, [(q, []) for q in ids], self.config.roles.experts, m.k, self.config.seed, None, draw_keys=streams)
             )
         if self.groups.trace is not None:
-            self.groups.trace.routing(routes, began, time.time())
+            await self.groups.trace.routing(routes, began, time.time())
         self.events.emit("routing", detail={"method": m.name, "picks": dict(Counter(e for r in routes.values() for e in r.experts))})
         return skills, routes
 

@@ -78,4 +78,5 @@ class BudgetSpent(SymoeError):
 
     def __init__(self, limit_usd: float, spent_usd: float):
         self.limit_usd, self.spent_usd = limit_usd, spent_usd
+        self.finished: list = []  # eval: the report rows of the methods that finished before it
         super().__init__(f"budget spent: the calls cost ${spent_usd:.4f} of the ${limit_usd:.4f} allowed (--max-cost), so no more requests were sent")

@@ -81,8 +81,13 @@ def explain_route(
     else:  # uniform over the pool
         candidates = [Candidate(model=m, probability=1.0 / len(pool)) for m in pool]
         drawn = routing.draw_uniform(uniforms, list(pool))
-    draws = [
-        Draw(slot=i, uniform=u, drawn=d, replaced_by=final if final != d else None)
-        for i, (u, d, final) in enumerate(zip(uniforms, drawn, route.experts))
-    ]
+    # a substitute is named only where min_share recorded one for that draw: a difference it
+    # did not record stays visible as drawn != the record's expert (a defect, which tests catch)
+    substitutes = list(route.replaced)
+    draws = []
+    for i, (u, d, final) in enumerate(zip(uniforms, drawn, route.experts)):
+        replaced_by = None
+        if final != d and substitutes and substitutes[0] == (d, final):
+            replaced_by = substitutes.pop(0)[1]
+        draws.append(Draw(slot=i, uniform=u, drawn=d, replaced_by=replaced_by))
     return RoutingExplanation(method=route.method, keywords=keywords, shifted=shifted, candidates=candidates, draws=draws)

@@ -89,6 +89,20 @@ def _node(device: Device | None) -> str | None:
     return node_name(device.node) if device is not None and device.node else None
 
 
+def _loading(manager: Any, model: str) -> float | None:
+    """The seconds ``model``'s servers have spent starting so far (None: a manager that does
+    not say, a cluster host)."""
+    counts = getattr(manager, "loading_s", None)
+    return counts.get(model, 0.0) if isinstance(counts, dict) else None
+
+
+def _loaded(manager: Any, model: str, before: float | None, asked: float) -> float:
+    """What an acquire spent loading: the start (or wake) it caused, else its wall time."""
+    if before is None:
+        return time.monotonic() - asked
+    return max(0.0, _loading(manager, model) - before)  # type: ignore[operator]
+
+
 def _same_id(question_id: str) -> str:
     return question_id
 
@@ -153,7 +167,7 @@ class GroupRunner:
         self.hosts: Cluster | None = None
         # each server's device-time clock, by endpoint: shared by every group that sends to it
         # (serve's windows included: sibling runners share this dict)
-        self.clocks: dict[str, ShareClock] = {}
+        self.clocks: dict[tuple[str, str], ShareClock] = {}
         self.budget: Budget | None = None  # --max-cost: no request is sent once it is spent
         self.trace: RunTrace | None = None  # the batch's spans, when tracing is on (telemetry.py)
         self.metrics: Metrics | None = None  # Prometheus counters (metrics.py)
@@ -216,6 +230,7 @@ class GroupRunner:
         price = self.config.price(group.model)
         load_s = 0.0  # the server's start (and restarts) on the device, shared by the group's requests
         held_from: float | None = None  # when the group first asked for its server: device time from there
+        carried: dict[int, tuple[float, float]] = {}  # (device s, USD) of attempts sent again after a restart
         finished = bytearray(n)  # 1: final (answered, failed, cached or skipped)
         # why this group stops sending (the answer cache stuck, or on_final failing: the
         # answers file on a full disk); requests in flight then finish and are kept, and the
@@ -243,7 +258,8 @@ class GroupRunner:
         async def fail_rest(reason: str) -> None:
             for i in range(n):
                 if not finished[i]:
-                    await final(i, Completion(model=group.model, error=reason))
+                    device_s, cost_usd = carried.pop(i, (0.0, 0.0))  # attempts paid before the server was lost
+                    await final(i, Completion(model=group.model, error=reason, device_s=device_s, cost_usd=cost_usd))
 
         # a request never holds more sequences than the group may have in flight
         in_flight = self.config.in_flight(group.model)
@@ -299,6 +315,8 @@ class GroupRunner:
                 return stats  # nothing to send: the server is not needed
             if self.cache_only:
                 raise NotCached(group.name)
+            if self.budget is not None and self.budget.exhausted:  # --max-cost: not even the server is started
+                raise self.budget.error()
             remote = self.hosts is not None and not hosted
             manager: Any = self.manager
             told: list[bool] = []  # on_serving is told once, when the group first gets a turn
@@ -328,7 +346,7 @@ class GroupRunner:
                     if self.on_serving is not None and not told:
                         told.append(True)
                         self.on_serving(group)
-                    asked = time.monotonic()
+                    asked, loaded = time.monotonic(), _loading(manager, group.model)
                     try:
                         got = await manager.acquire(
                             group.model,
@@ -336,7 +354,7 @@ class GroupRunner:
                             gpu_ids=dev.gpu_ids if dev else None,
                             share=await self.share(group.model, dev, co_resident) if dev else None,
                         )
-                        load_s += time.monotonic() - asked
+                        load_s += _loaded(manager, group.model, loaded, asked)
                         held_from = asked if held_from is None else held_from
                         return got
                     except HostLost:
@@ -366,13 +384,16 @@ class GroupRunner:
                 # with the narrowest requests
                 narrowest = min(len(units[u]) for u in order) if per_request > 1 else 1
                 connect = manager.connect_for(group.model) if remote else self.connect
-                clock = self.clocks.setdefault(endpoint.base_url, ShareClock())
+                # one clock per server: its key (stable across restarts) on its device (a node's 127.0.0.1 is not another's)
+                clock = self.clocks.setdefault((device.name if device else "", group.server or endpoint.base_url), ShareClock())
                 async with AgentRunner(endpoint, self.config.concurrency, self.config.seed, in_flight, connect, clock) as runner:
 
                     async def one(u: int, wanted: Callable[[int], bool] = wanted) -> None:
                         # a unit is one request: a whole batch (members not yet final are the
                         # ones that count), sent again whole if any member needs it, so that
                         # its samples are always the ones its cache keys name
+                        if halted:
+                            return
                         stop = cache.stuck() if cache is not None else None
                         if stop is None and self.budget is not None and self.budget.exhausted:
                             stop = self.budget.error()
@@ -408,11 +429,20 @@ class GroupRunner:
                         for i, c in zip(members, results):
                             if i not in keys:
                                 continue  # final already (cached, or answered before a restart)
-                            # what the call cost: a hosted one its tokens, a local one its share of the device
-                            c.device_s = 0.0 if hosted else c.device_s + load_s / n
+                            # what the call cost: a hosted one its tokens, a local one its share of the device;
+                            # an attempt to be sent again (its server died) is paid now and carried
+                            # to the request's final answer, which alone takes a share of the load
+                            resend = bool(c.error and c.retryable and not hosted)
+                            c.device_s = 0.0 if hosted else c.device_s + (0.0 if resend else load_s / n)
                             c.cost_usd = call_cost(price, c.prompt_tokens, c.completion_tokens, c.device_s)
                             if self.budget is not None:
                                 self.budget.add(c.cost_usd)
+                            paid = carried.pop(i, None)
+                            if resend:
+                                carried[i] = (c.device_s + paid[0], c.cost_usd + paid[1]) if paid else (c.device_s, c.cost_usd)
+                            elif paid:
+                                c.device_s += paid[0]
+                                c.cost_usd += paid[1]
                             if cache is not None and keys[i] is not None:
                                 req = requests[i]
                                 cache.put(keys[i], c, agent.role, req.question_id, req.sample)  # kept the moment it arrives (answers only)
@@ -457,6 +487,7 @@ class GroupRunner:
                 now = manager.process_pid(group.model)
                 if not lost and healthy and now == seen:
                     for i, c in retry:  # the server is fine: these failures were the requests' own
+                        c.device_s, c.cost_usd = carried.pop(i, (c.device_s, c.cost_usd))  # what its attempts cost, this one included
                         await final(i, c)
                     break
                 if not lost and healthy and now is not None:  # another group (serve's windows share servers) restarted it meanwhile
@@ -470,9 +501,9 @@ class GroupRunner:
                     if group_span is not None:
                         group_span.add_event("server_restart", {"symoe.reason": reason})
                     try:
-                        asked = time.monotonic()
+                        asked, loaded = time.monotonic(), _loading(manager, group.model)
                         endpoint = await manager.restart(group.model, reason, seen)
-                        load_s += time.monotonic() - asked
+                        load_s += _loaded(manager, group.model, loaded, asked)
                     except HostLost:  # the node went while its server restarted
                         lost = True
                     except ServerStartError as exc:

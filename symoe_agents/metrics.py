@@ -81,6 +81,9 @@ class Metrics:
         if r.errors:
             self.errors.labels("question").inc()
 
+    def window_failed(self) -> None:
+        self.errors.labels("window_failed").inc()
+
     def on_event(self, e: "Event") -> None:
         if e.kind == "server_ready" and e.model:
             self.loads.labels(e.model).inc()

@@ -21,7 +21,6 @@ from .preparation import Prepared, aggregation_prompt, expert_prompt, skills_pro
 from .prompting import load_template
 from .records import Question
 from .redaction import child_env, hide_from_children
-from .tracing_setup import tracing_problems
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,6 @@ def preflight(config: Config, models: list[str] | None = None, part: Literal["al
         problems += [Problem(None, msg) for msg in prompt_problems(config.prompts_dir)]
     if models is None and part != "node" and config.profiles is not None:  # the embedder maps skills onto profiles; nothing else uses it
         problems += [Problem(None, msg) for msg in alignment_problems(config.alignment)]
-    if models is None and part != "node":  # the command line's trace exporter
-        problems += [Problem(None, msg) for msg in tracing_problems(config)]
     if gpus_needed:
         have = config.schedule.gpus if config.schedule.gpus is not None else visible_gpus()
         if have is None:

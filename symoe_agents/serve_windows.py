@@ -336,6 +336,8 @@ class WindowScheduler:
         except Exception as exc:  # a defect: this window's requests fail, the server goes on
             failure = WindowFailed(f"internal error ({type(exc).__name__}: {exc}); the server goes on")
         finally:
+            if isinstance(failure, WindowFailed) and self.metrics is not None:
+                self.metrics.window_failed()
             for ask in by_id.values():
                 if not ask.done.done():
                     _fail(ask, failure or WindowFailed("the window ended without an answer for this request"))

@@ -25,6 +25,7 @@ small; unsampled spans record nothing.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Mapping
@@ -122,12 +123,16 @@ class RunTrace:
         span = self.call(qid, role, model, sample)
         span.set_attribute("symoe.cached", True)
         span.add_event("cache_hit")
-        finish_call(span, [c])
+        finish_call(span, [c], paid=False)
         span.end()
 
-    def routing(self, routes: Mapping[str, "Route"], began: float, ended: float) -> None:
-        """One ``symoe.routing`` span per question, spanning the batch's routing."""
-        for qid, route in routes.items():
+    async def routing(self, routes: Mapping[str, "Route"], began: float, ended: float) -> None:
+        """One ``symoe.routing`` span per question, spanning the batch's routing. A span
+        costs about 50 µs: the loop is given back every few hundred (100,000 questions are
+        seconds of spans, which must not stop the loop for seconds)."""
+        for n, (qid, route) in enumerate(routes.items(), 1):
+            if n % 256 == 0:
+                await asyncio.sleep(0)
             attrs: dict[str, Any] = {"symoe.routing.method": route.method, "symoe.experts": list(route.experts),
                                      "symoe.keywords": list(route.keywords)}  # fmt: skip
             if route.probabilities:
@@ -181,13 +186,14 @@ def traceparent(span: trace.Span) -> dict[str, str]:
     return headers
 
 
-def finish_call(span: trace.Span, calls: "list[Completion]") -> None:
+def finish_call(span: trace.Span, calls: "list[Completion]", paid: bool = True) -> None:
     """A call's outcome on its span (a request of n samples: their sum): tokens, finish
-    reasons, cost, or the error."""
+    reasons, cost (``paid``: not for an answer from the cache, paid by an earlier run), or
+    the error."""
     first = calls[0]
     attrs: dict[str, Any] = {"gen_ai.usage.input_tokens": sum(c.prompt_tokens for c in calls),
                              "gen_ai.usage.output_tokens": sum(c.completion_tokens for c in calls)}  # fmt: skip
-    cost, device = sum(c.cost_usd for c in calls), sum(c.device_s for c in calls)
+    cost, device = (sum(c.cost_usd for c in calls), sum(c.device_s for c in calls)) if paid else (0.0, 0.0)
     if cost:
         attrs["symoe.cost_usd"] = cost
     if device:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Mapping
 
 from .config import Config
@@ -24,18 +25,23 @@ def exporter_wanted(config: Config, environ: Mapping[str, str] = os.environ) -> 
         return None
     if config.telemetry.traces is not None:
         return config.telemetry.traces
+    if config.telemetry.endpoint is not None:  # a collector named: OTLP to it
+        return "otlp"
     names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
-    if names:
-        return next((n for n in names if n != "none"), None)
+    if names:  # the first symoe can run; another alone is said by tracing_problems
+        return next((n for n in names if n in ("otlp", "console")), next((n for n in names if n != "none"), None))
     if environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return "otlp"
     return None
 
 
 def tracing_problems(config: Config, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """What would stop the exporter, found before a run starts."""
+    """What would stop the command line's exporter, found before a run starts (none when an
+    application already installed its own provider: symoe then uses that one)."""
+    from .telemetry import tracing_on
+
     wanted = exporter_wanted(config, environ)
-    if wanted is None:
+    if wanted is None or tracing_on():
         return []
     if wanted not in ("otlp", "console"):
         return [f"OTEL_TRACES_EXPORTER={wanted!r}: symoe exports traces with 'otlp' (HTTP/protobuf) or 'console'"]
@@ -67,12 +73,12 @@ def start_exporting(config: Config, environ: Mapping[str, str] = os.environ) -> 
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {"service.name": config.telemetry.service_name}
     provider = TracerProvider(resource=Resource.create(attributes))
-    if wanted == "console":
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    if wanted == "console":  # to stderr, batched: stdout carries answers and reports
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

@@ -102,7 +102,7 @@ async def test_a_budget_nothing_can_spend_is_refused_before_anything_starts(tmp_
         path = tmp_path / "free.toml"
         path.write_text(priced_toml(tmp_path, api).read_text().replace("price = ", "#"))
         code, _, stderr = await symoe_async("solve", questions(tmp_path, 2), "--config", path, "-o", tmp_path / "o.jsonl", "--max-cost", "1", timeout=120)
-        assert code == 2 and "no model has a price" in stderr and api.calls == 0
+        assert code == 2 and "no model of a role has a price above 0" in stderr and api.calls == 0
 
 
 def test_prices_belong_to_the_kind_of_model():
@@ -113,6 +113,13 @@ def test_prices_belong_to_the_kind_of_model():
         parse_config({"models": {"a": {**local, "price": {"input_per_mtok": 1}}}, "roles": roles}, "t")
     with pytest.raises(ConfigError, match="a hosted model costs tokens, not device time"):
         parse_config({"models": {"a": {**hosted, "price": {"device_hour": 1}}}, "roles": roles}, "t")
+    for unspendable in ({"models": {"a": hosted}, "roles": roles, "cost": {"device_hour": 1, "max_usd": 1}},  # no local model
+                        {"models": {"a": hosted, "b": {**hosted, "price": {"input_per_mtok": 1}}}, "roles": roles, "cost": {"max_usd": 1}},  # b has no role
+                        {"models": {"a": {**hosted, "price": {"input_per_mtok": 0}}}, "roles": roles, "cost": {"max_usd": 1}}):  # fmt: skip
+        with pytest.raises(ConfigError, match="no model of a role has a price above 0"):
+            parse_config(unspendable, "t")
+    with pytest.raises(ConfigError, match="finite"):
+        parse_config({"models": {"a": {**hosted, "price": {"output_per_mtok": float("inf")}}}, "roles": roles}, "t")
     cfg = parse_config({"models": {"a": local}, "roles": roles, "cost": {"device_hour": 2.5}}, "t")
     assert cfg.price("a").device_hour == 2.5  # the run's default device price
     assert call_cost(Price(device_hour=3.6), 10**6, 10**6, 2.0) == pytest.approx(0.002)  # 2 s at $0.001 a second

@@ -75,6 +75,8 @@ def test_solve_example_set(tmp_path):
             assert m["similarity"] == 1.0 or m["keyword"] not in vocabulary  # verbatim: 1, no embedding
         if ex["method"] == "skills":
             check_explanation(ex, profiles, r["experts"])
+        # no min_share: what was drawn is what answered (the run's seed and draw keys reached the explanation)
+        assert [d["drawn"] for d in ex["draws"]] == r["experts"] and all(d["replaced_by"] is None for d in ex["draws"])
         answers = sorted(r["expert_answers"], key=lambda a: a["slot"])
         assert [a["model"] for a in answers] == r["experts"]
         for n, a in enumerate(answers):
