@@ -49,7 +49,7 @@ from .methods import Method
 from .alignment import Aligner, make_embedder
 from .costs import Budget
 from .explain import RoutingExplanation, explain_route
-from .metrics import Metrics
+from .metrics import Counts
 from .telemetry import RunTrace, Tracing
 from .config import Config, uses_cpu
 from .errors import BudgetSpent, CacheError, OutputError, ServerStartError, SymoeError
@@ -110,7 +110,7 @@ class Controller:
         scratch_dir: str | None = None,
         cluster: Cluster | None = None,
         tracing: Tracing | None = None,
-        metrics: Metrics | None = None,
+        metrics: Counts | None = None,
     ):
         """``scratch_dir``: where the run's answer store is made (default: the temporary folder).
         ``cluster``: groups run on the nodes of this Ray cluster (``cluster.py``); ``manager``

@@ -32,7 +32,7 @@ from .agents import Agent, AgentRunner, Connect, OpenAIClient, sampling_params
 from .cache import AnswerCache, CallIdentity
 from .config import Config, OpenAIModel, prompt_cache_slots, samples_per_request
 from .costs import Budget, ShareClock, call_cost
-from .metrics import Metrics
+from .metrics import Counts
 from .telemetry import RunTrace, finish_call
 from .dispatch import dispatch, pool_size, sample_batches
 from .errors import ServerStartError
@@ -170,7 +170,7 @@ class GroupRunner:
         self.clocks: dict[tuple[str, str], ShareClock] = {}
         self.budget: Budget | None = None  # --max-cost: no request is sent once it is spent
         self.trace: RunTrace | None = None  # the batch's spans, when tracing is on (telemetry.py)
-        self.metrics: Metrics | None = None  # Prometheus counters (metrics.py)
+        self.metrics: Counts | None = None  # Prometheus counters (metrics.py)
 
     def call_key(
         self, agent: Agent, model: str, stream: str, sample: int, prompt: RenderedPrompt, first: int | None = None, n: int = 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .events import Event
@@ -24,6 +24,35 @@ LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300
 LOAD_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 #: a call's role (``Agent.role``) as a stage label
 STAGES = {"skill_inferencer": "skills", "expert": "experts", "aggregator": "aggregator"}
+
+
+class Counts(Protocol):
+    """What the engine feeds: ``Metrics``, or a ``HeldCounts`` that waits to be kept."""
+
+    def call(self, role: str, model: str, c: "Completion") -> None: ...
+    def question(self, r: "QuestionResult") -> None: ...
+
+
+class HeldCounts:
+    """Calls and records held back (serve's cache probe): they reach the counters only if
+    the probe answers its request, so a probe that stops short counts nothing and the
+    window that then answers counts each call once."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, str, Completion]] = []
+        self._questions: list[QuestionResult] = []
+
+    def call(self, role: str, model: str, c: "Completion") -> None:
+        self._calls.append((role, model, c))
+
+    def question(self, r: "QuestionResult") -> None:
+        self._questions.append(r)
+
+    def keep(self, into: "Metrics") -> None:
+        for call in self._calls:
+            into.call(*call)
+        for r in self._questions:
+            into.question(r)
 
 
 def available() -> bool:

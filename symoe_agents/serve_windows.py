@@ -41,7 +41,7 @@ from .controller import Controller
 from .errors import SymoeError
 from .events import Event, EventLog
 from .methods import Method
-from .metrics import Metrics
+from .metrics import HeldCounts, Metrics
 from .records import Question, QuestionResult
 from .schedule import Group
 from .telemetry import Tracing
@@ -126,7 +126,7 @@ class WindowScheduler:
         self.events = events
         self.turns = Turns(self.opts.max_wait_s)
         self.controller = controller or Controller(config, manager, events, None, cache, tracing=tracing, metrics=metrics)
-        self.metrics = self.controller.metrics
+        self.metrics = metrics
         self.controller.resident = True
         self.controller.groups.turns = self.turns
         # a server one window releases may serve the next: sleep it where it can sleep
@@ -346,11 +346,15 @@ class WindowScheduler:
         """A request answered before (every call it needs is in the answer cache) is answered
         at once, without waiting for a window; otherwise its window answers it."""
         got: list[QuestionResult] = []
+        probe = self.controller.sibling(cache_only=True)
+        held = probe.metrics = probe.groups.metrics = HeldCounts() if self.metrics is not None else None
         try:
-            await self.controller.sibling(cache_only=True).run([ask.question], on_result=got.append, method=ask.method)
+            await probe.run([ask.question], on_result=got.append, method=ask.method)
         except Exception:  # NotCached (alone or in a task group), or any failure: the window answers it
             return
         if got and not ask.done.done() and not ask.gone:
+            if held is not None and self.metrics is not None:  # answered here: its cache hits count, once
+                held.keep(self.metrics)
             with contextlib.suppress(ValueError):
                 self._queue.remove(ask)
             ask.started = time.monotonic()

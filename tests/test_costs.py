@@ -72,21 +72,31 @@ async def test_hosted_calls_cost_their_tokens_at_the_models_prices(tmp_path):
         assert "cost: $" not in stderr
 
 
-async def test_max_cost_stops_cleanly_and_the_same_command_resumes_without_asking_again(tmp_path):
+@pytest.mark.parametrize("stage", ["skills", "experts"])
+async def test_max_cost_stops_cleanly_and_the_same_command_resumes_without_asking_again(tmp_path, stage):
     n = 8
     async with ScriptedAPI([]) as api:
-        # one request in flight: the skill group stops within a call or two of the budget
-        cfg, q, out = priced_toml(tmp_path, api, in_flight=1), questions(tmp_path, n), tmp_path / "a.jsonl"
-        budget = 4.5 * PER_CALL["sk"]  # spent inside the skill group (8 calls of 13e-6)
+        if stage == "skills":  # one request in flight: the skill group stops within a call or two of the budget
+            cfg = priced_toml(tmp_path, api, in_flight=1)
+            budget = 4.5 * PER_CALL["sk"]  # spent inside the skill group (8 calls of 13e-6)
+        else:  # after the 8 skill calls, within the first expert group; the next one starts nothing
+            cfg = priced_toml(tmp_path, api, in_flight=2)
+            budget = 8 * PER_CALL["sk"] + 3 * PER_CALL["e1"]
+        q, out = questions(tmp_path, n), tmp_path / "a.jsonl"
         code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", out, "--max-cost", budget, timeout=300)
         assert code == 3, stderr[-3000:]
         assert "Traceback" not in stderr
         spent = float(re.search(r"the calls cost \$([0-9.]+) of the \$([0-9.]+) allowed", stderr).group(1))
         first = [(b["model"], b["messages"][0]["content"]) for b in api.requests]
-        assert all(m == "sk" for m, _ in first) and 5 <= len(first) < n  # it stopped: the group did not finish
-        assert spent == pytest.approx(len(first) * PER_CALL["sk"], abs=1e-4)
+        if stage == "skills":
+            assert all(m == "sk" for m, _ in first) and 5 <= len(first) < n  # it stopped: the group did not finish
+        else:
+            assert [m for m, _ in first].count("sk") == n and 0 < len(first) - n < 2 * n
+            assert len({m for m, _ in first} - {"sk"}) == 1  # the one expert group that crossed it; after it, nothing is sent
+        assert spent == pytest.approx(sum(PER_CALL[m] for m, _ in first), abs=1e-4)  # every call sent was paid and kept
+        assert spent >= budget
         assert "Re-run the same command" in stderr
-        assert read_jsonl(out) == []  # no question finished before routing
+        assert read_jsonl(out) == []  # no question reached its aggregator
 
         # resumed: the answers paid for come from the cache, only the rest is asked
         code, _, stderr = await symoe_async("solve", q, "--config", cfg, "-o", out, timeout=300)
@@ -174,3 +184,20 @@ async def test_local_calls_cost_their_share_of_the_device(tmp_path):
             assert held - attributed < load, (g, attributed, load, held)
     total = sum(r["usage"]["cost_usd"] for r in records)
     assert f"cost: ${total:.4f}" in stderr
+
+
+async def test_eval_max_cost_is_one_budget_and_a_stop_keeps_the_finished_methods_report(tmp_path):
+    from conftest import ROOT
+
+    bench = ROOT.parent / "shared" / "upstream-data" / "MMLU_Pro_train.json"
+    async with ScriptedAPI([]) as api:
+        cfg, out = priced_toml(tmp_path, api), tmp_path / "report"
+        # symoe on 2 questions costs about 2 x 107e-6; random, next, cannot finish in what is left
+        code, stdout, stderr = await symoe_async("eval", bench, "--limit", "2", "--config", cfg, "-o", out, "--methods", "symoe,random",
+                                                 "--max-cost", 2.6e-4, timeout=300)  # fmt: skip
+        assert code == 3, stderr[-3000:]
+        assert "Traceback" not in stderr and "budget spent" in stderr and "stopped." in stderr
+    rows = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in rows] == ["symoe"] and rows[0]["questions"] == 2
+    assert rows[0]["cost_usd"] == pytest.approx(sum(r["usage"]["cost_usd"] for r in read_jsonl(out / "symoe.jsonl")))
+    assert "| symoe | 2 |" in stdout

@@ -283,9 +283,20 @@ async def test_answered_request_comes_from_the_cache(served):
     async with served.client() as c, httpx.AsyncClient() as http:
         first = await c.chat.completions.create(**ask)
         before = (await http.get(served.base + "/health")).json()["from_cache"]
+        counted = scrape(served)
         t0 = time.time()
         again = await c.chat.completions.create(**ask)
         after = (await http.get(served.base + "/health")).json()["from_cache"]
+    now = scrape(served)
+
+    def grew(name: str, **labels) -> float:
+        def total(samples):
+            return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+        return total(now) - total(counted)
+
+    # the probe that answered it counts its 6 hits once; nothing was asked of a model
+    assert grew("symoe_calls_total", outcome="cached") == 6 and grew("symoe_cache_hits_total") == 6
+    assert grew("symoe_calls_total", outcome="ok") == 0 and grew("symoe_questions_total") == 1
     cost = again.model_extra["symoe"]["cost"]
     assert cost["calls"] == 6 and cost["cached_calls"] == 6
     assert again.choices[0].message.content == first.choices[0].message.content
