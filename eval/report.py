@@ -114,14 +114,20 @@ def plots(rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         priced = any(r["cost_per_1k_usd"] for r in rows)
         key, label = ("cost_per_1k_usd", "USD per 1,000 questions") if priced else ("device_s_per_question", "device-seconds per question")
         fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
-            x, y = r[key], 100 * (r["accuracy"] or 0)
+        points = [(r[key], 100 * (r["accuracy"] or 0)) for r in rows]
+        width = max(x for x, _ in points) or 1.0
+        top = max(y for _, y in points)
+        for i, (r, (x, y)) in enumerate(zip(rows, points)):
             ax.scatter([x], [y], color="#4C72B0")
-            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # methods of like cost and accuracy would print their names over each other: each
+            # name goes a line above those of the points already labelled next to it
+            near = sum(1 for px, py in points[:i] if abs(px - x) < 0.08 * width and abs(py - y) < 0.05 * max(top, 1))
+            ax.annotate(r["method"], (x, y), textcoords="offset points", xytext=(5, 4 + 10 * near), fontsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")
         ax.set_title("Accuracy against cost")
         ax.set_xlim(left=0)
+        ax.set_ylim(0, max(top * 1.25, top + 8))  # room for the stacked names
         fig.tight_layout()
         path = out_dir / "accuracy_vs_cost.png"
         fig.savefig(path, dpi=110)
