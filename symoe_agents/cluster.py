@@ -217,11 +217,11 @@ class Cluster:
     def hosts(self) -> list["RemoteHost"]:
         return [h for h in self._hosts.values() if not h.lost]
 
-    async def move(self, device: Device) -> Device | None:
-        """Where a lost device's groups go: a live device on a node that has lost none if
-        there is one, the one that has taken the fewest moved devices so far (the planner's
-        order breaks ties); the same answer for every group of that device. None: no device
-        is left."""
+    async def where(self, device: Device) -> Device | None:
+        """The device a lane's next group runs on: its own while it lives, else where a lost
+        device's groups go: a live device on a node that has lost none if there is one, the
+        one that has taken the fewest moved devices so far (the planner's order breaks ties);
+        the same answer for every group of that device. None: no device is left."""
         async with self._lock:
             while device in self._moved:
                 device = self._moved[device]
@@ -236,10 +236,6 @@ class Cluster:
             target = min(live, key=lambda d: (d.node in shaken, moved.count(d), live.index(d)))
             self._moved[device] = target
             return target
-
-    async def where(self, device: Device) -> Device | None:
-        """The device a lane's next group runs on: its own, or where it moved."""
-        return await self.move(device)
 
     def live(self, devices: Sequence[Device]) -> list[Device]:
         """``devices`` without the lost ones (a later batch plans without them)."""

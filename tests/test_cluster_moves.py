@@ -1,4 +1,4 @@
-"""Where a lost device's groups go (``Cluster.move``): decisions only, no Ray."""
+"""Where a lost device's groups go (``Cluster.where``): decisions only, no Ray."""
 
 from __future__ import annotations
 
@@ -22,30 +22,30 @@ def cluster(*lost: Device) -> Cluster:
 
 
 def test_a_live_device_stays_where_it_is():
-    assert asyncio.run(cluster().move(B0)) == B0
+    assert asyncio.run(cluster().where(B0)) == B0
 
 
 def test_the_fewest_moves_first_among_sound_nodes():
     c = cluster(A0, A1)
 
     async def moves():
-        return await c.move(A0), await c.move(A1)
+        return await c.where(A0), await c.where(A1)
 
     assert asyncio.run(moves()) == (B0, C0)
 
 
 def test_a_lost_device_moves_to_another_node_first():
     # A1 is live and first in order, but on the lost device's node: B0 comes first
-    assert asyncio.run(cluster(A0).move(A0)) == B0
+    assert asyncio.run(cluster(A0).where(A0)) == B0
 
 
 def test_moves_spread_over_live_devices_and_are_remembered():
     c = cluster(A0, B0)
 
     async def moves():
-        first = await c.move(A0)
-        second = await c.move(B0)
-        return first, second, await c.move(A0)
+        first = await c.where(A0)
+        second = await c.where(B0)
+        return first, second, await c.where(A0)
 
     first, second, again = asyncio.run(moves())
     assert first == C0  # node-c is the only node that has lost nothing
@@ -57,13 +57,13 @@ def test_a_move_whose_target_is_lost_too_moves_on():
     c = cluster(A0)
 
     async def moves():
-        first = await c.move(A0)
+        first = await c.where(A0)
         c._hosts[first].lost = "gone too"
-        return first, await c.move(A0)
+        return first, await c.where(A0)
 
     first, then = asyncio.run(moves())
     assert first == B0 and then == C0
 
 
 def test_nothing_left():
-    assert asyncio.run(cluster(A0, A1, B0, C0).move(B0)) is None
+    assert asyncio.run(cluster(A0, A1, B0, C0).where(B0)) is None
