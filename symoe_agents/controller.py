@@ -722,16 +722,17 @@ class Controller:
                 await done
 
     def _explain(self, route: routing.Route, raw_keywords: list[str], draw_key: str) -> RoutingExplanation:
-        pool = self.config.roles.experts
-        profiles = {m: self.profiles[m].skills for m in pool} if self.profiles else None
-        gamma = self._gamma if profiles else None
-        return explain_route(route, raw_keywords, self._matches, profiles, gamma, pool, self.config.seed, draw_key)
+        profiles, gamma = self._pool_profiles
+        return explain_route(route, raw_keywords, self._matches, profiles, gamma, self.config.roles.experts, self.config.seed, draw_key)
 
     @functools.cached_property
-    def _gamma(self) -> dict[str, float]:
-        """The pool's global competence (the profiles do not change while the controller lives)."""
-        assert self.profiles
-        return routing.global_competence({m: sum(self.profiles[m].skills.values()) for m in self.config.roles.experts})
+    def _pool_profiles(self) -> tuple[dict[str, Mapping[str, float]] | None, dict[str, float] | None]:
+        """The pool's profiles and global competence, made once: the profiles do not change
+        while the controller lives, and every explained record reads them."""
+        if not self.profiles:
+            return None, None
+        profiles = {m: self.profiles[m].skills for m in self.config.roles.experts}
+        return profiles, routing.global_competence({m: sum(p.values()) for m, p in profiles.items()})
 
     def _summary(self, events: "EventTally") -> RunSummary:
         summary = events.summary()

@@ -333,9 +333,9 @@ class GroupRunner:
                         if moved is None:
                             await fail_rest(f"node of {dev.name} was lost and no live device is left in the cluster")
                             return None
-                        if moved != dev and group_span is not None:
-                            group_span.add_event("group_moved", {"symoe.moved_from": dev.name, "symoe.moved_to": moved.name})
                         if moved != dev:
+                            if group_span is not None:
+                                group_span.add_event("group_moved", {"symoe.moved_from": dev.name, "symoe.moved_to": moved.name})
                             self.events.emit("group_moved", group=group.name, model=group.model, node=_node(moved),
                                              requests=n - sum(finished), detail={"moved_from": dev.name, "moved_to": moved.name})  # fmt: skip
                         dev = moved
